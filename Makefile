@@ -1,0 +1,49 @@
+# fattag: make features train infer.  `make help` lists the targets.
+# Every stage target takes CONFIG=configs/<name>.yaml and OVERRIDES="key=value ...".
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/demo.yaml
+OVERRIDES ?=
+STAGE = $(PY) -m pipeline.$(1) --config $(CONFIG) $(OVERRIDES)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo-data features folds warmup train infer ensemble score demo test bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
+	@echo "  Options: CONFIG=configs/<name>.yaml (default $(CONFIG))  OVERRIDES=\"key=value ...\""
+
+$(STAMP): requirements.txt requirements-nodeps.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+setup: $(STAMP) ## make .venv and install the pinned requirements (redone when they change)
+
+demo-data: $(STAMP) ## build the embedded demo dataset in data/demo (DEMO_FLAGS="--preset tiny ...")
+	$(PY) -m pipeline.demo_data --out data/demo $(DEMO_FLAGS)
+
+features: $(STAMP) ## log-mel feature cache of every split (a no-op when up to date)
+	$(call STAGE,features)
+
+folds: $(STAMP) ## multi-label stratified folds of the curated set
+	$(call STAGE,folds)
+
+score: $(STAMP) ## score submissions/<run.name>.csv against <data.root>/test_labels.csv
+	$(call STAGE,score)
+
+demo: $(STAMP) ## the whole chain on the embedded demo set, printing the test lwlrap last
+	$(MAKE) demo-data
+	$(MAKE) features folds CONFIG=configs/demo.yaml OVERRIDES="$(OVERRIDES)"
+
+test: $(STAMP) ## the test suite (unit tests and one end-to-end run on tiny data)
+	$(PY) -m pytest -q tests
+
+clean: ## remove outputs (runs, submissions); `make clean ALL=1` also removes data/demo, cache and .venv
+	rm -rf runs submissions/*.csv submissions/*.json
+	$(if $(ALL),rm -rf data/demo cache $(VENV))

@@ -1,0 +1,181 @@
+"""The data layer: read and validate a dataset in the FSDKaggle2019 layout.
+
+    root/
+      sample_submission.csv      fname + one column per class; its header fixes the class list and order
+      train_curated.csv          fname,labels   (labels: one comma-joined field, quoted when it holds commas)
+      train_noisy.csv            fname,labels   (optional for other datasets)
+      train_noisy_truth.csv      fname,labels   (optional: the noisy clips' true labels, e.g. the demo set)
+      test_labels.csv            fname,labels   (optional: lets the pipeline score its own test predictions)
+      train_curated/ train_noisy/ test/   the wavs
+
+    ds = load_dataset("data/demo")           # validates everything before any long work
+    ds.classes, ds.curated (DataFrame fname, labels: list[str]), ds.targets(ds.curated) -> (N, C) float32
+
+Every problem found is reported at once in one DataError that names the CSV, the row (its line in the file) and the
+problem: the first few listed, the rest counted.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+SPLITS = {"curated": ("train_curated.csv", "train_curated"),
+          "noisy": ("train_noisy.csv", "train_noisy"),
+          "test": ("sample_submission.csv", "test")}
+MAX_LISTED = 5
+
+
+class DataError(ValueError):
+    """The dataset is malformed; the message names the file, rows and problems."""
+
+
+def _raise(source: str, problems: list[str]):
+    if problems:
+        shown = "\n  ".join(problems[:MAX_LISTED])
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise DataError(f"{source}: {len(problems)} problem(s):\n  {shown}{more}")
+
+
+def read_classes(root) -> list[str]:
+    path = Path(root) / "sample_submission.csv"
+    if not path.exists():
+        raise DataError(f"{path}: not found (its header fixes the class list; is data.root right?)")
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    if not header or header[0] != "fname" or len(header) < 2:
+        raise DataError(f"{path}: header must be 'fname' followed by the class names, got {header[:5]}")
+    classes = header[1:]
+    dup = sorted({c for c in classes if classes.count(c) > 1})
+    if dup:
+        raise DataError(f"{path}: duplicate class columns {dup}")
+    return classes
+
+
+def split_labels(field: str) -> list[str]:
+    return [s.strip() for s in str(field).split(",") if s.strip()]
+
+
+def join_labels(labels) -> str:
+    return ",".join(labels)
+
+
+def read_labels_csv(path, classes, wav_dir=None, check_audio=True) -> pd.DataFrame:
+    """Read a `fname,labels` CSV into a DataFrame with `labels` as lists; validate it (and its wavs)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot be parsed as CSV: {e}") from None
+    if list(df.columns[:2]) != ["fname", "labels"]:
+        raise DataError(f"{path}: header must be 'fname,labels', got {','.join(df.columns)}")
+    known = set(classes)
+    problems = []
+    seen = {}
+    labels = []
+    for i, (fname, field) in enumerate(zip(df["fname"], df["labels"])):
+        row = f"row {i + 2} ({fname})"  # line in the file, header is line 1
+        if not fname:
+            problems.append(f"row {i + 2}: empty fname")
+        elif fname in seen:
+            problems.append(f"{row}: duplicate fname (first at row {seen[fname]})")
+        else:
+            seen[fname] = i + 2
+        labs = split_labels(field)
+        if not labs:
+            problems.append(f"{row}: empty labels field")
+        unknown = [lab for lab in labs if lab not in known]
+        if unknown:
+            problems.append(f"{row}: unknown label(s) {unknown} (not in sample_submission.csv's header)")
+        labels.append(labs)
+    _raise(str(path), problems)
+    df = df[["fname"]].copy()
+    df["labels"] = labels
+    if wav_dir is not None:
+        check_wavs(df["fname"], wav_dir, path, check_audio)
+    return df.reset_index(drop=True)
+
+
+def check_wavs(fnames, wav_dir, source, check_audio=True):
+    """Every fname must be a readable, non-empty audio file in wav_dir."""
+    wav_dir = Path(wav_dir)
+    problems = []
+    for i, fname in enumerate(fnames):
+        p = wav_dir / fname
+        if not p.exists():
+            problems.append(f"row {i + 2} ({fname}): missing audio file {p}")
+        elif check_audio:
+            try:
+                info = sf.info(str(p))
+                if info.frames == 0:
+                    problems.append(f"row {i + 2} ({fname}): empty audio file {p}")
+            except (RuntimeError, sf.LibsndfileError) as e:
+                problems.append(f"row {i + 2} ({fname}): unreadable audio file {p}: {e}")
+    _raise(str(source), problems)
+
+
+@dataclass
+class Dataset:
+    root: Path
+    classes: list[str]
+    curated: pd.DataFrame
+    noisy: pd.DataFrame
+    test: pd.DataFrame                       # fname (+ labels when test_labels.csv exists)
+    noisy_truth: pd.DataFrame | None = None
+    has_test_labels: bool = False
+    wav_dirs: dict = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> pd.DataFrame:
+        return {"curated": self.curated, "noisy": self.noisy, "test": self.test}[name]
+
+    def targets(self, df: pd.DataFrame) -> np.ndarray:
+        """(N, C) float32 multi-hot matrix of df.labels in class order."""
+        return labels_to_matrix(df["labels"], self.classes)
+
+
+def labels_to_matrix(label_lists, classes) -> np.ndarray:
+    index = {c: j for j, c in enumerate(classes)}
+    y = np.zeros((len(label_lists), len(classes)), np.float32)
+    for i, labs in enumerate(label_lists):
+        for lab in labs:
+            y[i, index[lab]] = 1.0
+    return y
+
+
+def load_dataset(root, check_audio=True) -> Dataset:
+    """Read and validate every CSV (and, with check_audio, every wav header) of a dataset folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data.root {root}: no such folder (build the demo with `make demo-data`, or point "
+                        f"data.root at an FSDKaggle2019-layout folder)")
+    classes = read_classes(root)
+    curated = read_labels_csv(root / "train_curated.csv", classes, root / "train_curated", check_audio)
+    noisy_csv = root / "train_noisy.csv"
+    noisy = (read_labels_csv(noisy_csv, classes, root / "train_noisy", check_audio) if noisy_csv.exists()
+             else pd.DataFrame({"fname": [], "labels": []}))
+    sub = pd.read_csv(root / "sample_submission.csv", dtype={"fname": str}, keep_default_na=False)
+    dup = sub["fname"][sub["fname"].duplicated()].tolist()
+    _raise(str(root / "sample_submission.csv"), [f"duplicate fname {f}" for f in dup])
+    test = sub[["fname"]].copy()
+    check_wavs(test["fname"], root / "test", root / "sample_submission.csv", check_audio)
+    has_test_labels = (root / "test_labels.csv").exists()
+    if has_test_labels:
+        tl = read_labels_csv(root / "test_labels.csv", classes)
+        missing = sorted(set(test["fname"]) - set(tl["fname"]))
+        _raise(str(root / "test_labels.csv"), [f"no labels for test clip {f}" for f in missing])
+        test = test.merge(tl, on="fname", how="left")
+    truth = None
+    if (root / "train_noisy_truth.csv").exists():
+        truth = read_labels_csv(root / "train_noisy_truth.csv", classes)
+    return Dataset(root, classes, curated, noisy, test, truth, has_test_labels,
+                   {k: root / v[1] for k, v in SPLITS.items()})

@@ -1,0 +1,53 @@
+"""lwlrap: label-weighted label-ranking average precision, overall and per class.
+
+The overall value is sklearn's label_ranking_average_precision_score with each clip weighted by its number of true
+labels, clips with no true label left out. Per-class values use the same ranking (tied scores count as ranked above,
+as in sklearn), so that the overall value is the mean of the per-class values weighted by each class's share of true
+labels.
+
+    overall, per_class = lwlrap(y_true, y_score)     # (N, C) arrays; per_class (C,) with NaN for absent classes
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import label_ranking_average_precision_score
+
+
+def _keep(y_true):
+    return np.asarray(y_true).sum(axis=1) > 0
+
+
+def lwlrap_overall(y_true, y_score) -> float:
+    y_true = np.asarray(y_true) > 0
+    keep = _keep(y_true)
+    if not keep.any():
+        return float("nan")
+    return float(label_ranking_average_precision_score(
+        y_true[keep], np.asarray(y_score, np.float64)[keep], sample_weight=y_true[keep].sum(axis=1)))
+
+
+def per_class_precision(y_true, y_score):
+    """(N, C) precision at each true (clip, label) pair; 0 where the label is not true.
+
+    precision = (true labels scoring >= s_c) / (labels scoring >= s_c), ties counted as ranked above (sklearn).
+    """
+    y_true = np.asarray(y_true) > 0
+    s = np.asarray(y_score, np.float64)
+    prec = np.zeros(s.shape)
+    for i in np.flatnonzero(y_true.any(axis=1)):
+        row, pos = s[i], y_true[i]
+        at_or_above = row[None, :] >= row[pos][:, None]          # (n_pos, C)
+        prec[i, pos] = (at_or_above & pos[None, :]).sum(1) / at_or_above.sum(1)
+    return prec
+
+
+def lwlrap(y_true, y_score):
+    """Overall lwlrap (sklearn) and per-class lwlrap (C,), NaN for classes with no true label."""
+    y_true = np.asarray(y_true) > 0
+    if y_true.shape != np.shape(y_score):
+        raise ValueError(f"lwlrap: y_true {y_true.shape} and y_score {np.shape(y_score)} differ in shape")
+    prec = per_class_precision(y_true, y_score)
+    counts = y_true.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(counts > 0, prec.sum(axis=0) / counts, np.nan)
+    return lwlrap_overall(y_true, y_score), per_class

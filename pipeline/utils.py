@@ -1,0 +1,133 @@
+"""Shared plumbing: atomic writes, completion markers, run directories, logging, seeding, device choice."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def atomic_path(path, suffix=None):
+    """Yield a temporary path beside `path`; on success rename it over `path`, on error remove it.
+
+    The temporary name keeps the final suffix so that writers that add one (np.save, savefig) behave.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path, text: str):
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def atomic_write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_to_csv(df, path, **kw):
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, **kw)
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def is_done(folder, key: str) -> bool:
+    """True when `folder` holds a completion marker written for this key (a config hash)."""
+    marker = Path(folder) / "done.json"
+    if not marker.exists():
+        return False
+    try:
+        return read_json(marker).get("key") == key
+    except (OSError, ValueError):
+        return False
+
+
+def mark_done(folder, key: str, **info):
+    """Write the completion marker last: a folder without it is never read as finished."""
+    atomic_write_json(Path(folder) / "done.json", {"key": key, **info})
+
+
+def run_dir(cfg, stage: str) -> Path:
+    """runs/<run.name>/<stage>/ (relative paths resolve from the current directory)."""
+    return Path("runs") / cfg.run.name / stage
+
+
+def get_logger(name="fattag", folder=None) -> logging.Logger:
+    """A logger that prints to stderr and, when `folder` is given, appends to folder/log.txt."""
+    log = logging.getLogger(name)
+    log.setLevel(logging.INFO)
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in log.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(h)
+    if folder is not None:
+        path = str(Path(folder) / "log.txt")
+        for h in list(log.handlers):
+            if isinstance(h, logging.FileHandler):
+                log.removeHandler(h)
+                h.close()
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(path)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(fh)
+    log.propagate = False
+    return log
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+
+
+def get_device(cfg):
+    import torch
+    want = cfg.run.device
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("run.device=cuda but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def progress(iterable=None, enabled=True, **kw):
+    from tqdm.auto import tqdm
+    return tqdm(iterable, disable=not enabled, dynamic_ncols=True, **kw)
+
+
+def git_commit() -> str:
+    import subprocess
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
+        sha = out.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "") if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -1,0 +1,332 @@
+"""The training engine shared by the warm-up and train stages: data streams, optimiser and schedule, the epoch loop,
+validation with sliding windows, atomic checkpoints and resume, metrics CSV and curves.
+
+    result = fit(cfg, out_dir, model, mode_name, labelled, unlabelled=None, val=None, log=log)
+
+A fit writes into out_dir: last.pt (everything needed to resume: model, optimiser, schedule, mode state, RNG states,
+history), best.pt (the best validated model), metrics.csv, and done.json last. Started again after a kill at any
+moment, it resumes from last.pt at the epoch boundary and, given the same seed, ends with the same weights as an
+uninterrupted run on the CPU.
+"""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.augment import build_albu, build_batch_augment, crop_or_pad
+from pipeline.config import config_hash, to_plain
+from pipeline.losses import build_loss
+from pipeline.metrics import lwlrap
+from pipeline.modes import TrainContext, create_mode
+from pipeline.predict import predict_clips
+from pipeline.utils import atomic_path, atomic_to_csv, get_device, mark_done, progress
+
+# Sections that decide what a training stage computes (progress bars, workers, inference do not).
+TRAIN_SECTIONS = ("data", "features", "folds", "model", "loss", "augment", "train", "teacher_student", "ssl")
+
+
+def train_key(cfg) -> str:
+    return config_hash(cfg, TRAIN_SECTIONS) + f"-s{cfg.run.seed}"
+
+
+@dataclass
+class ClipSet:
+    """Clips of one FeatureCache split: rows `pos` of the cache, targets (N, C), true labels (N, C) or None."""
+    cache: object
+    pos: np.ndarray
+    y: np.ndarray
+    truth: np.ndarray | None = None
+    fnames: list | None = None
+
+    def __len__(self):
+        return len(self.pos)
+
+
+def batch_stream(clips: ClipSet, batch_size: int, steps: int, frames: int, rng: np.random.Generator, albu=None):
+    """Yield `steps` batches (x (B, 1, F, frames) float32, y (B, C), rows (B,)) from shuffled passes over the clips,
+    a random crop (or repeat-pad) per clip. Prepared one batch ahead in a thread."""
+    n = len(clips)
+    order = np.concatenate([rng.permutation(n) for _ in range(-(-steps * batch_size // n))])
+
+    def make(s):
+        rows = order[s * batch_size:(s + 1) * batch_size]
+        xs = []
+        for r in rows:
+            spec = clips.cache.get(int(clips.pos[r]))
+            spec = crop_or_pad(spec, frames, rng)
+            xs.append(albu(spec, rng) if albu else spec)
+        return np.stack(xs)[:, None], clips.y[rows], rows
+
+    q: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def worker():
+        try:
+            for s in range(steps):
+                if stop.is_set():
+                    return
+                q.put(make(s))
+        except BaseException as e:  # surfaced in the consumer
+            q.put(e)
+
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+    try:
+        for _ in range(steps):
+            item = q.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.01)
+
+
+def build_optimizer(cfg, params):
+    t = cfg.train
+    if t.optimizer == "nadam":
+        return torch.optim.NAdam(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay)
+    raise ValueError(f"train.optimizer: unknown {t.optimizer!r} (nadam | adam | sgd)")
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg) -> float:
+    """Schedule multiplier at optimiser step `step`: linear ramp from 0 over lr_warmup_epochs, then cosine to 0."""
+    t = cfg.train
+    total = max(1, t.epochs * steps_per_epoch)
+    if t.schedule == "constant":
+        return 1.0
+    warm = t.lr_warmup_epochs * steps_per_epoch if t.schedule == "warmup_cosine" else 0
+    if t.schedule not in ("warmup_cosine", "cosine"):
+        raise ValueError(f"train.schedule: unknown {t.schedule!r} (warmup_cosine | cosine | constant)")
+    if step < warm:
+        return (step + 1) / warm
+    span = max(1, total - warm)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / span)))
+
+
+def save_checkpoint(path, model, cfg, classes, **extra):
+    """Atomically write a self-describing checkpoint: model_config + weights + config + classes + extra."""
+    state = {"model_config": model.config, "model": model.state_dict(), "cfg": to_plain(cfg),
+             "classes": list(classes), **extra}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path):
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a corrupt or foreign file
+        raise RuntimeError(f"{path}: not a readable checkpoint: {e}") from None
+
+
+def init_from_checkpoint(model, path, log=None):
+    """Load matching weights from a checkpoint; heads missing there (e.g. g) start as copies of its head h."""
+    ck = load_checkpoint(path)
+    state = ck.get("model", ck)
+    own = model.state_dict()
+    for k in list(own):
+        if k not in state:
+            for head in ("heads.", "arc."):
+                if k.startswith(head) and k.split(".")[1] != "h":
+                    src = head + "h." + ".".join(k.split(".")[2:])
+                    if src in state:
+                        state[k] = state[src]
+    loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not loaded:
+        raise RuntimeError(f"{path}: no weights match this model ({model.config.get('name')})")
+    model.load_state_dict(loaded, strict=False)
+    if log:
+        log.info(f"initialised {len(loaded)}/{len(own)} tensors from {path}")
+    return model
+
+
+def plot_curves(histories: dict, path, title=""):
+    """One PNG: training loss and validation lwlrap per epoch for each fold (or stage)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    extra = sorted({c for h in histories.values() for c in h.columns if c.startswith("pl_")})
+    fig, axes = plt.subplots(1, 2 + bool(extra), figsize=(5 * (2 + bool(extra)), 3.6))
+    for name, h in histories.items():
+        axes[0].plot(h["epoch"], h["loss"], label=name)
+        if "val_lwlrap" in h and h["val_lwlrap"].notna().any():
+            axes[1].plot(h["epoch"], h["val_lwlrap"], marker=".", label=name)
+        for c in extra:
+            if c in h:
+                axes[2].plot(h["epoch"], h[c], label=f"{name} {c[3:]}")
+    axes[0].set(xlabel="epoch", ylabel="training loss", title=f"{title} loss")
+    axes[1].set(xlabel="epoch", ylabel="lwlrap", title=f"{title} validation lwlrap")
+    if extra:
+        axes[2].set(xlabel="epoch", title="pseudo-labels", ylim=(0, 1.02))
+        axes[2].legend(fontsize=7)
+    for ax in axes[:2]:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+
+
+def validate(model, cfg, val: ClipSet, device, n_classes):
+    p = predict_clips(model, val.cache, val.fnames, cfg.train.frames, cfg.train.eval_hop, n_classes,
+                      batch_size=cfg.infer.batch_size, device=device)
+    return lwlrap(val.y, p)[0], p
+
+
+def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabelled: ClipSet | None = None,
+        val: ClipSet | None = None, log=None, seed_offset: int = 0) -> dict:
+    """Train `model` with `mode_name`; resume from out_dir/last.pt when it was written for this config."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = get_device(cfg)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed = cfg.run.seed + seed_offset
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    n_classes = len(classes)
+    key = train_key(cfg)
+    model.to(device)
+    if device.type == "cuda" and cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    ctx = TrainContext(cfg, model, build_loss(cfg.loss), build_batch_augment(cfg.augment, n_classes,
+                       model.n_out != n_classes), n_classes, device, gen, log=log)
+    mode = create_mode(mode_name, ctx)
+    if mode.uses_unlabelled and (unlabelled is None or len(unlabelled) == 0):
+        raise ValueError(f"train.mode={mode_name} needs unlabelled (or noisy) clips and there are none")
+    b_lab, b_unl = mode.batch_sizes()
+    steps = cfg.train.steps_per_epoch or max(1, round(len(labelled) / b_lab))
+    ctx.total_steps = steps * cfg.train.epochs
+    opt = build_optimizer(cfg, mode.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, cfg))
+    albu = build_albu(list(cfg.augment.albumentations))
+    step_fn = torch.compile(mode.step) if cfg.train.compile else mode.step
+    amp = device.type == "cuda" and cfg.train.amp
+
+    history, best, start = [], -1.0, 0
+    last = out_dir / "last.pt"
+    if last.exists():
+        ck = load_checkpoint(last)
+        if ck.get("key") == key:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            mode.load_state_dict(ck["mode"])
+            rng.bit_generator.state = ck["rng"]["numpy"]
+            torch.set_rng_state(ck["rng"]["torch"])
+            gen.set_state(ck["rng"]["gen"])
+            history, best, start = ck["history"], ck["best"], ck["epoch"]
+            if log:
+                log.info(f"resuming {out_dir} from epoch {start}/{cfg.train.epochs}")
+        elif log:
+            log.info(f"{last} was written for another config: training from the start")
+
+    for epoch in range(start, cfg.train.epochs):
+        t0, wait = time.time(), 0.0
+        model.train()
+        s_lab, s_unl = rng.integers(0, 2**63, size=2)  # one generator per stream: threads never share one
+        lab = batch_stream(labelled, b_lab, steps, cfg.train.frames, np.random.default_rng(s_lab), albu)
+        unl = (batch_stream(unlabelled, b_unl, steps, cfg.train.frames, np.random.default_rng(s_unl))
+               if b_unl else None)
+        sums: dict = {}
+        bar = progress(range(steps), enabled=cfg.run.progress, desc=f"{out_dir.parent.name}/{out_dir.name} "
+                       f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False)
+        for s in bar:
+            tw = time.time()
+            x, y, rows = next(lab)
+            batch = {"x": torch.from_numpy(x).to(device), "y": torch.from_numpy(y).to(device), "idx": rows}
+            if unl is not None:
+                ux, uy, urows = next(unl)
+                batch.update(ux=torch.from_numpy(ux).to(device), uy=torch.from_numpy(uy).to(device), uidx=urows,
+                             utruth=None if unlabelled.truth is None
+                             else torch.from_numpy(unlabelled.truth[urows]).to(device))
+            if device.type == "cuda" and cfg.train.channels_last:
+                for k in ("x", "ux"):
+                    if k in batch:
+                        batch[k] = batch[k].contiguous(memory_format=torch.channels_last)
+            wait += time.time() - tw
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss, logs = step_fn(batch, (epoch * steps + s) / ctx.total_steps)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{out_dir}: non-finite loss at epoch {epoch + 1} step {s + 1}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            mode.after_step()
+            for k, v in {"loss": loss.detach(), **logs}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.set_postfix(loss=f"{sums['loss'] / (s + 1):.4f}")
+        bar.close()
+        for it in (lab, unl):
+            if it is not None:
+                it.close()
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: v / steps for k, v in sums.items()},
+               **mode.epoch_logs(), "data_wait_share": wait / max(time.time() - t0, 1e-9)}
+        improved = False
+        if val is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
+            row["val_lwlrap"] = validate(mode.eval_model(), cfg, val, device, n_classes)[0]
+            improved = row["val_lwlrap"] > best
+            best = max(best, row["val_lwlrap"])
+        elif val is None:
+            improved = True
+        row["seconds"] = time.time() - t0
+        history.append(row)
+        if improved:
+            save_checkpoint(out_dir / "best.pt", mode.eval_model(), cfg, classes, epoch=epoch + 1, key=key,
+                            val_lwlrap=row.get("val_lwlrap"))
+        atomic_to_csv(pd.DataFrame(history), out_dir / "metrics.csv", index=False)
+        save_checkpoint(last, model, cfg, classes, epoch=epoch + 1, key=key, optimizer=opt.state_dict(),
+                        scheduler=sched.state_dict(), mode=mode.state_dict(), history=history, best=best,
+                        rng={"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
+                             "gen": gen.get_state()})
+        if log:
+            log.info(f"{out_dir} epoch {epoch + 1}/{cfg.train.epochs} " + " ".join(
+                f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch",) and isinstance(v, float)))
+    mark_done(out_dir, key, best=best, epochs=cfg.train.epochs)
+    return {"best": best, "history": pd.DataFrame(history)}
+
+
+def build_model(cfg, n_classes: int, heads=("h",)):
+    """The configured Tagger: model.name backbone, time-reversal outputs, heads, cosine heads if ArcFace is used."""
+    from models import create_model
+    params = dict(cfg.model.params)
+    if cfg.model.name == "cnn14":
+        params.setdefault("n_mels", cfg.features.n_mels)   # its bn0 normalises each mel band
+    return create_model(cfg.model.name, n_classes, time_reversal=cfg.model.time_reversal, heads=tuple(heads),
+                        arcface=cfg.loss.arcface > 0, dropout=cfg.model.dropout,
+                        pretrained_path=cfg.model.pretrained_path, params=params)
+
+
+def make_clipset(cache, df, classes, truth_df=None) -> ClipSet:
+    """ClipSet of a dataset split's DataFrame (fname, labels) over its FeatureCache."""
+    from pipeline.data import labels_to_matrix
+    fnames = list(df["fname"])
+    truth = None
+    if truth_df is not None:
+        t = truth_df.set_index("fname").loc[fnames, "labels"]
+        truth = labels_to_matrix(list(t), classes)
+    return ClipSet(cache, np.array([cache.position(f) for f in fnames], int), labels_to_matrix(df["labels"], classes),
+                   truth, fnames)

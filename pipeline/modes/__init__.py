@@ -1,0 +1,127 @@
+"""Training modes, registered by name: how a batch becomes a loss (supervised, teacher-student, semi-supervised).
+
+A mode gets a TrainContext (config, model, loss, batch augmentation, device, generator) and implements `step(batch,
+progress) -> (loss, logs)`. The engine (pipeline/engine.py) owns data, optimiser, schedule, checkpoints and
+validation. Each mode declares its hyperparameters beside its code in `defaults`; a config sets them under
+`ssl.<mode>.<key>` (teacher_student uses its own config section).
+
+    @register_mode("supervised")
+    class Supervised(Mode): ...
+    mode = create_mode("supervised", ctx)
+
+A batch is a dict: x (B, 1, F, T) and y (B, C) labelled crops on the device, idx (B,) their rows; with an unlabelled
+stream also ux (Bu, 1, F, T), uy (Bu, C) (noisy labels; ignored by the semi-supervised modes), uidx (Bu,) and utruth
+(Bu, C) where the true labels of the unlabelled clips are known (else None).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+MODES: dict = {}
+
+
+def register_mode(name: str):
+    def deco(cls):
+        cls.name = name
+        MODES[name] = cls
+        return cls
+    return deco
+
+
+def list_modes() -> list[str]:
+    _import_all()
+    return sorted(MODES)
+
+
+def _import_all():
+    from pipeline.modes import ssl, supervised, teacher_student  # noqa: F401  (registration side effects)
+
+
+def mode_class(name: str):
+    _import_all()
+    if name not in MODES:
+        raise ValueError(f"train.mode: unknown mode {name!r}; registered: {sorted(MODES)}")
+    return MODES[name]
+
+
+@dataclass
+class TrainContext:
+    cfg: Any
+    model: torch.nn.Module
+    loss_fn: Any                     # pipeline.losses.LossFn
+    aug: Any                         # pipeline.augment.BatchAugment
+    n_classes: int
+    device: torch.device
+    generator: torch.Generator       # on the device: masks, reversal, mixup
+    total_steps: int = 1
+    log: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+class Mode:
+    """Base class. Subclasses set `defaults`, `heads`, `uses_unlabelled` and implement `step`."""
+    name = "base"
+    defaults: dict = {}
+    heads = ("h",)
+    uses_unlabelled = False
+
+    def __init__(self, ctx: TrainContext):
+        self.ctx, self.model = ctx, ctx.model
+        self.hp = self.hyperparameters(ctx.cfg)
+
+    @classmethod
+    def hyperparameters(cls, cfg) -> dict:
+        given = dict((cfg.ssl or {}).get(cls.name, {}) or {})
+        unknown = sorted(set(given) - set(cls.defaults))
+        if unknown:
+            raise ValueError(f"ssl.{cls.name}: unknown key(s) {unknown}; {cls.name} takes {sorted(cls.defaults)}")
+        return {**cls.defaults, **given}
+
+    def batch_sizes(self) -> tuple[int, int]:
+        """(labelled, unlabelled) clips per step."""
+        b = self.ctx.cfg.train.batch_size
+        return b, (b * int(self.hp.get("mu", 1)) if self.uses_unlabelled else 0)
+
+    def step(self, batch: dict, progress: float):
+        """One training step's loss (a scalar tensor) and logs (floats). progress in [0, 1] over the whole run."""
+        raise NotImplementedError
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def after_step(self):
+        """Called after each optimiser step (EMA updates)."""
+
+    def eval_model(self) -> torch.nn.Module:
+        """The network validated and saved as the fold's model."""
+        return self.model
+
+    def epoch_logs(self) -> dict:
+        """Per-epoch figures accumulated over steps (e.g. pseudo-label quality); resets them."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict):
+        pass
+
+    # helpers shared by modes -------------------------------------------------------------------------------
+    def supervised_loss(self, x, y, head="h", model=None):
+        """The configured loss of the augmented labelled batch: SpecAugment, reversal, mixup."""
+        g = self.ctx.generator
+        x2, y2 = self.ctx.aug(x, y, g)
+        out = (model or self.model)(x2, heads=[head])
+        return self.ctx.loss_fn(out, y2, head=head)
+
+    def pad_targets(self, y):
+        """(B, C) -> (B, n_out): [y | 0] when the model has time-reversal outputs."""
+        n_out = self.model.n_out
+        return y if y.shape[1] == n_out else torch.cat([y, torch.zeros_like(y)], dim=1)
+
+
+def create_mode(name: str, ctx: TrainContext) -> Mode:
+    return mode_class(name)(ctx)

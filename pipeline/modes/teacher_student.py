@@ -1,0 +1,1 @@
+"""placeholder until the teacher-student mode lands"""

@@ -1,0 +1,103 @@
+"""Clip-level predictions from window-level model outputs: sliding windows, length-adaptive TTA, time reversal.
+
+A clip of n frames is cut into windows of `frames` frames every `hop` frames (the last window ends at the clip's end;
+clips shorter than a window are repeat-padded). Windows from many clips are batched together. With TTA, a clip of
+k <= len(tta_counts) windows gets tta_counts[k-1] more passes of its windows under SpecAugment. With reversal (models
+with time-reversal classes), a window's prediction is the mean of sigmoid(original-class outputs) of the window and
+sigmoid(reversed-class outputs) of the time-reversed window. A clip's prediction is the arithmetic or geometric mean
+of its window predictions.
+
+    p = predict_clips(model, cache, fnames, frames=192, hop=16, n_classes=80)      # (N, C) float32 in [0, 1]
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.augment import spec_augment
+
+
+def window_starts(n: int, frames: int, hop: int) -> list[int]:
+    """Start frames of the sliding windows over a clip of n frames (one window when n <= frames)."""
+    if n <= frames:
+        return [0]
+    starts = list(range(0, n - frames + 1, hop))
+    if starts[-1] != n - frames:
+        starts.append(n - frames)
+    return starts
+
+
+def tta_passes(n_windows: int, counts) -> int:
+    """Extra SpecAugment passes for a clip of n_windows windows (0 beyond the table)."""
+    return int(counts[n_windows - 1]) if 1 <= n_windows <= len(counts) else 0
+
+
+def repeat_pad(x: np.ndarray, frames: int) -> np.ndarray:
+    """(F, n) -> (F, frames): tile shorter clips from their start (deterministic)."""
+    n = x.shape[1]
+    return x if n == frames else np.tile(x, (1, -(-frames // n)))[:, :frames]
+
+
+def plan_windows(lengths, frames: int, hop: int, tta_counts=None):
+    """Every pass over every window: arrays (clip, start, augmented) of equal length."""
+    clip, start, aug = [], [], []
+    for i, n in enumerate(lengths):
+        starts = window_starts(int(n), frames, hop)
+        extra = tta_passes(len(starts), tta_counts) if tta_counts else 0
+        for p in range(1 + extra):
+            clip += [i] * len(starts)
+            start += starts
+            aug += [p > 0] * len(starts)
+    return np.array(clip, int), np.array(start, int), np.array(aug, bool)
+
+
+def window_probs(logits: torch.Tensor, logits_rev: torch.Tensor | None, n_classes: int) -> torch.Tensor:
+    """(B, n_out) logits of windows [and of the reversed windows] -> (B, C) probabilities.
+
+    With reversal: mean of sigmoid(original classes) of the window and sigmoid(reversed classes) of the reversed
+    window, whose content is the original sound played forwards again.
+    """
+    p = torch.sigmoid(logits[:, :n_classes].float())
+    if logits_rev is None:
+        return p
+    return 0.5 * (p + torch.sigmoid(logits_rev[:, n_classes:2 * n_classes].float()))
+
+
+@torch.no_grad()
+def predict_clips(model, cache, fnames, frames: int, hop: int, n_classes: int, batch_size=128, device="cpu",
+                  tta_counts=None, reversal=False, mean="arithmetic", aug_cfg=None, seed=0, head="h",
+                  progress=None) -> np.ndarray:
+    """(N, C) clip probabilities for `fnames` of a FeatureCache. Model in eval mode; TTA masks seeded by `seed`."""
+    if mean not in ("arithmetic", "geometric"):
+        raise ValueError(f"mean must be arithmetic or geometric, got {mean!r}")
+    was_training = model.training
+    model.eval()
+    pos = [cache.position(f) for f in fnames]
+    clip, start, aug = plan_windows(cache.frames[pos], frames, hop, tta_counts)
+    gen = torch.Generator().manual_seed(seed)
+    acc = torch.zeros(len(fnames), n_classes, dtype=torch.float64)
+    count = torch.zeros(len(fnames), 1, dtype=torch.float64)
+    aug_kw = {} if aug_cfg is None else dict(freq_masks=aug_cfg.freq_masks, time_masks=aug_cfg.time_masks,
+                                             freq_width=aug_cfg.freq_width, time_width=aug_cfg.time_width)
+    steps = range(0, len(clip), batch_size)
+    for b in (progress(steps) if progress else steps):
+        sl = slice(b, b + batch_size)
+        x = np.stack([repeat_pad(cache.get(pos[c], s, frames), frames) for c, s in zip(clip[sl], start[sl])])
+        x = torch.from_numpy(x)[:, None]                             # (B, 1, F, frames)
+        if aug[sl].any():
+            masked = spec_augment(x, generator=gen, **aug_kw)
+            x = torch.where(torch.from_numpy(aug[sl])[:, None, None, None], masked, x)
+        x = x.to(device)
+        logits = model(x, heads=[head])[head]
+        logits_rev = model(x.flip(-1), heads=[head])[head] if reversal else None
+        p = window_probs(logits, logits_rev, n_classes).double().cpu()
+        if mean == "geometric":
+            p = torch.log(p.clamp_min(1e-7))
+        idx = torch.from_numpy(clip[sl])
+        acc.index_add_(0, idx, p)
+        count.index_add_(0, idx, torch.ones(len(idx), 1, dtype=torch.float64))
+    out = acc / count
+    if mean == "geometric":
+        out = out.exp()
+    model.train(was_training)
+    return out.float().numpy()

@@ -1,0 +1,148 @@
+"""Stage 2: K-fold training on the curated set, in the mode that train.mode names.
+
+    make train CONFIG=configs/demo.yaml [OVERRIDES="train.mode=teacher_student"]
+    python -m pipeline.train --config FILE [key=value ...]
+
+For each fold k (train.folds, [] = all) a model is trained on the other folds and validated every
+train.eval_every epochs on fold k with sliding-window predictions over whole clips; train.full adds one model on the
+whole curated set (the reference's third submission). Models start from the warm-up (train.init_from: warmup), a
+checkpoint path, or from scratch (null). Modes that use unlabelled clips take the noisy set, or, with
+data.labelled_fraction < 1, the curated training clips left unlabelled (a stratified share stays labelled).
+
+Output: runs/<run.name>/train/fold_<k>/{best.pt, last.pt, metrics.csv, oof.csv, done.json}, and in train/:
+oof.csv (pooled out-of-fold predictions), summary.json (OOF lwlrap overall and per class), curves.png, config.yaml.
+A finished fold is never retrained; an interrupted one resumes from its last.pt.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import cli, save_config
+from pipeline.data import load_dataset
+from pipeline.engine import build_model, fit, init_from_checkpoint, load_checkpoint, make_clipset, plot_curves, \
+    train_key
+from pipeline.features import FeatureCache
+from pipeline.folds import read_folds
+from pipeline.metrics import lwlrap
+from pipeline.modes import mode_class
+from pipeline.utils import atomic_to_csv, atomic_write_json, get_logger, is_done, run_dir
+
+
+def init_path(cfg) -> Path | None:
+    src = cfg.train.init_from
+    if src is None:
+        return None
+    path = run_dir(cfg, "warmup") / "last.pt" if src == "warmup" else Path(src)
+    if src == "warmup" and not (path.parent / "done.json").exists():
+        raise FileNotFoundError(f"train.init_from=warmup but {path.parent} holds no finished warm-up; run "
+                                f"`make warmup` first, or set train.init_from=null to train from scratch")
+    if not path.exists():
+        raise FileNotFoundError(f"train.init_from: {path} does not exist")
+    return path
+
+
+def labelled_split(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask keeping a stratified `fraction` of the rows labelled."""
+    if fraction >= 1:
+        return np.ones(len(y), bool)
+    if not 0 < fraction < 1:
+        raise ValueError(f"data.labelled_fraction must be in (0, 1], got {fraction}")
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+    split = MultilabelStratifiedShuffleSplit(n_splits=1, train_size=fraction, random_state=seed)
+    keep, _ = next(split.split(np.zeros(len(y)), y))
+    mask = np.zeros(len(y), bool)
+    mask[keep] = True
+    return mask
+
+
+def fold_names(cfg, n_splits: int) -> list:
+    names = list(cfg.train.folds) or list(range(n_splits))
+    bad = [k for k in names if not 0 <= int(k) < n_splits]
+    if bad:
+        raise ValueError(f"train.folds: {bad} outside 0..{n_splits - 1}")
+    return [int(k) for k in names] + (["full"] if cfg.train.full else [])
+
+
+def main(cfg) -> dict:
+    out = run_dir(cfg, "train")
+    log = get_logger(folder=out)
+    mode_cls = mode_class(cfg.train.mode)
+    ds = load_dataset(cfg.data.root, check_audio=False)
+    folds = read_folds(cfg)
+    if list(folds["fname"]) != list(ds.curated["fname"]):
+        raise ValueError(f"{run_dir(cfg, 'folds')}/folds.csv does not match {cfg.data.root}/train_curated.csv; "
+                         f"rerun `make folds`")
+    save_config(cfg, out)
+    curated_cache = FeatureCache.open(cfg, "curated")
+    noisy_cache = FeatureCache.open(cfg, "noisy") if len(ds.noisy) else None
+    fold = folds["fold"].to_numpy()
+    init = init_path(cfg)
+    key = train_key(cfg)
+    histories, oof_parts = {}, []
+    for k in fold_names(cfg, int(fold.max()) + 1):
+        fdir = out / f"fold_{k}"
+        tr = np.ones(len(fold), bool) if k == "full" else fold != k
+        if not is_done(fdir, key):
+            lab_mask = labelled_split(ds.targets(ds.curated)[tr], cfg.data.labelled_fraction, cfg.run.seed)
+            tr_df = ds.curated[tr].reset_index(drop=True)
+            labelled = make_clipset(curated_cache, tr_df[lab_mask], ds.classes)
+            unlabelled = None
+            if mode_cls.uses_unlabelled:
+                if cfg.data.labelled_fraction < 1:      # the rest of the curated training clips, labels kept as truth
+                    rest = tr_df[~lab_mask]
+                    unlabelled = make_clipset(curated_cache, rest, ds.classes, truth_df=rest)
+                elif noisy_cache is not None:
+                    unlabelled = make_clipset(noisy_cache, ds.noisy, ds.classes, ds.noisy_truth)
+            val = None if k == "full" else make_clipset(curated_cache, ds.curated[fold == k], ds.classes)
+            model = build_model(cfg, ds.n_classes, heads=mode_cls.heads)
+            if init is not None:
+                init_from_checkpoint(model, init, log)
+            log.info(f"fold {k}: {len(labelled)} labelled, {0 if unlabelled is None else len(unlabelled)} "
+                     f"unlabelled, {0 if val is None else len(val)} validation clips; mode {cfg.train.mode}")
+            fit(cfg, fdir, model, cfg.train.mode, ds.classes, labelled, unlabelled, val, log,
+                seed_offset=1000 * (1 + (k if k != "full" else 99)))
+            if val is not None:
+                write_fold_oof(cfg, fdir, val, ds.classes)
+        histories[f"fold {k}"] = pd.read_csv(fdir / "metrics.csv")
+        if k != "full":
+            oof_parts.append(pd.read_csv(fdir / "oof.csv", dtype={"fname": str}))
+    plot_curves(histories, out / "curves.png", f"{cfg.run.name} train")
+    return summarise(cfg, out, ds, oof_parts, log)
+
+
+def write_fold_oof(cfg, fdir, val, classes):
+    """Predictions of the fold's best model on its held-out clips, as fdir/oof.csv."""
+    from models import create_model
+    from pipeline.engine import validate
+    from pipeline.utils import get_device
+    ck = load_checkpoint(fdir / "best.pt")
+    model = create_model(**ck["model_config"])
+    model.load_state_dict(ck["model"])
+    device = get_device(cfg)
+    _, p = validate(model.to(device), cfg, val, device, len(classes))
+    df = pd.DataFrame(p, columns=classes)
+    df.insert(0, "fname", val.fnames)
+    atomic_to_csv(df, fdir / "oof.csv", index=False)
+
+
+def summarise(cfg, out, ds, oof_parts, log) -> dict:
+    if not oof_parts:
+        return {"dir": out}
+    oof = pd.concat(oof_parts, ignore_index=True)
+    atomic_to_csv(oof, out / "oof.csv", index=False)
+    truth = ds.curated.set_index("fname").loc[oof["fname"]]
+    from pipeline.data import labels_to_matrix
+    overall, per_class = lwlrap(labels_to_matrix(truth["labels"], ds.classes), oof[ds.classes].to_numpy())
+    summary = {"oof_lwlrap": overall, "n_clips": len(oof), "mode": cfg.train.mode,
+               "per_class": {c: (None if np.isnan(v) else float(v)) for c, v in zip(ds.classes, per_class)}}
+    atomic_write_json(out / "summary.json", summary)
+    log.info(f"OOF lwlrap ({len(oof)} clips, {len(oof_parts)} folds): {overall:.4f}")
+    print(f"OOF lwlrap: {overall:.4f}")
+    return {"dir": out, **summary}
+
+
+if __name__ == "__main__":
+    main(cli("train", "Stage 2: K-fold training on the curated set.")[0])

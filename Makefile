@@ -34,12 +34,24 @@ features: $(STAMP) ## log-mel feature cache of every split (a no-op when up to d
 folds: $(STAMP) ## multi-label stratified folds of the curated set
 	$(call STAGE,folds)
 
+warmup: $(STAMP) ## stage 1: warm up the network on the noisy set
+	$(call STAGE,warmup)
+
+train: $(STAMP) ## K-fold training on the curated set (train.mode: supervised, teacher_student, ...)
+	$(call STAGE,train)
+
+infer: $(STAMP) ## predict the test set with every fold model (TTA), then ensemble into submissions/
+	$(call STAGE,infer)
+
+ensemble: $(STAMP) ## average fold (and infer.runs) predictions into submissions/<run.name>.csv
+	$(call STAGE,ensemble)
+
 score: $(STAMP) ## score submissions/<run.name>.csv against <data.root>/test_labels.csv
 	$(call STAGE,score)
 
 demo: $(STAMP) ## the whole chain on the embedded demo set, printing the test lwlrap last
 	$(MAKE) demo-data
-	$(MAKE) features folds CONFIG=configs/demo.yaml OVERRIDES="$(OVERRIDES)"
+	$(MAKE) features folds warmup train infer score CONFIG=configs/demo.yaml OVERRIDES="$(OVERRIDES)"
 
 test: $(STAMP) ## the test suite (unit tests and one end-to-end run on tiny data)
 	$(PY) -m pytest -q tests

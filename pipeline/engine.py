@@ -309,9 +309,12 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
     return {"best": best, "history": pd.DataFrame(history)}
 
 
-def build_model(cfg, n_classes: int, heads=("h",)):
-    """The configured Tagger: model.name backbone, time-reversal outputs, heads, cosine heads if ArcFace is used."""
+def build_model(cfg, n_classes: int, heads=("h",), seed: int | None = None):
+    """The configured Tagger: model.name backbone, time-reversal outputs, heads, cosine heads if ArcFace is used.
+    With `seed`, the initial weights are drawn from it (the same seed gives the same model)."""
     from models import create_model
+    if seed is not None:
+        torch.manual_seed(seed)
     params = dict(cfg.model.params)
     if cfg.model.name == "cnn14":
         params.setdefault("n_mels", cfg.features.n_mels)   # its bn0 normalises each mel band

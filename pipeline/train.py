@@ -97,13 +97,13 @@ def main(cfg) -> dict:
                 elif noisy_cache is not None:
                     unlabelled = make_clipset(noisy_cache, ds.noisy, ds.classes, ds.noisy_truth)
             val = None if k == "full" else make_clipset(curated_cache, ds.curated[fold == k], ds.classes)
-            model = build_model(cfg, ds.n_classes, heads=mode_cls.heads)
+            seed_offset = 1000 * (1 + (k if k != "full" else 99))
+            model = build_model(cfg, ds.n_classes, heads=mode_cls.heads, seed=cfg.run.seed + seed_offset)
             if init is not None:
                 init_from_checkpoint(model, init, log)
             log.info(f"fold {k}: {len(labelled)} labelled, {0 if unlabelled is None else len(unlabelled)} "
                      f"unlabelled, {0 if val is None else len(val)} validation clips; mode {cfg.train.mode}")
-            fit(cfg, fdir, model, cfg.train.mode, ds.classes, labelled, unlabelled, val, log,
-                seed_offset=1000 * (1 + (k if k != "full" else 99)))
+            fit(cfg, fdir, model, cfg.train.mode, ds.classes, labelled, unlabelled, val, log, seed_offset)
             if val is not None:
                 write_fold_oof(cfg, fdir, val, ds.classes)
         histories[f"fold {k}"] = pd.read_csv(fdir / "metrics.csv")

@@ -28,7 +28,7 @@ def main(cfg) -> dict:
     save_config(cfg, out)
     noisy = make_clipset(FeatureCache.open(cfg, "noisy"), ds.noisy, ds.classes)
     curated = make_clipset(FeatureCache.open(cfg, "curated"), ds.curated, ds.classes)
-    model = build_model(cfg, ds.n_classes)
+    model = build_model(cfg, ds.n_classes, seed=cfg.run.seed)
     log.info(f"warm-up on {len(noisy)} noisy clips, {cfg.train.epochs} epochs, model {cfg.model.name} "
              f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters)")
     result = fit(cfg, out, model, "supervised", ds.classes, noisy, val=curated, log=log)

@@ -76,3 +76,22 @@ def cfg_for(tmp_path):
 def _chdir(tmp_path, monkeypatch):
     """Stages write runs/ and submissions/ relative to the working directory: keep them in tmp."""
     monkeypatch.chdir(tmp_path)
+
+
+TINY_TRAIN = ["model.params={width: 0.125}", "train.epochs=2", "warmup.epochs=1", "train.frames=32",
+              "train.batch_size=8", "folds.n_splits=3", "train.eval_hop=16", "infer.hop=16",
+              "teacher_student.n_curated=4", "teacher_student.n_noisy=8"]
+
+
+@pytest.fixture
+def prepared(tmp_path, cfg_for):
+    """A tiny dataset with its feature cache and folds; returns make(*overrides, stage=None) -> cfg."""
+    from pipeline import features, folds
+    root = make_dataset(tmp_path / "ds", n_curated=24, n_noisy=16)
+
+    def make(*overrides, stage=None):
+        return cfg_for(root, *TINY_TRAIN, *overrides, stage=stage)
+
+    features.main(make())
+    folds.main(make())
+    return make

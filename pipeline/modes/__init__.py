@@ -123,5 +123,53 @@ class Mode:
         return y if y.shape[1] == n_out else torch.cat([y, torch.zeros_like(y)], dim=1)
 
 
+class PseudoLabelStats:
+    """Per-epoch quality and quantity of selected pseudo-labels against the truth, where it is known.
+
+    add(selected (B, C) bool: labels taken as positive, truth (B, C) or None, noisy (B, C) or None, mask (B, C) bool
+    or None: entries used at all). logs() -> pl_precision, pl_recall (of the selected positives vs the truth),
+    pl_kept (share of the given noisy labels kept as positives), pl_used (share of entries the mask uses), pl_pos
+    (selected positives per clip); then resets.
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.tp = self.sel = self.true = self.kept = self.noisy = self.used = self.entries = self.clips = 0.0
+
+    @torch.no_grad()
+    def add(self, selected, truth=None, noisy=None, mask=None):
+        selected = selected.bool()
+        if mask is not None:
+            selected = selected & mask.bool()
+            self.used += float(mask.float().sum())
+        self.entries += selected.numel()
+        self.clips += selected.shape[0]
+        self.sel += float(selected.sum())
+        if truth is not None:
+            t = truth[:, :selected.shape[1]] > 0.5
+            self.tp += float((selected & t).sum())
+            self.true += float(t.sum())
+        if noisy is not None:
+            n = noisy[:, :selected.shape[1]] > 0.5
+            self.kept += float((selected & n).sum())
+            self.noisy += float(n.sum())
+
+    def logs(self) -> dict:
+        out = {}
+        if self.clips:
+            out["pl_pos"] = self.sel / self.clips
+        if self.true:
+            out["pl_precision"] = self.tp / self.sel if self.sel else 0.0
+            out["pl_recall"] = self.tp / self.true
+        if self.noisy:
+            out["pl_kept"] = self.kept / self.noisy
+        if self.used:
+            out["pl_used"] = self.used / self.entries
+        self.reset()
+        return out
+
+
 def create_mode(name: str, ctx: TrainContext) -> Mode:
     return mode_class(name)(ctx)

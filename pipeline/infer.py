@@ -1,0 +1,97 @@
+"""Inference: each trained fold model predicts the test set (and its held-out curated clips) with sliding windows,
+length-adaptive TTA and time-reversal averaging; then the folds are ensembled into the submission.
+
+    make infer CONFIG=configs/demo.yaml          # infer + ensemble
+    python -m pipeline.infer --config FILE [key=value ...]
+
+For each model runs/<run>/train/fold_<k>/best.pt (and fold_full when train.full), writes:
+    runs/<run>/infer/fold_<k>/model.pt       the inference checkpoint: backbone + head h only (no g, no ArcFace)
+    runs/<run>/infer/fold_<k>/test.csv       fname + one column per class
+    runs/<run>/infer/fold_<k>/oof.csv        the fold's held-out curated clips (not for fold_full)
+Each fold folder is marked done for its checkpoint and the infer settings; a rerun skips finished folds.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pipeline.config import cli, config_hash, save_config
+from pipeline.data import load_dataset
+from pipeline.engine import load_checkpoint, save_checkpoint
+from pipeline.features import FeatureCache
+from pipeline.folds import read_folds
+from pipeline.predict import predict_clips
+from pipeline.utils import atomic_to_csv, get_device, get_logger, is_done, mark_done, progress, run_dir
+
+
+def fold_dirs(cfg) -> list[Path]:
+    train_dir = run_dir(cfg, "train")
+    dirs = sorted(p for p in train_dir.glob("fold_*") if (p / "done.json").exists())
+    if not dirs:
+        raise FileNotFoundError(f"{train_dir}: no finished fold models; run `make train` first")
+    return dirs
+
+
+def export(best_path: Path, out_path: Path):
+    """The inference checkpoint of a fold: the model without g and the ArcFace weights."""
+    from models import create_model
+    ck = load_checkpoint(best_path)
+    model = create_model(**ck["model_config"])
+    model.load_state_dict(ck["model"])
+    small = model.export_inference()
+    save_checkpoint(out_path, small, ck["cfg"], ck["classes"], epoch=ck.get("epoch"), source=str(best_path))
+    return small
+
+
+def predict_frame(model, cfg, cache, fnames, classes, device, seed) -> pd.DataFrame:
+    inf = cfg.infer
+    p = predict_clips(model, cache, fnames, cfg.train.frames, inf.hop, len(classes), batch_size=inf.batch_size,
+                      device=device, tta_counts=list(inf.tta_counts) if inf.tta else None,
+                      reversal=inf.reversal and model.n_out == 2 * len(classes), mean=inf.mean,
+                      aug_cfg=cfg.augment, seed=seed,
+                      progress=(lambda it: progress(it, cfg.run.progress, leave=False, desc="windows")))
+    df = pd.DataFrame(p, columns=classes)
+    df.insert(0, "fname", list(fnames))
+    return df
+
+
+def main(cfg, ensemble=True) -> dict:
+    out = run_dir(cfg, "infer")
+    log = get_logger(folder=out)
+    save_config(cfg, out)
+    ds = load_dataset(cfg.data.root, check_audio=False)
+    device = get_device(cfg)
+    test_cache, cur_cache = FeatureCache.open(cfg, "test"), FeatureCache.open(cfg, "curated")
+    folds = read_folds(cfg).set_index("fname")["fold"]
+    key_base = config_hash(cfg, ("infer", "features", "augment")) + f"-f{cfg.train.frames}-s{cfg.run.seed}"
+    written = []
+    for fdir in fold_dirs(cfg):
+        name = fdir.name
+        odir = out / name
+        best = fdir / "best.pt"
+        key = f"{key_base}-{best.stat().st_mtime_ns}"
+        if not is_done(odir, key):
+            model = export(best, odir / "model.pt").to(device)
+            log.info(f"{name}: predicting {len(test_cache)} test clips")
+            with torch.no_grad():
+                atomic_to_csv(predict_frame(model, cfg, test_cache, test_cache.fnames, ds.classes, device,
+                                            cfg.run.seed), odir / "test.csv", index=False)
+                if name != "fold_full":
+                    k = int(name.split("_")[1])
+                    held = [f for f in ds.curated["fname"] if folds[f] == k]
+                    atomic_to_csv(predict_frame(model, cfg, cur_cache, held, ds.classes, device, cfg.run.seed),
+                                  odir / "oof.csv", index=False)
+            mark_done(odir, key, source=str(best))
+        written.append(odir)
+    log.info(f"inference done for {len(written)} model(s) in {out}")
+    result = {"dir": out, "folds": [p.name for p in written]}
+    if ensemble:
+        from pipeline import ensemble as ens
+        result.update(ens.main(cfg))
+    return result
+
+
+if __name__ == "__main__":
+    main(cli("infer", "Predict the test set with every fold model (TTA), then ensemble.")[0])

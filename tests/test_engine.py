@@ -1,0 +1,141 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models import create_model
+from pipeline import train, warmup
+from pipeline.config import load_config
+from pipeline.engine import build_model, fit, init_from_checkpoint, load_checkpoint, lr_factor, make_clipset
+from pipeline.data import load_dataset
+from pipeline.features import FeatureCache
+from pipeline.utils import ROOT
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = load_config(None, ["train.epochs=10", "train.lr_warmup_epochs=2"])
+    f = [lr_factor(s, 5, cfg) for s in range(50)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)     # linear ramp over 10 steps
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 0.01     # cosine down to ~0
+    assert f[10 + 20] == pytest.approx(0.5, abs=0.02)                        # halfway through the cosine
+
+
+def small_fit(cfg, out):
+    ds = load_dataset(cfg.data.root, check_audio=False)
+    clips = make_clipset(FeatureCache.open(cfg, "curated"), ds.curated, ds.classes)
+    model = build_model(cfg, ds.n_classes, heads=("h",), seed=cfg.run.seed)
+    return fit(cfg, out, model, "supervised", ds.classes, clips, val=clips), model
+
+
+def test_resume_gives_same_weights_as_uninterrupted(prepared, tmp_path, monkeypatch):
+    import pipeline.engine as engine
+    cfg = prepared("train.mode=supervised", "train.epochs=3", "model.dropout=0.2")
+    small_fit(cfg, tmp_path / "a")
+
+    class Stop(Exception):
+        pass
+
+    real_save = engine.save_checkpoint
+
+    def save_then_stop(path, *a, **k):     # dies right after epoch 1's last.pt, as a kill there would
+        real_save(path, *a, **k)
+        if Path(path).name == "last.pt" and k.get("epoch") == 1:
+            raise Stop
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_stop)
+    with pytest.raises(Stop):
+        small_fit(cfg, tmp_path / "c")
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    assert not (tmp_path / "c" / "done.json").exists()
+    torch.manual_seed(12345)               # the process's RNG state differs from a fresh run's
+    small_fit(cfg, tmp_path / "c")
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
+    c = torch.load(tmp_path / "c" / "last.pt", weights_only=False)["model"]
+    for k in a:
+        assert torch.equal(a[k], c[k]), k
+    assert pd.read_csv(tmp_path / "c" / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
+
+
+def test_checkpoint_is_self_describing(prepared, tmp_path):
+    cfg = prepared("train.mode=supervised", "train.epochs=1")
+    small_fit(cfg, tmp_path / "m")
+    ck = load_checkpoint(tmp_path / "m" / "best.pt")
+    model = create_model(**ck["model_config"])
+    model.load_state_dict(ck["model"])
+    assert ck["cfg"]["model"]["name"] == "vgg8" and len(ck["classes"]) == 5 and ck["epoch"] == 1
+    x = torch.randn(2, 1, 32, 40)
+    model.eval()
+    assert model(x)["h"].shape == (2, 10)
+
+
+def test_corrupt_checkpoint_named(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"junk")
+    with pytest.raises(RuntimeError, match="x.pt"):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_init_from_copies_h_into_g(prepared, tmp_path):
+    cfg = prepared()
+    src = build_model(cfg, 5, heads=("h",))
+    torch.save({"model": src.state_dict(), "model_config": src.config}, tmp_path / "w.pt")
+    dst = init_from_checkpoint(build_model(cfg, 5, heads=("h", "g")), tmp_path / "w.pt")
+    assert torch.equal(dst.heads["g"].weight, src.heads["h"].weight)
+    assert torch.equal(dst.backbone.state_dict()[next(iter(dst.backbone.state_dict()))],
+                       src.backbone.state_dict()[next(iter(src.backbone.state_dict()))])
+
+
+def test_warmup_then_train_writes_artifacts_and_skips_finished_folds(prepared, capsys):
+    warmup.main(prepared(stage="warmup"))
+    w = Path("runs/base/warmup")
+    assert (w / "last.pt").exists() and (w / "curves.png").exists() and (w / "done.json").exists()
+    assert len(pd.read_csv(w / "metrics.csv")) == 2   # the explicit train.epochs=2 override beats warmup.epochs=1
+    res = train.main(prepared("train.mode=supervised", stage="train"))
+    t = Path("runs/base/train")
+    assert 0 <= res["oof_lwlrap"] <= 1 and "OOF lwlrap" in capsys.readouterr().out
+    oof = pd.read_csv(t / "oof.csv")
+    assert len(oof) == 24 and (t / "curves.png").exists() and (t / "summary.json").exists()
+    for k in range(3):
+        assert {"best.pt", "last.pt", "metrics.csv", "oof.csv", "done.json"} <= {p.name for p in (t / f"fold_{k}").iterdir()}
+    mtimes = {p: p.stat().st_mtime_ns for p in t.glob("fold_*/best.pt")}
+    train.main(prepared("train.mode=supervised", stage="train"))
+    assert mtimes == {p: p.stat().st_mtime_ns for p in t.glob("fold_*/best.pt")}
+
+
+def test_train_without_warmup_says_what_to_run(prepared):
+    with pytest.raises(FileNotFoundError, match="make warmup"):
+        train.main(prepared(stage="train"))
+
+
+def test_kill_mid_epoch_then_resume(prepared, tmp_path):
+    """kill -9 while fold 1 trains; the rerun keeps fold 0 and finishes fold 1 from its last.pt."""
+    cfg = prepared()
+    ov = [f"data.root={cfg.data.root}", f"features.cache_dir={cfg.features.cache_dir}", "run.workers=1",
+          "run.progress=false", "features.n_mels=32", "model.params={width: 0.125}", "train.frames=32",
+          "train.batch_size=8", "folds.n_splits=3", "train.mode=supervised", "train.init_from=null",
+          "train.epochs=4", "train.steps_per_epoch=12", "train.eval_hop=16"]
+    cmd = [sys.executable, "-m", "pipeline.train", *ov]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    fold1 = tmp_path / "runs/base/train/fold_1"
+    deadline = time.time() + 120
+    while not (fold1 / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    time.sleep(0.3)                                  # inside fold 1's second epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / "runs/base/train/fold_0/done.json").exists()
+    assert not (fold1 / "done.json").exists()
+    fold0_best = (tmp_path / "runs/base/train/fold_0/best.pt").stat().st_mtime_ns
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resuming" in out.stderr and "OOF lwlrap" in out.stdout
+    assert (tmp_path / "runs/base/train/fold_0/best.pt").stat().st_mtime_ns == fold0_best
+    assert pd.read_csv(fold1 / "metrics.csv")["epoch"].tolist() == [1, 2, 3, 4]

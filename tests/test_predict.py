@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import Cfg
+from pipeline.predict import plan_windows, predict_clips, repeat_pad, tta_passes, window_probs, window_starts
+
+
+def test_window_starts_cover_clip():
+    assert window_starts(100, 192, 16) == [0]
+    assert window_starts(192, 192, 16) == [0]
+    s = window_starts(250, 192, 16)
+    assert s[0] == 0 and s[-1] == 250 - 192 and all(b - a <= 16 for a, b in zip(s, s[1:]))
+
+
+@pytest.mark.parametrize("n_windows, extra", [(1, 9), (2, 5), (3, 3), (4, 2), (5, 2), (6, 1), (7, 1), (8, 0)])
+def test_tta_counts(n_windows, extra):
+    counts = [9, 5, 3, 2, 2, 1, 1]
+    assert tta_passes(n_windows, counts) == extra
+    n = 192 + 16 * (n_windows - 1)                      # a clip of exactly n_windows windows
+    clip, start, aug = plan_windows([n], 192, 16, counts)
+    assert len(clip) == n_windows * (1 + extra) and aug.sum() == n_windows * extra
+    assert n_windows * (1 + extra) >= 8 or n_windows >= 8  # short clips get about 10 predictions
+
+
+def test_repeat_pad():
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert repeat_pad(x, 7).tolist() == [[0, 1, 2, 0, 1, 2, 0], [3, 4, 5, 3, 4, 5, 3]]
+
+
+def test_reversal_averaging():
+    c = 3
+    logits = torch.tensor([[0.0, 1.0, 2.0, 9.0, 9.0, 9.0]])
+    logits_rev = torch.tensor([[-9.0, -9.0, -9.0, 2.0, 1.0, 0.0]])
+    p = window_probs(logits, logits_rev, c)
+    want = 0.5 * (torch.sigmoid(logits[:, :3]) + torch.sigmoid(logits_rev[:, 3:]))
+    assert torch.allclose(p, want)
+    assert torch.allclose(window_probs(logits, None, c), torch.sigmoid(logits[:, :3]))
+
+
+class FakeCache:
+    def __init__(self, lengths, f=4):
+        rng = np.random.default_rng(0)
+        self.data = [rng.standard_normal((f, n)).astype(np.float32) for n in lengths]
+        self.frames = np.array(lengths)
+        self.fnames = [f"c{i}" for i in range(len(lengths))]
+
+    def position(self, f):
+        return self.fnames.index(f)
+
+    def get(self, i, start=0, length=None):
+        x = self.data[i]
+        return x[:, start: x.shape[1] if length is None else start + length]
+
+
+class MeanModel(torch.nn.Module):
+    """logits = per-band means over time, duplicated for reversed classes: sees only what it is fed."""
+    n_out = 8
+
+    def forward(self, x, heads=None):
+        m = x.mean(dim=(1, 3))                                 # (B, F=4)
+        return {"h": torch.cat([m, m + x[:, 0, :, 0]], dim=1)}  # reversed half depends on the first frame
+
+
+def test_predict_clips_arithmetic_geometric_and_tta():
+    cache = FakeCache([10, 40])
+    model = MeanModel()
+    p = predict_clips(model, cache, cache.fnames, frames=16, hop=8, n_classes=4)
+    assert p.shape == (2, 4) and ((p > 0) & (p < 1)).all()
+    pg = predict_clips(model, cache, cache.fnames, frames=16, hop=8, n_classes=4, mean="geometric")
+    assert (pg <= p + 1e-6).all()                             # geometric mean <= arithmetic mean
+    pt = predict_clips(model, cache, cache.fnames, frames=16, hop=8, n_classes=4, tta_counts=[9, 5, 3],
+                       aug_cfg=Cfg(freq_masks=2, time_masks=2, freq_width=0.5, time_width=0.5), seed=1)
+    assert not np.allclose(pt, p)                             # masked passes change the mean
+    pr = predict_clips(model, cache, cache.fnames, frames=16, hop=8, n_classes=4, reversal=True)
+    assert not np.allclose(pr, p)

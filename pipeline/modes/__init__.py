@@ -124,49 +124,56 @@ class Mode:
 
 
 class PseudoLabelStats:
-    """Per-epoch quality and quantity of selected pseudo-labels against the truth, where it is known.
+    """Per-epoch quantity and quality of selected pseudo-labels, for every mode that selects them.
 
-    add(selected (B, C) bool: labels taken as positive, truth (B, C) or None, noisy (B, C) or None, mask (B, C) bool
-    or None: entries used at all). logs() -> pl_precision, pl_recall (of the selected positives vs the truth),
-    pl_kept (share of the given noisy labels kept as positives), pl_used (share of entries the mask uses), pl_pos
-    (selected positives per clip); then resets.
+    update(yhat (B, C) hard pseudo-labels, mask (B, C) entries used (None: all), truth (B, C) true labels or None,
+    noisy (B, C) the clips' given (noisy) labels or None). logs() then resets and returns:
+      pl_pos        selected positives per clip
+      pl_used       share of (clip, class) entries the mask uses (modes with confidence masks)
+      pl_precision  share of selected positives that are true (NaN when none selected), where the truth is known
+      pl_recall     share of true labels selected as positives, where the truth is known
+      pl_kept       share of the given noisy labels kept as positives, where noisy labels are given
     """
 
     def __init__(self):
         self.reset()
 
     def reset(self):
-        self.tp = self.sel = self.true = self.kept = self.noisy = self.used = self.entries = self.clips = 0.0
+        self.clips = self.entries = self.used = self.sel = self.tp = self.true = self.kept = self.noisy = 0.0
+        self.has_mask = self.has_truth = False
 
     @torch.no_grad()
-    def add(self, selected, truth=None, noisy=None, mask=None):
-        selected = selected.bool()
+    def update(self, yhat, mask=None, truth=None, noisy=None):
+        c = yhat.shape[1]
+        sel = yhat >= 0.5
         if mask is not None:
-            selected = selected & mask.bool()
-            self.used += float(mask.float().sum())
-        self.entries += selected.numel()
-        self.clips += selected.shape[0]
-        self.sel += float(selected.sum())
+            sel = sel & mask.bool()
+            self.used += float(mask.bool().sum())
+            self.has_mask = True
+        self.clips += yhat.shape[0]
+        self.entries += yhat.numel()
+        self.sel += float(sel.sum())
         if truth is not None:
-            t = truth[:, :selected.shape[1]] > 0.5
-            self.tp += float((selected & t).sum())
+            t = truth[:, :c] >= 0.5
+            self.tp += float((sel & t).sum())
             self.true += float(t.sum())
+            self.has_truth = True
         if noisy is not None:
-            n = noisy[:, :selected.shape[1]] > 0.5
-            self.kept += float((selected & n).sum())
+            n = noisy[:, :c] >= 0.5
+            self.kept += float((sel & n).sum())
             self.noisy += float(n.sum())
 
     def logs(self) -> dict:
         out = {}
         if self.clips:
             out["pl_pos"] = self.sel / self.clips
-        if self.true:
-            out["pl_precision"] = self.tp / self.sel if self.sel else 0.0
-            out["pl_recall"] = self.tp / self.true
+        if self.has_mask:
+            out["pl_used"] = self.used / self.entries
+        if self.has_truth:
+            out["pl_precision"] = self.tp / self.sel if self.sel else float("nan")
+            out["pl_recall"] = self.tp / self.true if self.true else float("nan")
         if self.noisy:
             out["pl_kept"] = self.kept / self.noisy
-        if self.used:
-            out["pl_used"] = self.used / self.entries
         self.reset()
         return out
 

@@ -48,7 +48,7 @@ class TeacherStudent(Mode):
         aug, g = self.ctx.aug, self.ctx.generator
         v_hat, w_hat = aug.spec(batch["x"], g), aug.spec(batch["ux"], g)
         y_w = self.pseudo_labels(w_hat)
-        self.stats.add(y_w > 0, batch.get("utruth"), batch.get("uy"))
+        self.stats.update(y_w, None, batch.get("utruth"), batch.get("uy"))
         v_hat, y_v = aug.reverse(v_hat, batch["y"], g)
         w_hat, y_w = aug.reverse(w_hat, y_w, g)
         v_mix, yv_mix = aug.mix(v_hat, y_v, g)[:2]

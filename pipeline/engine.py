@@ -34,13 +34,18 @@ TRAIN_SECTIONS = ("data", "features", "folds", "model", "loss", "augment", "trai
 
 
 def train_key(cfg) -> str:
-    return config_hash(cfg, TRAIN_SECTIONS) + f"-s{cfg.run.seed}"
+    """What decides a fold's training: the train sections, less the choice of which folds to run."""
+    plain = {k: to_plain(cfg[k]) for k in TRAIN_SECTIONS}
+    for k in ("folds", "full"):
+        plain["train"].pop(k, None)
+    return config_hash(plain) + f"-s{cfg.run.seed}"
 
 
 @dataclass
 class ClipSet:
-    """Clips of one FeatureCache split: rows `pos` of the cache, targets (N, C), true labels (N, C) or None."""
-    cache: object
+    """Clips of FeatureCache splits: clip i is row pos[i] of caches[src[i]]; targets (N, C), true labels or None."""
+    caches: list
+    src: np.ndarray
     pos: np.ndarray
     y: np.ndarray
     truth: np.ndarray | None = None
@@ -48,6 +53,24 @@ class ClipSet:
 
     def __len__(self):
         return len(self.pos)
+
+    def get(self, i) -> np.ndarray:
+        """Clip i as (n_mels, frames) float32."""
+        return self.caches[self.src[i]].get(int(self.pos[i]))
+
+    @property
+    def cache(self):
+        """The single cache of a one-split ClipSet (validation and prediction read it by fname)."""
+        if len(self.caches) != 1:
+            raise ValueError("this ClipSet spans several caches")
+        return self.caches[0]
+
+
+def concat_clipsets(a: ClipSet, b: ClipSet) -> ClipSet:
+    """The clips of a then b (truth kept only when both have it)."""
+    truth = None if a.truth is None or b.truth is None else np.concatenate([a.truth, b.truth])
+    return ClipSet(a.caches + b.caches, np.concatenate([a.src, b.src + len(a.caches)]), np.concatenate([a.pos, b.pos]),
+                   np.concatenate([a.y, b.y]), truth, (a.fnames or []) + (b.fnames or []))
 
 
 def batch_stream(clips: ClipSet, batch_size: int, steps: int, frames: int, rng: np.random.Generator, albu=None):
@@ -60,8 +83,7 @@ def batch_stream(clips: ClipSet, batch_size: int, steps: int, frames: int, rng: 
         rows = order[s * batch_size:(s + 1) * batch_size]
         xs = []
         for r in rows:
-            spec = clips.cache.get(int(clips.pos[r]))
-            spec = crop_or_pad(spec, frames, rng)
+            spec = crop_or_pad(clips.get(r), frames, rng)
             xs.append(albu(spec, rng) if albu else spec)
         return np.stack(xs)[:, None], clips.y[rows], rows
 
@@ -331,5 +353,5 @@ def make_clipset(cache, df, classes, truth_df=None) -> ClipSet:
     if truth_df is not None:
         t = truth_df.set_index("fname").loc[fnames, "labels"]
         truth = labels_to_matrix(list(t), classes)
-    return ClipSet(cache, np.array([cache.position(f) for f in fnames], int), labels_to_matrix(df["labels"], classes),
-                   truth, fnames)
+    return ClipSet([cache], np.zeros(len(fnames), int), np.array([cache.position(f) for f in fnames], int),
+                   labels_to_matrix(df["labels"], classes), truth, fnames)

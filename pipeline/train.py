@@ -8,6 +8,7 @@ train.eval_every epochs on fold k with sliding-window predictions over whole cli
 whole curated set (the reference's third submission). Models start from the warm-up (train.init_from: warmup), a
 checkpoint path, or from scratch (null). Modes that use unlabelled clips take the noisy set, or, with
 data.labelled_fraction < 1, the curated training clips left unlabelled (a stratified share stays labelled).
+train.noisy_labelled adds the noisy clips, labels taken as they are, to the labelled set.
 
 Output: runs/<run.name>/train/fold_<k>/{best.pt, last.pt, metrics.csv, oof.csv, done.json}, and in train/:
 oof.csv (pooled out-of-fold predictions), summary.json (OOF lwlrap overall and per class), curves.png, config.yaml.
@@ -22,8 +23,8 @@ import pandas as pd
 
 from pipeline.config import cli, save_config
 from pipeline.data import load_dataset
-from pipeline.engine import build_model, fit, init_from_checkpoint, load_checkpoint, make_clipset, plot_curves, \
-    train_key
+from pipeline.engine import build_model, concat_clipsets, fit, init_from_checkpoint, load_checkpoint, make_clipset, \
+    plot_curves, train_key
 from pipeline.features import FeatureCache
 from pipeline.folds import read_folds
 from pipeline.metrics import lwlrap
@@ -89,6 +90,8 @@ def main(cfg) -> dict:
             lab_mask = labelled_split(ds.targets(ds.curated)[tr], cfg.data.labelled_fraction, cfg.run.seed)
             tr_df = ds.curated[tr].reset_index(drop=True)
             labelled = make_clipset(curated_cache, tr_df[lab_mask], ds.classes)
+            if cfg.train.noisy_labelled and noisy_cache is not None:
+                labelled = concat_clipsets(labelled, make_clipset(noisy_cache, ds.noisy, ds.classes))
             unlabelled = None
             if mode_cls.uses_unlabelled:
                 if cfg.data.labelled_fraction < 1:      # the rest of the curated training clips, labels kept as truth

@@ -139,3 +139,18 @@ def test_kill_mid_epoch_then_resume(prepared, tmp_path):
     assert "resuming" in out.stderr and "OOF lwlrap" in out.stdout
     assert (tmp_path / "runs/base/train/fold_0/best.pt").stat().st_mtime_ns == fold0_best
     assert pd.read_csv(fold1 / "metrics.csv")["epoch"].tolist() == [1, 2, 3, 4]
+
+
+def test_noisy_labels_as_is_join_the_labelled_stream(prepared):
+    from pipeline.engine import batch_stream, concat_clipsets
+    cfg = prepared()
+    ds = load_dataset(cfg.data.root, check_audio=False)
+    cur = make_clipset(FeatureCache.open(cfg, "curated"), ds.curated, ds.classes)
+    noisy = make_clipset(FeatureCache.open(cfg, "noisy"), ds.noisy, ds.classes)
+    both = concat_clipsets(cur, noisy)
+    assert len(both) == 40 and both.fnames[24] == ds.noisy["fname"][0]
+    assert np.array_equal(both.get(24), noisy.get(0)) and np.array_equal(both.y[24:], noisy.y)
+    rows = np.concatenate([r for _, _, r in batch_stream(both, 8, 5, 32, np.random.default_rng(0))])
+    assert sorted(rows) == list(range(40))                     # one pass covers curated and noisy clips
+    with pytest.raises(ValueError, match="several caches"):
+        both.cache

@@ -1,0 +1,64 @@
+"""Shared pieces of the quality benchmarks: run stages in-process, score a fold model on the test set, write a
+table into a marked section of docs/results.md."""
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import CONFIG_DIR, load_config  # noqa: E402
+from pipeline.utils import atomic_write_text  # noqa: E402
+
+RESULTS = ROOT / "docs" / "results.md"
+
+
+def cfg_for(config, overrides, stage):
+    return load_config(CONFIG_DIR / config if not Path(config).exists() else config, overrides, stage=stage)
+
+
+def timed(fn, *a, **k):
+    t = time.time()
+    out = fn(*a, **k)
+    return out, time.time() - t
+
+
+def test_lwlrap(cfg, fold_dir, tta: bool, reversal: bool = True) -> float:
+    """Test-set lwlrap of one fold model (its best.pt), with or without length-adaptive TTA."""
+    from models import create_model
+    from pipeline.data import load_dataset
+    from pipeline.engine import load_checkpoint
+    from pipeline.features import FeatureCache
+    from pipeline.metrics import lwlrap
+    from pipeline.predict import predict_clips
+    ds = load_dataset(cfg.data.root, check_audio=False)
+    ck = load_checkpoint(Path(fold_dir) / "best.pt")
+    model = create_model(**ck["model_config"])
+    model.load_state_dict(ck["model"])
+    cache = FeatureCache.open(cfg, "test")
+    p = predict_clips(model, cache, list(ds.test["fname"]), cfg.train.frames, cfg.infer.hop, ds.n_classes,
+                      batch_size=cfg.infer.batch_size, tta_counts=list(cfg.infer.tta_counts) if tta else None,
+                      reversal=reversal and model.n_out == 2 * ds.n_classes, aug_cfg=cfg.augment, seed=cfg.run.seed)
+    return lwlrap(ds.targets(ds.test), p)[0]
+
+
+def markdown_table(header, rows) -> str:
+    fmt = [lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt[0](v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(name: str, body: str):
+    """Replace (or append) the section between <!-- name --> markers in docs/results.md."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Results\n\nTables printed by the benchmark scripts.\n"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    atomic_write_text(RESULTS, text)

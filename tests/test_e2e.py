@@ -1,0 +1,53 @@
+"""The whole chain on the tiny demo preset, as `make demo` runs it, with one-epoch overrides."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline import demo_data, features, folds, infer, train, warmup
+from pipeline.config import CONFIG_DIR, load_config
+from pipeline.utils import ROOT
+
+
+@pytest.mark.e2e
+def test_whole_chain_on_tiny_demo(tmp_path, capsys):
+    root = demo_data.build(tmp_path / "tiny", preset="tiny", workers=2, progress=False)
+    ov = [f"data.root={root}", f"features.cache_dir={tmp_path / 'cache'}", "run.name=e2e", "run.progress=false",
+          "train.epochs=1", "train.full=true", "model.params={width: 0.125}", "train.batch_size=16",
+          "teacher_student.n_curated=8", "teacher_student.n_noisy=16", "train.frames=64"]
+
+    def cfg(stage):
+        return load_config(CONFIG_DIR / "demo.yaml", ov, stage=stage)
+
+    features.main(cfg("features"))
+    folds.main(cfg("folds"))
+    warmup.main(cfg("warmup"))
+    res = train.main(cfg("train"))                                   # teacher_student from the warm-up
+    assert cfg("train").train.mode == "teacher_student" and 0 <= res["oof_lwlrap"] <= 1
+    metrics = pd.read_csv(Path("runs/e2e/train/fold_0/metrics.csv"))
+    assert {"pl_precision", "pl_recall", "pl_kept", "loss_g", "loss_h"} <= set(metrics.columns)
+    out = infer.main(cfg("infer"))
+    sub_path = Path("submissions/e2e.csv")
+    assert out["submission"] == sub_path and sub_path.exists()
+    sub = pd.read_csv(sub_path)
+    sample = pd.read_csv(root / "sample_submission.csv")
+    assert list(sub.columns) == list(sample.columns) and list(sub["fname"]) == list(sample["fname"])
+    meta = json.loads(Path("submissions/e2e.json").read_text())
+    assert meta["n_models"] == 4 and "oof_per_class" in meta and "test_lwlrap" in meta   # 3 folds + full
+    # the exported inference model drops g and the ArcFace weights
+    assert Path("runs/e2e/infer/fold_0/model.pt").stat().st_size < Path("runs/e2e/train/fold_0/best.pt").stat().st_size
+    # the submission passes the scorer, which prints the lwlrap last
+    run = subprocess.run([sys.executable, "-m", "pipeline.score", str(sub_path.resolve()), str(root / "test_labels.csv")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    last = run.stdout.strip().splitlines()[-1]
+    assert last.startswith("lwlrap: ") and abs(float(last.split()[1]) - meta["test_lwlrap"]) < 1e-4
+    # a rerun of every stage is a no-op
+    before = {p: p.stat().st_mtime_ns for p in Path("runs/e2e").rglob("*.pt")}
+    features.main(cfg("features"))
+    train.main(cfg("train"))
+    infer.main(cfg("infer"))
+    assert before == {p: p.stat().st_mtime_ns for p in Path("runs/e2e").rglob("*.pt")}

@@ -20,9 +20,9 @@ def cfg_for(config, overrides, stage):
     return load_config(CONFIG_DIR / config if not Path(config).exists() else config, overrides, stage=stage)
 
 
-def timed(fn, *a, **k):
+def timed(func, /, *a, **k):
     t = time.time()
-    out = fn(*a, **k)
+    out = func(*a, **k)
     return out, time.time() - t
 
 

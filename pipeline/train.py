@@ -52,7 +52,8 @@ def labelled_split(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     if not 0 < fraction < 1:
         raise ValueError(f"data.labelled_fraction must be in (0, 1], got {fraction}")
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
-    split = MultilabelStratifiedShuffleSplit(n_splits=1, train_size=fraction, random_state=seed)
+    split = MultilabelStratifiedShuffleSplit(n_splits=1, train_size=fraction, test_size=1 - fraction,
+                                             random_state=seed)
     keep, _ = next(split.split(np.zeros(len(y)), y))
     mask = np.zeros(len(y), bool)
     mask[keep] = True

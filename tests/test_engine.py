@@ -154,3 +154,26 @@ def test_noisy_labels_as_is_join_the_labelled_stream(prepared):
     assert sorted(rows) == list(range(40))                     # one pass covers curated and noisy clips
     with pytest.raises(ValueError, match="several caches"):
         both.cache
+
+
+def test_labelled_fraction_is_stratified():
+    from pipeline.train import labelled_split
+    rng = np.random.default_rng(0)
+    y = np.zeros((400, 8))
+    y[np.arange(400), rng.integers(0, 8, 400)] = 1
+    mask = labelled_split(y, 0.1, seed=0)
+    assert mask.sum() == 40
+    per_class = y[mask].sum(0)
+    assert per_class.min() >= 3 and per_class.max() <= 7           # about 5 of each class
+    assert labelled_split(y, 1.0, 0).all()
+    with pytest.raises(ValueError, match="labelled_fraction"):
+        labelled_split(y, 1.5 - 2, 0)
+
+
+def test_labelled_fraction_run_uses_rest_as_unlabelled(prepared):
+    res = train.main(prepared("train.mode=fixmatch", "train.init_from=null", "data.labelled_fraction=0.5",
+                              "train.folds=[0]", "train.epochs=1", "train.steps_per_epoch=2", stage="train"))
+    log = Path("runs/base/train/log.txt").read_text()
+    assert "fold 0: 8 labelled, 8 unlabelled" in log and 0 <= res["oof_lwlrap"] <= 1
+    m = pd.read_csv("runs/base/train/fold_0/metrics.csv")
+    assert "pl_precision" in m                                        # the unlabelled clips' truth is known

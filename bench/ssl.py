@@ -1,0 +1,81 @@
+"""Every training mode on the demo data with 10% of the curated set labelled, the same budget for each.
+
+    .venv/bin/python bench/ssl.py [--config demo.yaml] [--epochs N] [--steps N] [--modes a,b] [key=value ...]
+    (needs `make demo-data features folds`; writes its table into docs/results.md)
+
+Each row trains on folds 1-2 of the curated set, keeping a stratified 10% of those clips labelled and using the
+other 90% as unlabelled clips (their labels are only used to measure pseudo-label quality), validates on fold 0 with
+its full labels, and scores the test set. Rows: supervised on the 10%, every semi-supervised mode, supervised on
+100%. All start from scratch with the same epochs, optimiser steps and labelled batch size; the unlabelled batch is
+mu x the labelled one (each mode's default mu). fmuc needs dropout: its row sets model.dropout=0.3.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file's name shadows the standard library's ssl module (which torch imports): search its folder last.
+_HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [p for p in sys.path if p not in (_HERE, "")] + [_HERE]
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from common import cfg_for, markdown_table, test_lwlrap, timed, write_section  # noqa: E402
+
+from pipeline import folds, train  # noqa: E402
+from pipeline.modes import list_modes, mode_class  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="demo.yaml")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--fraction", type=float, default=0.1)
+    ap.add_argument("--modes", default="", help="comma-separated subset of the modes")
+    ap.add_argument("overrides", nargs="*")
+    a = ap.parse_args()
+    base = [f"train.epochs={a.epochs}", f"train.steps_per_epoch={a.steps}", "train.batch_size=16",
+            "train.init_from=null", "train.folds=[0]", "run.progress=false", *a.overrides]
+    ssl_modes = [m for m in list_modes() if mode_class(m).uses_unlabelled]
+    if a.modes:
+        ssl_modes = [m for m in ssl_modes if m in a.modes.split(",")]
+    rows_spec = ([(f"supervised {a.fraction:.0%}", "supervised", [f"data.labelled_fraction={a.fraction}"])]
+                 + [(m, m, [f"data.labelled_fraction={a.fraction}"] + (["model.dropout=0.3"] if m == "fmuc" else []))
+                    for m in ssl_modes]
+                 + [("supervised 100%", "supervised", [])])
+    rows = []
+    for label, mode, ov in rows_spec:
+        name = f"s_{label.replace(' ', '_').replace('%', 'pct')}"
+        ovs = [f"run.name={name}", *base, f"train.mode={mode}", *ov]
+        folds.main(cfg_for(a.config, ovs, "folds"))
+        cfg = cfg_for(a.config, ovs, "train")
+        try:
+            res, secs = timed(train.main, cfg)
+        except Exception as e:  # a failing mode is a row, not the end of the table
+            rows.append([label, float("nan"), float("nan"), "-", "-", "-", f"failed: {type(e).__name__}"])
+            print(rows[-1], flush=True)
+            continue
+        m = pd.read_csv(Path(f"runs/{name}/train/fold_0/metrics.csv"))
+        last = m.iloc[-1]
+        pl = [f"{last[k]:.3f}" if k in m and not math.isnan(last[k]) else "-"
+              for k in ("pl_precision", "pl_recall", "pl_used")]
+        rows.append([label, res["oof_lwlrap"], test_lwlrap(cfg, f"runs/{name}/train/fold_0", tta=False), *pl,
+                     f"{secs:.0f}"])
+        print(rows[-1], flush=True)
+    header = ["mode", "fold-0 val lwlrap", "test lwlrap", "PL precision", "PL recall", "PL entries used", "seconds"]
+    table = markdown_table(header, rows)
+    print(table)
+    body = (f"## Semi-supervised modes at {a.fraction:.0%} labelled (bench/ssl.py)\n\n`.venv/bin/python bench/ssl.py "
+            f"--epochs {a.epochs} --steps {a.steps} {' '.join(a.overrides)}` on configs/{a.config}: {a.epochs} "
+            f"epochs of {a.steps} steps, labelled batch 16, from scratch, fold 0 held out. Pseudo-label columns: "
+            f"last epoch, against the true labels of the unlabelled clips; '-' where a mode selects none.\n\n"
+            f"{table}\n")
+    write_section("ssl", body)
+
+
+if __name__ == "__main__":
+    main()

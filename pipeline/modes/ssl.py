@@ -16,8 +16,8 @@ a softmax or a normalisation across classes):
 - Passes that only make targets (teacher, guesses, weak views, MC dropout, adversarial and VAT passes) leave the BN
   running statistics alone (frozen_bn); only the passes that carry the training gradient on clean or augmented
   clips update them. Random draws use ctx.generator (dropout uses torch's global RNG, saved by the engine).
-- Pseudo-label quality per epoch (pl_kept always; pl_precision and pl_recall of the selected positives when the
-  unlabelled clips' true labels are known) comes from epoch_logs().
+- Pseudo-label quantity and quality per epoch (PseudoLabelStats: pl_used, pl_pos, pl_kept; pl_precision and
+  pl_recall of the selected positives when the unlabelled clips' true labels are known) come from epoch_logs().
 """
 from __future__ import annotations
 

@@ -331,9 +331,10 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
     return {"best": best, "history": pd.DataFrame(history)}
 
 
-def build_model(cfg, n_classes: int, heads=("h",), seed: int | None = None):
+def build_model(cfg, n_classes: int, heads=("h",), seed: int | None = None, dropout: float | None = None):
     """The configured Tagger: model.name backbone, time-reversal outputs, heads, cosine heads if ArcFace is used.
-    With `seed`, the initial weights are drawn from it (the same seed gives the same model)."""
+    With `seed`, the initial weights are drawn from it (the same seed gives the same model); `dropout` replaces
+    model.dropout."""
     from models import create_model
     if seed is not None:
         torch.manual_seed(seed)
@@ -341,7 +342,7 @@ def build_model(cfg, n_classes: int, heads=("h",), seed: int | None = None):
     if cfg.model.name == "cnn14":
         params.setdefault("n_mels", cfg.features.n_mels)   # its bn0 normalises each mel band
     return create_model(cfg.model.name, n_classes, time_reversal=cfg.model.time_reversal, heads=tuple(heads),
-                        arcface=cfg.loss.arcface > 0, dropout=cfg.model.dropout,
+                        arcface=cfg.loss.arcface > 0, dropout=cfg.model.dropout if dropout is None else dropout,
                         pretrained_path=cfg.model.pretrained_path, params=params)
 
 

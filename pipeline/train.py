@@ -21,15 +21,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import cli, save_config
+from pipeline import folds as folds_stage, warmup
+from pipeline.config import cli, load_config, save_config
 from pipeline.data import load_dataset
 from pipeline.engine import build_model, concat_clipsets, fit, init_from_checkpoint, load_checkpoint, make_clipset, \
     plot_curves, train_key
 from pipeline.features import FeatureCache
-from pipeline.folds import read_folds
 from pipeline.metrics import lwlrap
 from pipeline.modes import mode_class
 from pipeline.utils import atomic_to_csv, atomic_write_json, get_logger, is_done, run_dir
+
+
+def warmup_config(cfg):
+    """This run's config as the warm-up stage resolves it (the `warmup` overlay)."""
+    meta = cfg.get("_meta", {})
+    return load_config(meta.get("config_file"), meta.get("overrides", []), stage="warmup")
 
 
 def init_path(cfg) -> Path | None:
@@ -70,13 +76,12 @@ def fold_names(cfg, n_splits: int) -> list:
 
 def main(cfg) -> dict:
     out = run_dir(cfg, "train")
-    log = get_logger(folder=out)
     mode_cls = mode_class(cfg.train.mode)
     ds = load_dataset(cfg.data.root, check_audio=False)
-    folds = read_folds(cfg)
-    if list(folds["fname"]) != list(ds.curated["fname"]):
-        raise ValueError(f"{run_dir(cfg, 'folds')}/folds.csv does not match {cfg.data.root}/train_curated.csv; "
-                         f"rerun `make folds`")
+    folds = folds_stage.main(cfg)              # stages run in order: each is a no-op when already done
+    if cfg.train.init_from == "warmup":
+        warmup.main(warmup_config(cfg))
+    log = get_logger(folder=out)
     save_config(cfg, out)
     curated_cache = FeatureCache.open(cfg, "curated")
     noisy_cache = FeatureCache.open(cfg, "noisy") if len(ds.noisy) else None
@@ -102,7 +107,8 @@ def main(cfg) -> dict:
                     unlabelled = make_clipset(noisy_cache, ds.noisy, ds.classes, ds.noisy_truth)
             val = None if k == "full" else make_clipset(curated_cache, ds.curated[fold == k], ds.classes)
             seed_offset = 1000 * (1 + (k if k != "full" else 99))
-            model = build_model(cfg, ds.n_classes, heads=mode_cls.heads, seed=cfg.run.seed + seed_offset)
+            model = build_model(cfg, ds.n_classes, heads=mode_cls.heads, seed=cfg.run.seed + seed_offset,
+                                dropout=mode_cls.model_dropout(cfg))
             if init is not None:
                 init_from_checkpoint(model, init, log)
             log.info(f"fold {k}: {len(labelled)} labelled, {0 if unlabelled is None else len(unlabelled)} "

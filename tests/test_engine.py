@@ -108,9 +108,13 @@ def test_warmup_then_train_writes_artifacts_and_skips_finished_folds(prepared, c
     assert mtimes == {p: p.stat().st_mtime_ns for p in t.glob("fold_*/best.pt")}
 
 
-def test_train_without_warmup_says_what_to_run(prepared):
-    with pytest.raises(FileNotFoundError, match="make warmup"):
-        train.main(prepared(stage="train"))
+def test_train_runs_missing_folds_and_warmup_first(prepared):
+    import shutil
+    shutil.rmtree("runs/base/folds")
+    res = train.main(prepared("train.folds=[0]", stage="train"))      # teacher_student from the warm-up
+    assert (Path("runs/base/folds/done.json")).exists() and (Path("runs/base/warmup/done.json")).exists()
+    assert 0 <= res["oof_lwlrap"] <= 1
+    assert "initialised" in Path("runs/base/train/log.txt").read_text()
 
 
 def test_kill_mid_epoch_then_resume(prepared, tmp_path):

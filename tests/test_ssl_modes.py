@@ -431,3 +431,11 @@ def test_fit_one_epoch_each_mode(prepared, tmp_path):
         except Exception as e:  # report every failing mode at once
             failures.append(f"{name}: {type(e).__name__}: {e}")
     assert not failures, "\n".join(failures)
+
+
+def test_fmuc_model_gets_dropout_when_config_has_none():
+    cls = mode_class("fmuc")
+    assert cls.model_dropout(load_config(None, ["model.dropout=0"])) == 0.3
+    assert cls.model_dropout(load_config(None, ["model.dropout=0.1"])) == 0.1
+    assert cls.model_dropout(load_config(None, ["model.dropout=0", "ssl.fmuc={dropout: 0.5}"])) == 0.5
+    assert mode_class("fixmatch").model_dropout(load_config(None, ["model.dropout=0"])) == 0.0

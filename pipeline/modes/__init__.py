@@ -80,6 +80,11 @@ class Mode:
             raise ValueError(f"ssl.{cls.name}: unknown key(s) {unknown}; {cls.name} takes {sorted(cls.defaults)}")
         return {**cls.defaults, **given}
 
+    @classmethod
+    def model_dropout(cls, cfg) -> float:
+        """The dropout the mode's model is built with (model.dropout; a mode that needs dropout may raise it)."""
+        return cfg.model.dropout
+
     def batch_sizes(self) -> tuple[int, int]:
         """(labelled, unlabelled) clips per step."""
         b = self.ctx.cfg.train.batch_size

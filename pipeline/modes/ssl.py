@@ -486,11 +486,16 @@ class FixMatchUncertainty(FixMatch):
 
     N passes of the weak view with dropout active and BN frozen (eval mode but dropout), p_n = sigmoid(z_n / T);
     a positive is kept where mean - std >= tau_pos, a negative where mean + std <= tau_neg (std over the passes,
-    unbiased); labels 1[mean >= 0.5]; the rest as fixmatch. Needs a model with dropout: model.dropout = 0 is an error
-    at start (forcing a value would silently change the supervised training too).
+    unbiased); labels 1[mean >= 0.5]; the rest as fixmatch. Needs a model with dropout: with model.dropout = 0 the
+    train stage builds the model with this mode's `dropout` (0.3; recorded in the checkpoint's model config); a model
+    without dropout handed to the mode directly is an error.
     """
     defaults = {"mu": 2, "passes": 5, "T": 2.0, "tau_pos": 0.9, "tau_neg": 0.1, "lambda_u": 1.0, "strong_masks": 3,
-                "strong_width": 0.2}
+                "strong_width": 0.2, "dropout": 0.3}
+
+    @classmethod
+    def model_dropout(cls, cfg) -> float:
+        return cfg.model.dropout or cls.hyperparameters(cfg)["dropout"]
 
     def __init__(self, ctx):
         super().__init__(ctx)

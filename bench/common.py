@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,10 +19,10 @@ def cfg_for(config, overrides, stage):
     return load_config(CONFIG_DIR / config if not Path(config).exists() else config, overrides, stage=stage)
 
 
-def timed(func, /, *a, **k):
-    t = time.time()
-    out = func(*a, **k)
-    return out, time.time() - t
+def train_seconds(folder) -> float:
+    """Training time recorded in a fit's metrics.csv (so reused runs report what they cost)."""
+    import pandas as pd
+    return float(pd.read_csv(Path(folder) / "metrics.csv")["seconds"].sum())
 
 
 def test_lwlrap(cfg, fold_dir, tta: bool, reversal: bool = True) -> float:
@@ -46,9 +45,12 @@ def test_lwlrap(cfg, fold_dir, tta: bool, reversal: bool = True) -> float:
 
 
 def markdown_table(header, rows) -> str:
-    fmt = [lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)]
+    def fmt(v):
+        if isinstance(v, float):
+            return "-" if v != v else f"{v:.4f}"   # NaN: not measured for this row
+        return str(v)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt[0](v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

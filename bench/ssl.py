@@ -23,7 +23,7 @@ import math  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from common import cfg_for, markdown_table, test_lwlrap, timed, write_section  # noqa: E402
+from common import cfg_for, markdown_table, test_lwlrap, train_seconds, write_section  # noqa: E402
 
 from pipeline import folds, train  # noqa: E402
 from pipeline.modes import list_modes, mode_class  # noqa: E402
@@ -54,7 +54,7 @@ def main():
         folds.main(cfg_for(a.config, ovs, "folds"))
         cfg = cfg_for(a.config, ovs, "train")
         try:
-            res, secs = timed(train.main, cfg)
+            res = train.main(cfg)
         except Exception as e:  # a failing mode is a row, not the end of the table
             rows.append([label, float("nan"), float("nan"), "-", "-", "-", f"failed: {type(e).__name__}"])
             print(rows[-1], flush=True)
@@ -64,9 +64,10 @@ def main():
         pl = [f"{last[k]:.3f}" if k in m and not math.isnan(last[k]) else "-"
               for k in ("pl_precision", "pl_recall", "pl_used")]
         rows.append([label, res["oof_lwlrap"], test_lwlrap(cfg, f"runs/{name}/train/fold_0", tta=False), *pl,
-                     f"{secs:.0f}"])
+                     f"{train_seconds(f'runs/{name}/train/fold_0'):.0f}"])
         print(rows[-1], flush=True)
-    header = ["mode", "fold-0 val lwlrap", "test lwlrap", "PL precision", "PL recall", "PL entries used", "seconds"]
+    header = ["mode", "fold-0 val lwlrap", "test lwlrap", "PL precision", "PL recall", "PL entries used",
+              "training seconds"]
     table = markdown_table(header, rows)
     print(table)
     body = (f"## Semi-supervised modes at {a.fraction:.0%} labelled (bench/ssl.py)\n\n`.venv/bin/python bench/ssl.py "

@@ -298,14 +298,15 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
             opt.step()
             sched.step()
             mode.after_step()
-            for k, v in {"loss": loss.detach(), **logs}.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{sums['loss'] / (s + 1):.4f}")
+            for k, v in {"loss": loss.detach(), **logs}.items():   # tensors stay on the device: no sync per step
+                sums[k] = sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
+            if s % 10 == 9:
+                bar.set_postfix(loss=f"{float(sums['loss']) / (s + 1):.4f}")
         bar.close()
         for it in (lab, unl):
             if it is not None:
                 it.close()
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: v / steps for k, v in sums.items()},
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: float(v) / steps for k, v in sums.items()},
                **mode.epoch_logs(), "data_wait_share": wait / max(time.time() - t0, 1e-9)}
         improved = False
         if val is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):

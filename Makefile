@@ -2,6 +2,7 @@
 # Every stage target takes CONFIG=configs/<name>.yaml and OVERRIDES="key=value ...".
 
 SHELL := /bin/bash
+MAKEFLAGS += --no-print-directory
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

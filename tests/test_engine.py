@@ -123,16 +123,17 @@ def test_kill_mid_epoch_then_resume(prepared, tmp_path):
     ov = [f"data.root={cfg.data.root}", f"features.cache_dir={cfg.features.cache_dir}", "run.workers=1",
           "run.progress=false", "features.n_mels=32", "model.params={width: 0.125}", "train.frames=32",
           "train.batch_size=8", "folds.n_splits=3", "train.mode=supervised", "train.init_from=null",
-          "train.epochs=4", "train.steps_per_epoch=12", "train.eval_hop=16"]
+          "train.epochs=8", "train.steps_per_epoch=12", "train.eval_hop=16"]
     cmd = [sys.executable, "-m", "pipeline.train", *ov]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     fold1 = tmp_path / "runs/base/train/fold_1"
     deadline = time.time() + 120
     while not (fold1 / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+        time.sleep(0.005)
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    time.sleep(0.3)                                  # inside fold 1's second epoch
+    proc.send_signal(signal.SIGSTOP)                 # freeze at once: seven epochs of fold 1 are still to run
+    time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (tmp_path / "runs/base/train/fold_0/done.json").exists()
@@ -142,7 +143,7 @@ def test_kill_mid_epoch_then_resume(prepared, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "resuming" in out.stderr and "OOF lwlrap" in out.stdout
     assert (tmp_path / "runs/base/train/fold_0/best.pt").stat().st_mtime_ns == fold0_best
-    assert pd.read_csv(fold1 / "metrics.csv")["epoch"].tolist() == [1, 2, 3, 4]
+    assert pd.read_csv(fold1 / "metrics.csv")["epoch"].tolist() == list(range(1, 9))
 
 
 def test_noisy_labels_as_is_join_the_labelled_stream(prepared):

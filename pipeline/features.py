@@ -73,8 +73,8 @@ class Extractor:
     The mel projection uses the filterbank's sparsity (about 2 nonzero weights per FFT bin): a sparse product is
     ~60x fewer operations than the dense (frames, 513) x (513, n_mels) one. The filterbank is librosa's, computed
     once per process and parameter set (`_MELS`), so workers forked after the parent built one skip librosa's import.
-    The large per-clip arrays live in work buffers reused from clip to clip (grown to the longest clip seen, so a
-    few tens of MB at most): fresh multi-MB arrays per clip cost a page fault per 4 kB, ~30% of the time.
+    The large per-clip arrays live in work buffers reused from clip to clip (grown to the longest clip seen: about
+    40 MB for 30 s): fresh multi-MB arrays for every clip cost a page fault per 4 kB page, up to a third of the time.
     """
 
     _MELS: dict = {}  # (sample_rate, n_fft, n_mels, fmin, fmax) -> CSR (n_mels, n_fft // 2 + 1) float32
@@ -90,9 +90,8 @@ class Extractor:
             Extractor._MELS[key] = scipy.sparse.csr_matrix(mel)
         self.mel = Extractor._MELS[key]
         n = params["n_fft"]
-        # periodic Hann (torch.hann_window, scipy get_window('hann', n, fftbins=True)), rounded to float32, as a
-        # column: frames are the columns of the (n_fft, frames) array that the FFT and the mel product work on
-        self.window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)[:, None]
+        # periodic Hann (torch.hann_window, scipy get_window('hann', n, fftbins=True)), rounded to float32
+        self.window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
         self._bufs: dict = {}
 
     def _buf(self, name: str, shape, dtype=np.float32) -> np.ndarray:
@@ -149,22 +148,24 @@ class Extractor:
         x[:half] = 0
         x[half:half + len(y)] = y
         x[half + len(y):] = 0
-        view = sliding_window_view(x, n_fft)[::hop].T                           # (n_fft, frames), no copy
+        view = sliding_window_view(x, n_fft)[::hop]                              # (frames, n_fft), no copy
         frames = np.multiply(view, self.window, out=self._buf("frames", view.shape))
-        spec = scipy.fft.rfft(frames, axis=0, overwrite_x=True)                 # (n_bins, frames) complex64
+        spec = scipy.fft.rfft(frames, axis=1, overwrite_x=True)                 # (frames, n_bins) complex64
         power = np.square(spec.real, out=self._buf("power", spec.shape))
-        power += np.square(spec.imag, out=self._buf("imag2", spec.shape))       # (n_bins, frames) float32
+        power += np.square(spec.imag, out=self._buf("imag2", spec.shape))       # (frames, n_bins) float32
         del spec
-        first, last = 0, power.shape[1]
+        first, last = 0, power.shape[0]
         if p["trim_db"] is not None:
-            energy = power.sum(axis=0)
+            energy = power.sum(axis=1)
             peak = float(energy.max())
             if peak <= 0:
                 notes.append("silent, kept untrimmed")
             else:
                 loud = np.flatnonzero(energy > np.float32(peak * 10 ** (-p["trim_db"] / 10)))
                 first, last = loud[0], loud[-1] + 1
-        mel = (self.mel @ power)[:, first:last]                                 # (n_mels, frames) float32
+        power_t = self._buf("power_t", (power.shape[1], last - first))           # the sparse product takes
+        np.copyto(power_t, power[first:last].T)                                 # (n_bins, frames) C-ordered
+        mel = self.mel @ power_t                                                # (n_mels, frames) float32
         np.maximum(mel, np.float32(p["log_floor"]), out=mel)
         np.log10(mel, out=mel)
         mel *= np.float32(10.0)

@@ -27,7 +27,7 @@ from pipeline.losses import build_loss
 from pipeline.metrics import lwlrap
 from pipeline.modes import TrainContext, create_mode
 from pipeline.predict import predict_clips
-from pipeline.utils import atomic_path, atomic_to_csv, get_device, mark_done, progress
+from pipeline.utils import atomic_path, atomic_to_csv, get_device, keep_freed_memory, mark_done, progress
 
 # Sections that decide what a training stage computes (progress bars, workers, inference do not).
 TRAIN_SECTIONS = ("data", "features", "folds", "model", "loss", "augment", "train", "teacher_student", "ssl")
@@ -223,6 +223,7 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
     device = get_device(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    keep_freed_memory()
     seed = cfg.run.seed + seed_offset
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -230,7 +231,7 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
     n_classes = len(classes)
     key = train_key(cfg)
     model.to(device)
-    if device.type == "cuda" and cfg.train.channels_last:
+    if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
 
     ctx = TrainContext(cfg, model, build_loss(cfg.loss), build_batch_augment(cfg.augment, n_classes,
@@ -284,7 +285,7 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
                 batch.update(ux=torch.from_numpy(ux).to(device), uy=torch.from_numpy(uy).to(device), uidx=urows,
                              utruth=None if unlabelled.truth is None
                              else torch.from_numpy(unlabelled.truth[urows]).to(device))
-            if device.type == "cuda" and cfg.train.channels_last:
+            if cfg.train.channels_last:
                 for k in ("x", "ux"):
                     if k in batch:
                         batch[k] = batch[k].contiguous(memory_format=torch.channels_last)

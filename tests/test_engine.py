@@ -1,4 +1,5 @@
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -182,3 +183,9 @@ def test_labelled_fraction_run_uses_rest_as_unlabelled(prepared):
     assert "fold 0: 8 labelled, 8 unlabelled" in log and 0 <= res["oof_lwlrap"] <= 1
     m = pd.read_csv("runs/base/train/fold_0/metrics.csv")
     assert "pl_precision" in m                                        # the unlabelled clips' truth is known
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keep_freed_memory_is_accepted_by_glibc():
+    from pipeline.utils import keep_freed_memory
+    assert keep_freed_memory() is True          # both mallopt calls succeeded

@@ -305,7 +305,7 @@ class DeepCoTraining(SSLMode):
         super().__init__(ctx)
         from models import create_model
         self.net2 = create_model(**self.model.config).to(ctx.device)
-        if ctx.device.type == "cuda" and ctx.cfg.train.channels_last:
+        if ctx.cfg.train.channels_last:
             self.net2.to(memory_format=torch.channels_last)
 
     def parameters(self):

@@ -38,10 +38,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# `python bench/<script>.py` puts bench/ first on sys.path, where bench/ssl.py would shadow the standard
-# library's ssl module (imported by joblib, hence librosa): drop it.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import json
 import os

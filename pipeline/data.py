@@ -11,6 +11,20 @@
     ds = load_dataset("data/demo")           # validates everything before any long work
     ds.classes, ds.curated (DataFrame fname, labels: list[str]), ds.targets(ds.curated) -> (N, C) float32
 
+Single-label datasets (ESC-10, UrbanSound8K, Speech Commands, ...) are read instead from one CSV under the root,
+named by data.single_label_csv:
+
+    fname,label[,fold]           fname: the audio file's path relative to root (e.g. audio/fold1/7061-6-0-0.wav)
+                                 label: one class name, or empty for an unlabelled clip (semi-supervised modes)
+                                 fold:  optional predefined fold (an integer) of each labelled clip, honoured by
+                                        `make folds` (e.g. UrbanSound8K's 10 folds)
+
+    ds = dataset(cfg)            # either layout, as the config says; ds.single_label tells which
+    ds = load_single_label("data/esc10", "meta.csv")
+
+The classes are the sorted label names; the labelled clips play the curated split, the unlabelled ones the noisy
+split (with no labels), and there is no test split: single-label datasets are scored by cross-validation.
+
 Every problem found is reported at once in one DataError that names the CSV, the row (its line in the file) and the
 problem: the first few listed, the rest counted.
 """
@@ -130,6 +144,8 @@ class Dataset:
     noisy_truth: pd.DataFrame | None = None
     has_test_labels: bool = False
     wav_dirs: dict = field(default_factory=dict)
+    single_label: bool = False
+    folds: np.ndarray | None = None          # predefined fold per curated clip (single-label CSV's fold column)
 
     @property
     def n_classes(self) -> int:
@@ -179,3 +195,63 @@ def load_dataset(root, check_audio=True) -> Dataset:
         truth = read_labels_csv(root / "train_noisy_truth.csv", classes)
     return Dataset(root, classes, curated, noisy, test, truth, has_test_labels,
                    {k: root / v[1] for k, v in SPLITS.items()})
+
+
+def load_single_label(root, csv_name, check_audio=True) -> Dataset:
+    """Read and validate a single-label CSV (fname,label[,fold]) under root; see the module docstring."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data.root {root}: no such folder")
+    path = root / csv_name
+    if not path.exists():
+        raise DataError(f"{path}: not found (data.single_label_csv is read relative to data.root)")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot be parsed as CSV: {e}") from None
+    if list(df.columns[:2]) != ["fname", "label"] or not set(df.columns) <= {"fname", "label", "fold"}:
+        raise DataError(f"{path}: header must be 'fname,label' or 'fname,label,fold', got {','.join(df.columns)}")
+    has_fold = "fold" in df.columns
+    problems, seen = [], {}
+    for i, (fname, label) in enumerate(zip(df["fname"], df["label"])):
+        row = f"row {i + 2} ({fname})"
+        if not fname:
+            problems.append(f"row {i + 2}: empty fname")
+        elif fname in seen:
+            problems.append(f"{row}: duplicate fname (first at row {seen[fname]})")
+        else:
+            seen[fname] = i + 2
+        if "," in label:
+            problems.append(f"{row}: label {label!r} holds a comma; a single-label CSV has one label per clip")
+        if has_fold and label.strip():
+            try:
+                int(df["fold"].iloc[i])
+            except ValueError:
+                problems.append(f"{row}: fold {df['fold'].iloc[i]!r} is not an integer")
+    _raise(str(path), problems)
+    df["label"] = df["label"].str.strip()
+    lab = df[df["label"] != ""].reset_index(drop=True)
+    unl = df[df["label"] == ""].reset_index(drop=True)
+    if lab.empty:
+        raise DataError(f"{path}: no labelled clip (every label field is empty)")
+    classes = sorted(set(lab["label"]))
+    if len(classes) < 2:
+        raise DataError(f"{path}: one class only ({classes[0]}); a classifier needs at least two")
+    check_wavs(df["fname"], root, path, check_audio)
+    curated = pd.DataFrame({"fname": lab["fname"], "labels": [[c] for c in lab["label"]]})
+    noisy = pd.DataFrame({"fname": unl["fname"], "labels": [[] for _ in range(len(unl))]})
+    test = pd.DataFrame({"fname": pd.Series([], dtype=str)})
+    folds = lab["fold"].astype(int).to_numpy() if has_fold else None
+    return Dataset(root, classes, curated, noisy, test, wav_dirs={k: root for k in SPLITS}, single_label=True,
+                   folds=folds)
+
+
+def is_single_label(cfg) -> bool:
+    return cfg.data.single_label_csv is not None
+
+
+def dataset(cfg, check_audio=False) -> Dataset:
+    """The dataset the config names: the FSDKaggle2019 layout under data.root, or its data.single_label_csv."""
+    if is_single_label(cfg):
+        return load_single_label(cfg.data.root, cfg.data.single_label_csv, check_audio)
+    return load_dataset(cfg.data.root, check_audio)

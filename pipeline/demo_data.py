@@ -13,6 +13,9 @@ train_noisy.csv holds the corrupted labels, train_noisy_truth.csv the true ones.
     out/train_curated/ train_noisy/ test/     wavs: 44.1 kHz mono 16-bit PCM, fnames of 8 hex digits
     out/train_curated.csv train_noisy.csv train_noisy_truth.csv test_labels.csv     fname,labels
     out/sample_submission.csv                  fname + the sorted class names, all 0
+    out/single_label.csv                       fname,label,fold: the curated and test clips that carry one label,
+                                               as a single-label dataset (data.single_label_csv=single_label.csv)
+                                               with 5 predefined folds, stratified by class
     out/demo_meta.json                         the build parameters (written last) and a few statistics
 
 Every clip's labels, length and audio derive from (seed, split, index) alone, so a seed gives byte-identical files
@@ -39,7 +42,7 @@ from scipy import signal
 
 from pipeline.utils import atomic_write_json, get_logger, progress as progress_bar
 
-VERSION = 1                    # bump whenever the generator's output changes
+VERSION = 2                    # bump whenever the generator's output changes (2: single_label.csv)
 SR = 44100
 SPLITS = ("train_curated", "train_noisy", "test")
 NOISE_RATE = 0.4               # share of noisy clips whose label set is corrupted
@@ -420,6 +423,21 @@ def _csv(rows, path, key="labels"):
     df.sort_values("fname").to_csv(path, index=False, lineterminator="\n")
 
 
+def single_label_rows(plan, seed, n_folds=5) -> pd.DataFrame:
+    """fname (relative to the dataset root), label, fold (1..n_folds) of the one-label curated and test clips. The
+    clips, class by class and in a seeded order within each class, are dealt round-robin over the folds (the count
+    running on from one class to the next): every fold gets each class's clips in turn, and the folds' sizes differ
+    by one at most."""
+    rows = [(f"{split}/{r['fname']}", r["labels"][0]) for split in ("train_curated", "test") for r in plan[split]
+            if len(r["labels"]) == 1]
+    df = pd.DataFrame(rows, columns=["fname", "label"]).sort_values("fname").reset_index(drop=True)
+    rng = np.random.default_rng([seed, 7])
+    order = np.concatenate([rng.permutation(np.asarray(idx)) for _, idx in sorted(df.groupby("label").groups.items())])
+    df["fold"] = 0
+    df.loc[order, "fold"] = 1 + np.arange(len(order)) % n_folds
+    return df
+
+
 def build(out_dir, preset="default", seed=0, n_curated=None, n_noisy=None, n_test=None, workers=2,
           progress=True) -> Path:
     """Build the demo dataset into out_dir (a no-op when it already holds this build); return out_dir."""
@@ -471,6 +489,7 @@ def build(out_dir, preset="default", seed=0, n_curated=None, n_noisy=None, n_tes
         sub = pd.DataFrame(0, index=range(len(plan["test"])), columns=CLASS_NAMES)
         sub.insert(0, "fname", sorted(r["fname"] for r in plan["test"]))
         sub.to_csv(tmp / "sample_submission.csv", index=False, lineterminator="\n")
+        single_label_rows(plan, seed).to_csv(tmp / "single_label.csv", index=False, lineterminator="\n")
         stats = {"hours": {s: round(sum(r["n"] for r in plan[s]) / SR / 3600, 4) for s in SPLITS},
                  "noisy_corrupted": sum(r["corrupted"] for r in plan["train_noisy"])}
         atomic_write_json(tmp / "demo_meta.json", {**params, "stats": stats})  # last: marks the build complete

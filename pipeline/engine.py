@@ -23,8 +23,9 @@ import torch
 
 from pipeline.augment import build_albu, build_batch_augment, crop_or_pad
 from pipeline.config import config_hash, to_plain
+from pipeline.data import is_single_label
 from pipeline.losses import build_loss
-from pipeline.metrics import lwlrap
+from pipeline.metrics import accuracy, lwlrap
 from pipeline.modes import TrainContext, create_mode
 from pipeline.predict import predict_clips
 from pipeline.utils import atomic_path, atomic_to_csv, get_device, keep_freed_memory, mark_done, progress
@@ -182,21 +183,23 @@ def init_from_checkpoint(model, path, log=None):
 
 
 def plot_curves(histories: dict, path, title=""):
-    """One PNG: training loss and validation lwlrap per epoch for each fold (or stage)."""
+    """One PNG: training loss and the validation metric (val_lwlrap or val_accuracy) per epoch for each fold (or
+    stage), and the pseudo-label figures where a mode logs them."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     extra = sorted({c for h in histories.values() for c in h.columns if c.startswith("pl_")})
+    metric = next((c for h in histories.values() for c in h.columns if c.startswith("val_")), "val_lwlrap")
     fig, axes = plt.subplots(1, 2 + bool(extra), figsize=(5 * (2 + bool(extra)), 3.6))
     for name, h in histories.items():
         axes[0].plot(h["epoch"], h["loss"], label=name)
-        if "val_lwlrap" in h and h["val_lwlrap"].notna().any():
-            axes[1].plot(h["epoch"], h["val_lwlrap"], marker=".", label=name)
+        if metric in h and h[metric].notna().any():
+            axes[1].plot(h["epoch"], h[metric], marker=".", label=name)
         for c in extra:
             if c in h:
                 axes[2].plot(h["epoch"], h[c], label=f"{name} {c[3:]}")
     axes[0].set(xlabel="epoch", ylabel="training loss", title=f"{title} loss")
-    axes[1].set(xlabel="epoch", ylabel="lwlrap", title=f"{title} validation lwlrap")
+    axes[1].set(xlabel="epoch", ylabel=metric[4:], title=f"{title} validation {metric[4:]}")
     if extra:
         axes[2].set(xlabel="epoch", title="pseudo-labels", ylim=(0, 1.02))
         axes[2].legend(fontsize=7)
@@ -209,10 +212,17 @@ def plot_curves(histories: dict, path, title=""):
     plt.close(fig)
 
 
+def val_metric(cfg) -> str:
+    """The validation metric that picks best.pt: lwlrap, or accuracy for single-label datasets."""
+    return "accuracy" if is_single_label(cfg) else "lwlrap"
+
+
 def validate(model, cfg, val: ClipSet, device, n_classes):
+    """(validation metric, (N, C) clip probabilities) of sliding-window predictions over the whole clips."""
+    single = is_single_label(cfg)
     p = predict_clips(model, val.cache, val.fnames, cfg.train.frames, cfg.train.eval_hop, n_classes,
-                      batch_size=cfg.infer.batch_size, device=device)
-    return lwlrap(val.y, p)[0], p
+                      batch_size=cfg.infer.batch_size, device=device, softmax=single)
+    return (accuracy(val.y, p) if single else lwlrap(val.y, p)[0]), p
 
 
 def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabelled: ClipSet | None = None,
@@ -234,8 +244,12 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    ctx = TrainContext(cfg, model, build_loss(cfg.loss), build_batch_augment(cfg.augment, n_classes,
-                       model.n_out != n_classes), n_classes, device, gen, log=log)
+    single = is_single_label(cfg)
+    if single and model.n_out != n_classes:
+        raise ValueError("data.single_label_csv is set: single-label (softmax) training needs model.time_reversal "
+                         "false (reversed clips as new classes are a multi-label device)")
+    ctx = TrainContext(cfg, model, build_loss(cfg.loss, single), build_batch_augment(cfg.augment, n_classes,
+                       model.n_out != n_classes), n_classes, device, gen, log=log, single_label=single)
     mode = create_mode(mode_name, ctx)
     if mode.uses_unlabelled and (unlabelled is None or len(unlabelled) == 0):
         raise ValueError(f"train.mode={mode_name} needs unlabelled (or noisy) clips and there are none")
@@ -309,18 +323,18 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
                 it.close()
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: float(v) / steps for k, v in sums.items()},
                **mode.epoch_logs(), "data_wait_share": wait / max(time.time() - t0, 1e-9)}
-        improved = False
+        improved, metric = False, "val_" + val_metric(cfg)
         if val is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
-            row["val_lwlrap"] = validate(mode.eval_model(), cfg, val, device, n_classes)[0]
-            improved = row["val_lwlrap"] > best
-            best = max(best, row["val_lwlrap"])
+            row[metric] = validate(mode.eval_model(), cfg, val, device, n_classes)[0]
+            improved = row[metric] > best
+            best = max(best, row[metric])
         elif val is None:
             improved = True
         row["seconds"] = time.time() - t0
         history.append(row)
         if improved:
             save_checkpoint(out_dir / "best.pt", mode.eval_model(), cfg, classes, epoch=epoch + 1, key=key,
-                            val_lwlrap=row.get("val_lwlrap"))
+                            **{metric: row.get(metric)})
         atomic_to_csv(pd.DataFrame(history), out_dir / "metrics.csv", index=False)
         save_checkpoint(last, model, cfg, classes, epoch=epoch + 1, key=key, optimizer=opt.state_dict(),
                         scheduler=sched.state_dict(), mode=mode.state_dict(), history=history, best=best,

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import cli, config_hash
-from pipeline.data import labels_to_matrix, load_dataset
+from pipeline.data import dataset, labels_to_matrix
 from pipeline.metrics import lwlrap
 from pipeline.score import check_submission
 from pipeline.utils import atomic_to_csv, atomic_write_json, get_logger, git_commit
@@ -53,7 +53,10 @@ def per_class_dict(classes, values):
 
 def main(cfg) -> dict:
     log = get_logger()
-    ds = load_dataset(cfg.data.root, check_audio=False)
+    ds = dataset(cfg)
+    if ds.single_label:
+        raise ValueError(f"data.single_label_csv is set: single-label datasets have no test split to ensemble; they are "
+                         f"scored by cross-validation (runs/{cfg.run.name}/train/summary.json, `make train`)")
     runs = [cfg.run.name] + [r for r in cfg.infer.runs if r != cfg.run.name]
     tests, oofs, info = [], {}, {}
     for run in runs:

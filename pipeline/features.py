@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import cli, save_config, to_plain
-from pipeline.data import SPLITS, load_dataset
+from pipeline.data import SPLITS, dataset
 from pipeline.utils import atomic_path, atomic_to_csv, atomic_write_json, get_logger, progress, read_json
 
 PARAM_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "trim_db", "log_floor")
@@ -50,7 +50,10 @@ def feature_params(cfg) -> dict:
 
 def cache_dir(cfg) -> Path:
     root = Path(cfg.data.root).resolve()
-    key = json.dumps({"params": feature_params(cfg), "root": str(root)}, sort_keys=True)
+    key = {"params": feature_params(cfg), "root": str(root)}
+    if cfg.data.single_label_csv is not None:      # its clips fill the splits: never mixed with the FSD layout's
+        key["single_label_csv"] = cfg.data.single_label_csv
+    key = json.dumps(key, sort_keys=True)
     return Path(cfg.features.cache_dir) / f"{root.name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
@@ -239,7 +242,7 @@ def extract_split(paths, fnames, out_dir: Path, split: str, params: dict, worker
 
 def build_cache(cfg, ds=None, log=None) -> Path:
     """Extract every split that is not already valid in the cache; return the cache folder."""
-    ds = ds or load_dataset(cfg.data.root)
+    ds = ds or dataset(cfg, check_audio=True)
     out = cache_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     log = log or get_logger(folder=out)

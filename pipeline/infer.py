@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from pipeline.config import cli, config_hash, save_config
-from pipeline.data import load_dataset
+from pipeline.data import dataset
 from pipeline.engine import load_checkpoint, save_checkpoint
 from pipeline.features import FeatureCache
 from pipeline.folds import read_folds
@@ -61,7 +61,10 @@ def main(cfg, ensemble=True) -> dict:
     out = run_dir(cfg, "infer")
     log = get_logger(folder=out)
     save_config(cfg, out)
-    ds = load_dataset(cfg.data.root, check_audio=False)
+    ds = dataset(cfg)
+    if ds.single_label:
+        raise ValueError(f"data.single_label_csv is set: single-label datasets have no test split to predict; they are "
+                         f"scored by cross-validation (runs/{cfg.run.name}/train/summary.json, `make train`)")
     device = get_device(cfg)
     test_cache, cur_cache = FeatureCache.open(cfg, "test"), FeatureCache.open(cfg, "curated")
     folds = read_folds(cfg).set_index("fname")["fold"]

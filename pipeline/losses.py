@@ -10,6 +10,11 @@ under mixed precision.
     loss = loss_fn(out, y)                      # scalar: sum of weight * term
     loss_fn.terms(out, y)                       # {"focal": tensor, "arcface": tensor} for logging
     loss_fn(out, y, head="g", weight=mask)      # another head; masked samples get weight 0
+
+Single-label datasets (build_loss(cfg.loss, single_label=True)) take the softmax form of each term under the same
+config key: bce -> cross-entropy, focal -> the multi-class focal loss of Lin et al., arcface -> ArcFace as published
+(the margin on the target class, softmax cross-entropy), hinge -> torch's multi-class margin loss (target: the
+argmax of y). Soft targets (mixup) enter cross-entropy as -sum_c y_c log p_c.
 """
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bce", "focal", "arcface", "hinge", "build_loss", "LossFn"]
+__all__ = ["bce", "focal", "arcface", "hinge", "ce", "softmax_focal", "softmax_arcface", "multiclass_hinge",
+           "build_loss", "LossFn"]
 
 
 def _reduce(per_sample: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -65,11 +71,16 @@ def arcface(cos: torch.Tensor, y: torch.Tensor, s: float = 30.0, m: float = 0.5,
     s * (y cos(theta + m) + (1 - y) cos(theta)), the binary case at y in {0, 1}.
     """
     cos, y = _f32(cos, y)
+    logits = _arc_logits(cos, y, s, m, eps)
+    return _reduce(F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(1), weight)
+
+
+def _arc_logits(cos, y, s, m, eps):
+    """s * (y cos(theta + m) + (1 - y) cos(theta)), with the fallback past theta = pi - m (see arcface)."""
     c = cos.clamp(-1 + eps, 1 - eps)
     margin = c * math.cos(m) - torch.sqrt(1 - c * c) * math.sin(m)
     margin = torch.where(c > math.cos(math.pi - m), margin, c - m * math.sin(m))
-    logits = s * (y * margin + (1 - y) * cos)
-    return _reduce(F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(1), weight)
+    return s * (y * margin + (1 - y) * cos)
 
 
 def hinge(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -86,6 +97,35 @@ def hinge(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = N
     return _reduce(F.multilabel_margin_loss(logits, target, reduction="none"), weight)
 
 
+def ce(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax cross-entropy -sum_c y_c log softmax(z)_c: logits (B, C), y (B, C) one-hot or soft -> scalar."""
+    logits, y = _f32(logits, y)
+    return _reduce(-(y * F.log_softmax(logits, 1)).sum(1), weight)
+
+
+def softmax_focal(logits: torch.Tensor, y: torch.Tensor, gamma: float = 2.0,
+                  weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-class focal loss (Lin et al. 2017): -sum_c y_c (1 - p_c)^gamma log p_c, p = softmax(z); gamma = 0
+    is cross-entropy."""
+    logits, y = _f32(logits, y)
+    log_p = F.log_softmax(logits, 1)
+    return _reduce(-(y * (1 - log_p.exp()).clamp_min(0) ** gamma * log_p).sum(1), weight)
+
+
+def softmax_arcface(cos: torch.Tensor, y: torch.Tensor, s: float = 30.0, m: float = 0.5,
+                    weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """ArcFace as published (Deng et al. 2019): softmax cross-entropy of s cos(theta_y + m) for the target class and
+    s cos(theta_c) for the others; soft targets interpolate the logits as in arcface."""
+    cos, y = _f32(cos, y)
+    return _reduce(-(y * F.log_softmax(_arc_logits(cos, y, s, m, eps), 1)).sum(1), weight)
+
+
+def multiclass_hinge(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """torch's MultiMarginLoss: sum_{c != t} max(0, 1 - (z_t - z_c)) / C, t = argmax y."""
+    logits, y = _f32(logits, y)
+    return _reduce(F.multi_margin_loss(logits, y.argmax(1), reduction="none"), weight)
+
+
 # term name -> (loss function, {config key: keyword of the function}), and where its input comes from
 _TERMS = {
     "bce": (bce, {}),
@@ -94,14 +134,17 @@ _TERMS = {
     "hinge": (hinge, {}),
 }
 _COS_TERMS = {"arcface"}
+_SINGLE_LABEL = {"bce": ce, "focal": softmax_focal, "arcface": softmax_arcface, "hinge": multiclass_hinge}
 
 
 class LossFn:
     """The weighted sum of the configured loss terms; see build_loss."""
 
-    def __init__(self, weights: dict, params: dict):
+    def __init__(self, weights: dict, params: dict, single_label: bool = False):
         self.weights = weights      # term -> weight (> 0 only)
         self.params = params        # term -> keyword arguments
+        self.single_label = single_label
+        self.fns = {k: (_SINGLE_LABEL if single_label else {n: f for n, (f, _) in _TERMS.items()})[k] for k in weights}
 
     def terms(self, out: dict, y: torch.Tensor, head: str = "h",
               weight: torch.Tensor | None = None) -> dict:
@@ -113,7 +156,7 @@ class LossFn:
             if key not in out:
                 raise KeyError(f"loss.{name} = {self.weights[name]} needs the model output '{key}', "
                                f"but the model gives only {sorted(out)}")
-            values[name] = _TERMS[name][0](out[key], y, weight=weight, **self.params[name])
+            values[name] = self.fns[name](out[key], y, weight=weight, **self.params[name])
         return values
 
     def __call__(self, out: dict, y: torch.Tensor, head: str = "h",
@@ -122,12 +165,14 @@ class LossFn:
         return sum(self.weights[k] * v for k, v in self.terms(out, y, head, weight).items())
 
     def __repr__(self):
-        return "LossFn(" + " + ".join(f"{w:g}*{k}{self.params[k] or ''}" for k, w in self.weights.items()) + ")"
+        return "LossFn(" + " + ".join(f"{w:g}*{self.fns[k].__name__}{self.params[k] or ''}"
+                                      for k, w in self.weights.items()) + ")"
 
 
-def build_loss(loss_cfg) -> LossFn:
+def build_loss(loss_cfg, single_label: bool = False) -> LossFn:
     """The `loss` config section (Cfg or plain dict) -> LossFn. Terms with weight 0 (or left out) are skipped;
-    parameters left out take the functions' defaults; an unknown key or all-zero weights is an error."""
+    parameters left out take the functions' defaults; an unknown key or all-zero weights is an error. single_label:
+    the softmax form of each term (module docstring)."""
     known = set(_TERMS) | {k for _, keys in _TERMS.values() for k in keys}
     unknown = set(loss_cfg) - known
     if unknown:
@@ -136,4 +181,4 @@ def build_loss(loss_cfg) -> LossFn:
     if not weights:
         raise ValueError(f"config section 'loss': every term weight ({', '.join(_TERMS)}) is 0")
     params = {k: {arg: loss_cfg[key] for key, arg in _TERMS[k][1].items() if key in loss_cfg} for k in weights}
-    return LossFn(weights, params)
+    return LossFn(weights, params, single_label)

@@ -6,11 +6,16 @@ as in sklearn), so that the overall value is the mean of the per-class values we
 labels.
 
     overall, per_class = lwlrap(y_true, y_score)     # (N, C) arrays; per_class (C,) with NaN for absent classes
+
+Single-label datasets are scored by accuracy (argmax) and the weighted one-vs-rest ROC AUC (sklearn's roc_auc_score,
+each class weighted by its number of clips), as in the ESC / UrbanSound8K semi-supervised literature:
+
+    scores = single_label_scores(y_true, y_prob)     # {"accuracy", "weighted_auc", "per_class_accuracy"}
 """
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import label_ranking_average_precision_score
+from sklearn.metrics import label_ranking_average_precision_score, roc_auc_score
 
 
 def _keep(y_true):
@@ -51,3 +56,32 @@ def lwlrap(y_true, y_score):
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(counts > 0, prec.sum(axis=0) / counts, np.nan)
     return lwlrap_overall(y_true, y_score), per_class
+
+
+def accuracy(y_true, y_score) -> float:
+    """Share of clips whose highest-scoring class is their label; y_true (N, C) one-hot."""
+    y_true = np.asarray(y_true)
+    return float((np.asarray(y_score).argmax(1) == y_true.argmax(1)).mean()) if len(y_true) else float("nan")
+
+
+def weighted_auc(y_true, y_score) -> float:
+    """One-vs-rest ROC AUC averaged over classes weighted by their clip counts (sklearn, average="weighted").
+    Classes absent from y_true (or present in every clip) have no AUC and are left out of the average."""
+    y_true = np.asarray(y_true) > 0
+    keep = y_true.any(0) & ~y_true.all(0)
+    if not keep.any():
+        return float("nan")
+    return float(roc_auc_score(y_true[:, keep], np.asarray(y_score, np.float64)[:, keep], average="weighted"))
+
+
+def single_label_scores(y_true, y_score) -> dict:
+    """accuracy, weighted_auc and per_class_accuracy (C,) (the class's recall; NaN for absent classes)."""
+    y_true = np.asarray(y_true)
+    if y_true.shape != np.shape(y_score):
+        raise ValueError(f"y_true {y_true.shape} and y_score {np.shape(y_score)} differ in shape")
+    label, hit = y_true.argmax(1), np.asarray(y_score).argmax(1) == y_true.argmax(1)
+    counts = np.bincount(label, minlength=y_true.shape[1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per = np.where(counts > 0, np.bincount(label, weights=hit, minlength=y_true.shape[1]) / counts, np.nan)
+    return {"accuracy": accuracy(y_true, y_score), "weighted_auc": weighted_auc(y_true, y_score),
+            "per_class_accuracy": per}

@@ -5,7 +5,7 @@ clips shorter than a window are repeat-padded). Windows from many clips are batc
 k <= len(tta_counts) windows gets tta_counts[k-1] more passes of its windows under SpecAugment. With reversal (models
 with time-reversal classes), a window's prediction is the mean of sigmoid(original-class outputs) of the window and
 sigmoid(reversed-class outputs) of the time-reversed window. A clip's prediction is the arithmetic or geometric mean
-of its window predictions.
+of its window predictions. Single-label models (softmax=True) give softmax probabilities instead of sigmoids.
 
     p = predict_clips(model, cache, fnames, frames=192, hop=16, n_classes=80)      # (N, C) float32 in [0, 1]
 """
@@ -51,12 +51,19 @@ def plan_windows(lengths, frames: int, hop: int, tta_counts=None):
     return np.array(clip, int), np.array(start, int), np.array(aug, bool)
 
 
-def window_probs(logits: torch.Tensor, logits_rev: torch.Tensor | None, n_classes: int) -> torch.Tensor:
+def window_probs(logits: torch.Tensor, logits_rev: torch.Tensor | None, n_classes: int,
+                 softmax: bool = False) -> torch.Tensor:
     """(B, n_out) logits of windows [and of the reversed windows] -> (B, C) probabilities.
 
     With reversal: mean of sigmoid(original classes) of the window and sigmoid(reversed classes) of the reversed
-    window, whose content is the original sound played forwards again.
+    window, whose content is the original sound played forwards again. softmax: softmax over the C classes (single-
+    label models, which have no reversed classes).
     """
+    if softmax:
+        if logits_rev is not None or logits.shape[1] != n_classes:
+            raise ValueError("softmax predictions need a model without time-reversal classes (model.time_reversal "
+                             "false) and infer.reversal false")
+        return torch.softmax(logits.float(), 1)
     p = torch.sigmoid(logits[:, :n_classes].float())
     if logits_rev is None:
         return p
@@ -66,7 +73,7 @@ def window_probs(logits: torch.Tensor, logits_rev: torch.Tensor | None, n_classe
 @torch.no_grad()
 def predict_clips(model, cache, fnames, frames: int, hop: int, n_classes: int, batch_size=128, device="cpu",
                   tta_counts=None, reversal=False, mean="arithmetic", aug_cfg=None, seed=0, head="h",
-                  progress=None) -> np.ndarray:
+                  progress=None, softmax=False) -> np.ndarray:
     """(N, C) clip probabilities for `fnames` of a FeatureCache. Model in eval mode; TTA masks seeded by `seed`."""
     if mean not in ("arithmetic", "geometric"):
         raise ValueError(f"mean must be arithmetic or geometric, got {mean!r}")
@@ -90,7 +97,7 @@ def predict_clips(model, cache, fnames, frames: int, hop: int, n_classes: int, b
         x = x.to(device)
         logits = model(x, heads=[head])[head]
         logits_rev = model(x.flip(-1), heads=[head])[head] if reversal else None
-        p = window_probs(logits, logits_rev, n_classes).double().cpu()
+        p = window_probs(logits, logits_rev, n_classes, softmax).double().cpu()
         if mean == "geometric":
             p = torch.log(p.clamp_min(1e-7))
         idx = torch.from_numpy(clip[sl])

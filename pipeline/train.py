@@ -10,6 +10,11 @@ checkpoint path, or from scratch (null). Modes that use unlabelled clips take th
 data.labelled_fraction < 1, the curated training clips left unlabelled (a stratified share stays labelled).
 train.noisy_labelled adds the noisy clips, labels taken as they are, to the labelled set.
 
+Single-label datasets (data.single_label_csv, see pipeline/data.py): softmax models and losses, the CSV's folds when
+it has them, the unlabelled rows (empty label) as the unlabelled clips, validation and summary by accuracy and
+weighted AUC (summary.json also gives the mean and std of the per-fold accuracies, as ESC-10 / UrbanSound8K results
+are reported). They need model.time_reversal=false and no warm-up (configs/demo_single.yaml).
+
 Output: runs/<run.name>/train/fold_<k>/{best.pt, last.pt, metrics.csv, oof.csv, done.json}, and in train/:
 oof.csv (pooled out-of-fold predictions), summary.json (OOF lwlrap overall and per class), curves.png, config.yaml.
 A finished fold is never retrained; an interrupted one resumes from its last.pt.
@@ -23,11 +28,11 @@ import pandas as pd
 
 from pipeline import folds as folds_stage, warmup
 from pipeline.config import cli, load_config, save_config
-from pipeline.data import load_dataset
+from pipeline.data import dataset
 from pipeline.engine import build_model, concat_clipsets, fit, init_from_checkpoint, load_checkpoint, make_clipset, \
     plot_curves, train_key
 from pipeline.features import FeatureCache
-from pipeline.metrics import lwlrap
+from pipeline.metrics import lwlrap, single_label_scores
 from pipeline.modes import mode_class
 from pipeline.utils import atomic_to_csv, atomic_write_json, get_logger, is_done, run_dir
 
@@ -77,7 +82,9 @@ def fold_names(cfg, n_splits: int) -> list:
 def main(cfg) -> dict:
     out = run_dir(cfg, "train")
     mode_cls = mode_class(cfg.train.mode)
-    ds = load_dataset(cfg.data.root, check_audio=False)
+    ds = dataset(cfg)
+    if ds.single_label:
+        check_single_label(cfg, mode_cls)
     folds = folds_stage.main(cfg)              # stages run in order: each is a no-op when already done
     if cfg.train.init_from == "warmup":
         warmup.main(warmup_config(cfg))
@@ -123,6 +130,21 @@ def main(cfg) -> dict:
     return summarise(cfg, out, ds, oof_parts, log)
 
 
+def check_single_label(cfg, mode_cls):
+    """Config errors of a single-label run, each naming the key to change, before any long work."""
+    problems = []
+    if cfg.model.time_reversal:
+        problems.append("model.time_reversal must be false (reversed clips as new classes are a multi-label device)")
+    if cfg.train.init_from == "warmup":
+        problems.append("train.init_from=warmup: there is no labelled noisy set to warm up on; use null or a path")
+    if not mode_cls.single_label_ok:
+        problems.append(f"train.mode={cfg.train.mode} has no single-label form")
+    if cfg.train.noisy_labelled:
+        problems.append("train.noisy_labelled: the unlabelled clips of a single-label CSV have no labels to take")
+    if problems:
+        raise ValueError(f"data.single_label_csv={cfg.data.single_label_csv}: " + "; ".join(problems))
+
+
 def write_fold_oof(cfg, fdir, val, classes):
     """Predictions of the fold's best model on its held-out clips, as fdir/oof.csv."""
     from models import create_model
@@ -145,12 +167,34 @@ def summarise(cfg, out, ds, oof_parts, log) -> dict:
     atomic_to_csv(oof, out / "oof.csv", index=False)
     truth = ds.curated.set_index("fname").loc[oof["fname"]]
     from pipeline.data import labels_to_matrix
-    overall, per_class = lwlrap(labels_to_matrix(truth["labels"], ds.classes), oof[ds.classes].to_numpy())
+    y, p = labels_to_matrix(truth["labels"], ds.classes), oof[ds.classes].to_numpy()
+    if ds.single_label:
+        return summarise_single_label(cfg, out, ds, oof_parts, y, p, log)
+    overall, per_class = lwlrap(y, p)
     summary = {"oof_lwlrap": overall, "n_clips": len(oof), "mode": cfg.train.mode,
                "per_class": {c: (None if np.isnan(v) else float(v)) for c, v in zip(ds.classes, per_class)}}
     atomic_write_json(out / "summary.json", summary)
     log.info(f"OOF lwlrap ({len(oof)} clips, {len(oof_parts)} folds): {overall:.4f}")
     print(f"OOF lwlrap: {overall:.4f}")
+    return {"dir": out, **summary}
+
+
+def summarise_single_label(cfg, out, ds, oof_parts, y, p, log) -> dict:
+    """Pooled OOF accuracy and weighted AUC, per-class accuracy, and the per-fold accuracies' mean and std."""
+    from pipeline.data import labels_to_matrix
+    scores = single_label_scores(y, p)
+    truth = ds.curated.set_index("fname")["labels"]
+    per_fold = [single_label_scores(labels_to_matrix(truth.loc[part["fname"]], ds.classes),
+                                    part[ds.classes].to_numpy())["accuracy"] for part in oof_parts]
+    summary = {"oof_accuracy": scores["accuracy"], "oof_weighted_auc": scores["weighted_auc"],
+               "fold_accuracy": per_fold, "fold_accuracy_mean": float(np.mean(per_fold)),
+               "fold_accuracy_std": float(np.std(per_fold)), "n_clips": len(p), "mode": cfg.train.mode,
+               "per_class_accuracy": {c: (None if np.isnan(v) else float(v))
+                                      for c, v in zip(ds.classes, scores["per_class_accuracy"])}}
+    atomic_write_json(out / "summary.json", summary)
+    log.info(f"OOF accuracy ({len(p)} clips, {len(oof_parts)} folds): {scores['accuracy']:.4f}, weighted AUC "
+             f"{scores['weighted_auc']:.4f}; per fold {np.mean(per_fold):.4f} +- {np.std(per_fold):.4f}")
+    print(f"OOF accuracy: {scores['accuracy']:.4f}  weighted AUC: {scores['weighted_auc']:.4f}")
     return {"dir": out, **summary}
 
 

@@ -10,7 +10,7 @@ curves.png, config.yaml, done.json}; `train.init_from: warmup` starts the folds 
 from __future__ import annotations
 
 from pipeline.config import cli, save_config
-from pipeline.data import load_dataset
+from pipeline.data import dataset
 from pipeline.engine import build_model, fit, make_clipset, plot_curves, train_key
 from pipeline.features import FeatureCache
 from pipeline.utils import get_logger, is_done, run_dir
@@ -22,7 +22,10 @@ def main(cfg) -> dict:
     if is_done(out, train_key(cfg)):
         log.info(f"warm-up already done for this config: {out}")
         return {"dir": out}
-    ds = load_dataset(cfg.data.root, check_audio=False)
+    ds = dataset(cfg)
+    if ds.single_label:
+        raise ValueError("data.single_label_csv is set: the warm-up needs a noisy set with labels, which single-label "
+                         "datasets do not have; train from scratch (train.init_from=null) or from a checkpoint path")
     if len(ds.noisy) == 0:
         raise ValueError(f"{cfg.data.root}: no train_noisy.csv clips to warm up on")
     save_config(cfg, out)

@@ -184,3 +184,16 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path):
         dd.build(tmp_path / "data", preset="tiny", progress=False)
     assert (tmp_path / "data" / "precious.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_single_label_csv(tiny):
+    """single_label.csv: every one-label curated and test clip, its label, 5 folds of near-equal size."""
+    sl = pd.read_csv(tiny / "single_label.csv")
+    assert list(sl.columns) == ["fname", "label", "fold"]
+    expected = {f"{split}/{f}": labs[0] for name, split in (("train_curated.csv", "train_curated"),
+                                                            ("test_labels.csv", "test"))
+                for f, labs in read_labels(tiny / name).items() if len(labs) == 1}
+    assert dict(zip(sl["fname"], sl["label"])) == expected
+    sizes = sl["fold"].value_counts()
+    assert sorted(sizes.index) == [1, 2, 3, 4, 5] and sizes.max() - sizes.min() <= 1
+    assert all((tiny / f).exists() for f in sl["fname"])

@@ -12,9 +12,14 @@ from pipeline.config import CONFIG_DIR, load_config
 from pipeline.utils import ROOT
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return demo_data.build(tmp_path_factory.mktemp("demo") / "tiny", preset="tiny", workers=2, progress=False)
+
+
 @pytest.mark.e2e
-def test_whole_chain_on_tiny_demo(tmp_path, capsys):
-    root = demo_data.build(tmp_path / "tiny", preset="tiny", workers=2, progress=False)
+def test_whole_chain_on_tiny_demo(tiny, tmp_path, capsys):
+    root = tiny
     ov = [f"data.root={root}", f"features.cache_dir={tmp_path / 'cache'}", "run.name=e2e", "run.progress=false",
           "train.epochs=1", "train.full=true", "model.params={width: 0.125}", "train.batch_size=16",
           "teacher_student.n_curated=8", "teacher_student.n_noisy=16", "train.frames=64"]
@@ -51,3 +56,23 @@ def test_whole_chain_on_tiny_demo(tmp_path, capsys):
     train.main(cfg("train"))
     infer.main(cfg("infer"))
     assert before == {p: p.stat().st_mtime_ns for p in Path("runs/e2e").rglob("*.pt")}
+
+
+@pytest.mark.e2e
+def test_single_label_clips_of_the_demo_set(tiny, tmp_path, capsys):
+    """configs/demo_single.yaml on the demo set's single_label.csv: its 5 folds, softmax, accuracy and AUC."""
+    ov = [f"data.root={tiny}", f"features.cache_dir={tmp_path / 'cache'}", "run.progress=false", "train.epochs=1",
+          "model.params={width: 0.125}", "train.batch_size=16", "train.frames=64"]
+
+    def cfg(stage, *more):
+        return load_config(CONFIG_DIR / "demo_single.yaml", [*ov, *more], stage=stage)
+
+    csv = pd.read_csv(tiny / "single_label.csv")
+    features.main(cfg("features"))
+    res = train.main(cfg("train"))
+    got = pd.read_csv("runs/demo_single/folds/folds.csv")
+    assert got["fname"].tolist() == csv["fname"].tolist() and got["given_fold"].tolist() == csv["fold"].tolist()
+    assert len(res["fold_accuracy"]) == 5 and res["n_clips"] == len(csv) and 0 <= res["oof_accuracy"] <= 1
+    assert "OOF accuracy" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no test split"):
+        infer.main(cfg("infer"))

@@ -58,17 +58,23 @@ class TrainContext:
     generator: torch.Generator       # on the device: masks, reversal, mixup
     total_steps: int = 1
     log: Any = None
+    single_label: bool = False       # softmax outputs (data.single_label_csv): modes take their single-label form
     extra: dict = field(default_factory=dict)
 
 
 class Mode:
-    """Base class. Subclasses set `defaults`, `heads`, `uses_unlabelled` and implement `step`."""
+    """Base class. Subclasses set `defaults`, `heads`, `uses_unlabelled` (and `single_label_ok` = False when the
+    mode has no single-label form) and implement `step`."""
     name = "base"
     defaults: dict = {}
     heads = ("h",)
     uses_unlabelled = False
+    single_label_ok = True
 
     def __init__(self, ctx: TrainContext):
+        if ctx.single_label and not self.single_label_ok:
+            raise ValueError(f"train.mode={self.name} has no single-label form (data.single_label_csv is set); "
+                             f"single-label modes: supervised and the semi-supervised ones")
         self.ctx, self.model = ctx, ctx.model
         self.hp = self.hyperparameters(ctx.cfg)
 

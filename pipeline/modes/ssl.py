@@ -18,6 +18,14 @@ a softmax or a normalisation across classes):
   clips update them. Random draws use ctx.generator (dropout uses torch's global RNG, saved by the engine).
 - Pseudo-label quantity and quality per epoch (PseudoLabelStats: pl_used, pl_pos, pl_kept; pl_precision and
   pl_recall of the selected positives when the unlabelled clips' true labels are known) come from epoch_logs().
+
+Single-label datasets (data.single_label_csv; ctx.single_label) run every mode here in its original single-label
+form, through the operations of SingleLabelTask instead of MultiLabelTask (self.task): p = softmax(z); sharpening
+p^(1/T) renormalised over the classes; distribution alignment renormalised; pseudo-labels one-hot argmax, kept per
+clip where the top probability reaches tau_pos (FMUC: top mean - its std >= tau_pos; tau_neg unused); losses softmax
+cross-entropy per clip, normalised by the number of clips (rows) rather than rows x C; the co-training divergence the
+categorical Jensen-Shannon; FGSM against the argmax class. Mean Teacher and MixMatch keep the MSE between
+probability vectors per entry, as their papers' code does.
 """
 from __future__ import annotations
 
@@ -86,6 +94,26 @@ def class_thresholds(pos_rate: torch.Tensor, tau_pos: float) -> torch.Tensor:
     return 0.5 + (tau_pos - 0.5) * pos_rate / pos_rate.max().clamp_min(EPS)
 
 
+def sharpen_softmax(p: torch.Tensor, T: float = 0.5) -> torch.Tensor:
+    """MixMatch's sharpening of a categorical distribution: p^(1/T) / sum_c p_c^(1/T) per row."""
+    q = p.clamp_min(EPS) ** (1 / T)
+    return q / q.sum(1, keepdim=True)
+
+
+def align_softmax(p: torch.Tensor, pi_labelled: torch.Tensor, pi_unlabelled: torch.Tensor) -> torch.Tensor:
+    """ReMixMatch's distribution alignment: p * pi_labelled / pi_unlabelled renormalised to sum 1 per row."""
+    q = p * pi_labelled / pi_unlabelled.clamp_min(EPS)
+    return q / q.sum(1, keepdim=True).clamp_min(EPS)
+
+
+def categorical_js(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence of two categorical distributions per row (B,): H(m) - (H(p1) + H(p2)) / 2."""
+    def h(p):
+        p = p.clamp_min(EPS)
+        return -(p * p.log()).sum(1)
+    return h((p1 + p2) / 2) - (h(p1) + h(p2)) / 2
+
+
 def per_entry(loss: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Sum of a (rows, n) loss matrix over rows x n_classes: a mean per (clip, class) entry, constant normaliser."""
     return loss.sum() / (loss.shape[0] * n_classes)
@@ -94,8 +122,102 @@ def per_entry(loss: torch.Tensor, n_classes: int) -> torch.Tensor:
 def masked_bce(z: torch.Tensor, t: torch.Tensor, mask=None, n_classes: int | None = None) -> torch.Tensor:
     """BCE of logits z (B, n) against targets t where mask (B, n) is set, normalised by the constant B x n_classes
     (n_classes defaults to n), not by the number of masked entries."""
-    loss = F.binary_cross_entropy_with_logits(z.float(), t.float(), reduction="none")
-    return per_entry(loss if mask is None else loss * mask, n_classes or z.shape[1])
+    return TASKS[False].masked(z, t, mask, n_classes)
+
+
+class MultiLabelTask:
+    """The sigmoid (multi-label) form of the operations the modes share; SingleLabelTask has the softmax form."""
+    single_label = False
+
+    @staticmethod
+    def probs(z):
+        return torch.sigmoid(z.float())
+
+    sharpen = staticmethod(sharpen)
+    align = staticmethod(align)
+
+    @staticmethod
+    def select(p, tau_pos, tau_neg):
+        """Hard pseudo-labels (B, C) and the mask (B, C) of the entries kept (confidence_mask)."""
+        return confidence_mask(p, tau_pos, tau_neg)
+
+    @staticmethod
+    def select_mc(mean, std, tau_pos, tau_neg):
+        """From MC-dropout passes: positives where mean - std >= tau_pos, negatives where mean + std <= tau_neg."""
+        return (mean >= 0.5).float(), (mean - std >= tau_pos) | (mean + std <= tau_neg)
+
+    @staticmethod
+    def hard(p):
+        return (p >= 0.5).float()
+
+    @staticmethod
+    def entry_loss(z, t):
+        """(B, n) loss per entry: BCE of logits z against targets t."""
+        return F.binary_cross_entropy_with_logits(z.float(), t.float(), reduction="none")
+
+    @staticmethod
+    def denominator(rows: int, n_classes: int) -> int:
+        return rows * n_classes
+
+    def masked(self, z, t, mask=None, n_classes=None):
+        """Masked loss over a constant denominator (rows x C here: masked_bce; rows for single-label)."""
+        loss = self.entry_loss(z, t)
+        return (loss if mask is None else loss * mask).sum() / self.denominator(len(z), n_classes or z.shape[1])
+
+    @staticmethod
+    def divergence(p1, p2):
+        """Co-training divergence: binary Jensen-Shannon per entry, averaged."""
+        return binary_js(p1, p2).mean()
+
+
+class SingleLabelTask(MultiLabelTask):
+    """The softmax (single-label) form: one class per clip, losses per clip (see the module docstring)."""
+    single_label = True
+
+    @staticmethod
+    def probs(z):
+        return torch.softmax(z.float(), 1)
+
+    sharpen = staticmethod(sharpen_softmax)
+    align = staticmethod(align_softmax)
+
+    @staticmethod
+    def _rows(p, top, keep):
+        return F.one_hot(top, p.shape[1]).to(p.dtype), keep[:, None].expand_as(p)
+
+    @classmethod
+    def select(cls, p, tau_pos, tau_neg=None):
+        """One-hot argmax pseudo-labels, kept (the whole row) where the top probability >= tau_pos (a float, or (C,)
+        per class: the threshold of the predicted class)."""
+        conf, top = p.max(1)
+        tau = tau_pos[top] if torch.is_tensor(tau_pos) else tau_pos
+        return cls._rows(p, top, conf >= tau)
+
+    @classmethod
+    def select_mc(cls, mean, std, tau_pos, tau_neg=None):
+        top = mean.argmax(1)
+        conf = mean.gather(1, top[:, None])[:, 0] - std.gather(1, top[:, None])[:, 0]
+        return cls._rows(mean, top, conf >= tau_pos)
+
+    @staticmethod
+    def hard(p):
+        return F.one_hot(p.argmax(1), p.shape[1]).to(p.dtype)
+
+    @staticmethod
+    def entry_loss(z, t):
+        """(B, C) terms of the softmax cross-entropy -t_c log softmax(z)_c (their row sum is the CE)."""
+        return -t.float() * F.log_softmax(z.float(), 1)
+
+    @staticmethod
+    def denominator(rows: int, n_classes: int) -> int:
+        return rows
+
+    @staticmethod
+    def divergence(p1, p2):
+        return categorical_js(p1, p2).mean()
+
+
+TASKS = {False: MultiLabelTask(), True: SingleLabelTask()}
 
 
 @contextlib.contextmanager
@@ -141,7 +263,7 @@ def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *(1,) * (x.dim() - 1))
 
 
-def fgsm(model, x: torch.Tensor, eps_rel: float, n_classes: int) -> torch.Tensor:
+def fgsm(model, x: torch.Tensor, eps_rel: float, n_classes: int, task=TASKS[False]) -> torch.Tensor:
     """FGSM adversarial examples (Goodfellow et al. 2015) against the network's own hard labels 1[p >= 0.5] on the
     first n_classes outputs: x + eps_rel * std(x_b) * sign(grad_x BCE). The step is relative to each clip's standard
     deviation (normalised log-mels: about eps_rel in feature std units). No parameter gradients, BN untouched,
@@ -149,7 +271,7 @@ def fgsm(model, x: torch.Tensor, eps_rel: float, n_classes: int) -> torch.Tensor
     x = x.detach().requires_grad_(True)
     with frozen_bn(model, no_dropout=True):
         z = model(x, heads=["h"])["h"][:, :n_classes].float()
-        loss = F.binary_cross_entropy_with_logits(z, (z >= 0).float(), reduction="sum")
+        loss = task.entry_loss(z, task.hard(task.probs(z.detach()))).sum()
     g, = torch.autograd.grad(loss, x)
     x = x.detach()
     return x + eps_rel * _per_sample(x.flatten(1).std(1), x) * g.sign()
@@ -209,6 +331,7 @@ class SSLMode(Mode):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.C, self.g = ctx.n_classes, ctx.generator
+        self.task = TASKS[bool(ctx.single_label)]
         self.stats = PseudoLabelStats()
 
     def logits(self, x, model=None) -> torch.Tensor:
@@ -266,8 +389,8 @@ class MeanTeacher(SSLMode):
         xs, xt = self.ctx.aug.spec(x, self.g), self.ctx.aug.spec(x, self.g)       # two independent views
         teacher = self.ema.model.train(self.model.training)
         with torch.no_grad(), frozen_bn(teacher):
-            pt = torch.sigmoid(self.logits(xt, teacher))
-        return per_entry((torch.sigmoid(self.logits(xs)) - pt) ** 2, self.C)
+            pt = self.task.probs(self.logits(xt, teacher))
+        return per_entry((self.task.probs(self.logits(xs)) - pt) ** 2, self.C)
 
     def step(self, batch, progress):
         sup = self.supervised_loss(batch["x"], batch["y"])
@@ -315,11 +438,12 @@ class DeepCoTraining(SSLMode):
         net1, net2, b, C = self.model, self.net2.train(self.model.training), len(batch["x"]), self.C
         sup = self.supervised_loss(batch["x"], batch["y"]) + self.supervised_loss(batch["x"], batch["y"], model=net2)
         v = self.ctx.aug.spec(torch.cat([batch["x"], batch["ux"]]), self.g)
-        p1, p2 = torch.sigmoid(self.logits(v, net1)), torch.sigmoid(self.logits(v, net2))
-        cot = binary_js(p1[b:], p2[b:]).mean()
-        adv1, adv2 = fgsm(net1, v, self.hp["eps"], C), fgsm(net2, v, self.hp["eps"], C)
+        task = self.task
+        p1, p2 = task.probs(self.logits(v, net1)), task.probs(self.logits(v, net2))
+        cot = task.divergence(p1[b:], p2[b:])
+        adv1, adv2 = fgsm(net1, v, self.hp["eps"], C, task), fgsm(net2, v, self.hp["eps"], C, task)
         with frozen_bn(net1, net2):
-            dif = masked_bce(self.logits(adv1, net2), p1.detach()) + masked_bce(self.logits(adv2, net1), p2.detach())
+            dif = task.masked(self.logits(adv1, net2), p1.detach()) + task.masked(self.logits(adv2, net1), p2.detach())
         w = sigmoid_ramp(progress, self.hp["rampup"])
         loss = sup + w * (self.hp["w_cot"] * cot + self.hp["w_dif"] * dif)
         return loss, {"sup": sup.detach(), "cot": cot.detach(), "dif": dif.detach(), "ramp": w}
@@ -347,12 +471,12 @@ class MixMatch(SSLMode):
         x, y, ux, b = batch["x"], batch["y"], batch["ux"], len(batch["x"])
         us = [self.ctx.aug.spec(ux, self.g) for _ in range(int(self.hp["K"]))]
         with torch.no_grad(), frozen_bn(self.model):
-            q = sharpen(torch.stack([torch.sigmoid(self.logits(u)) for u in us]).mean(0), self.hp["T"])
+            q = self.task.sharpen(torch.stack([self.task.probs(self.logits(u)) for u in us]).mean(0), self.hp["T"])
         self.stats.update((q >= 0.5).float(), torch.ones_like(q), batch.get("utruth"), batch.get("uy"))
         xm, tm, _ = self.mix([self.ctx.aug.spec(x, self.g), *us], [y] + [q] * len(us), alpha=self.hp["alpha"])
         out = self.model(xm, heads=["h"])
         sup = self.ctx.loss_fn({k: v[:b] for k, v in out.items()}, tm[:b])
-        unl = per_entry((torch.sigmoid(out["h"][b:].float()) - tm[b:]) ** 2, self.C)
+        unl = per_entry((self.task.probs(out["h"][b:]) - tm[b:]) ** 2, self.C)
         w = self.hp["lambda_u"] * linear_ramp(progress, self.hp["rampup"])
         return sup + w * unl, {"sup": sup.detach(), "unl": unl.detach(), "w_u": w}
 
@@ -377,10 +501,10 @@ class ReMixMatch(SSLMode):
 
     def guess(self, y, ux):
         with torch.no_grad(), frozen_bn(self.model):
-            p = torch.sigmoid(self.logits(ux))
+            p = self.task.probs(self.logits(ux))
         self.pi_l.update(y.float().mean(0))
         self.pi_u.update(p.mean(0))
-        return sharpen(align(p, self.pi_l.value(), self.pi_u.value()), self.hp["T"])
+        return self.task.sharpen(self.task.align(p, self.pi_l.value(), self.pi_u.value()), self.hp["T"])
 
     def step(self, batch, progress):
         x, y, ux, b = batch["x"], batch["y"], batch["ux"], len(batch["x"])
@@ -391,8 +515,8 @@ class ReMixMatch(SSLMode):
         n = len(xm)
         out = self.model(torch.cat([xm, us[0]]), heads=["h"])
         sup = self.ctx.loss_fn({k: v[:b] for k, v in out.items()}, tm[:b])
-        unl = masked_bce(out["h"][b:n], tm[b:], n_classes=self.C)
-        pre = masked_bce(out["h"][n:, :self.C], q)
+        unl = self.task.masked(out["h"][b:n], tm[b:], n_classes=self.C)
+        pre = self.task.masked(out["h"][n:, :self.C], q)
         w = linear_ramp(progress, self.hp["rampup"])
         loss = sup + w * (self.hp["lambda_u"] * unl + self.hp["lambda_u1"] * pre)
         return loss, {"sup": sup.detach(), "unl": unl.detach(), "unl_pre": pre.detach(), "ramp": w}
@@ -437,14 +561,14 @@ class FixMatch(SSLMode):
         """(pseudo-labels, mask) (B_u, C) from the weak view."""
         tau = self.thresholds(batch["y"])
         with torch.no_grad(), frozen_bn(self.model):
-            p = torch.sigmoid(self.logits(batch["ux"]))
-        return confidence_mask(p, tau, self.hp["tau_neg"])
+            p = self.task.probs(self.logits(batch["ux"]))
+        return self.task.select(p, tau, self.hp["tau_neg"])
 
     def step(self, batch, progress):
         yhat, mask = self.select(batch)
         self.stats.update(yhat, mask, batch.get("utruth"), batch.get("uy"))
         sup = self.supervised_loss(batch["x"], batch["y"])
-        unl = masked_bce(self.logits(self.strong(batch["ux"])), yhat, mask)
+        unl = self.task.masked(self.logits(self.strong(batch["ux"])), yhat, mask)
         return sup + self.hp["lambda_u"] * unl, {"sup": sup.detach(), "unl": unl.detach(),
                                                    "kept": mask.float().mean()}
 
@@ -474,8 +598,8 @@ class FixMatchMixup(FixMatch):
         self.stats.update(yhat, mask, batch.get("utruth"), batch.get("uy"))
         xm, tm, mm = self.mix([self.ctx.aug.spec(x, self.g), self.strong(ux)], [y, yhat],
                               [torch.ones_like(y), mask.float()], self.hp["alpha"])
-        loss = F.binary_cross_entropy_with_logits(self.model(xm, heads=["h"])["h"].float(), tm, reduction="none") * mm
-        sup, unl = loss[:b].sum() / b, per_entry(loss[b:], self.C)
+        loss = self.task.entry_loss(self.model(xm, heads=["h"])["h"], tm) * mm
+        sup, unl = loss[:b].sum() / b, loss[b:].sum() / self.task.denominator(len(loss) - b, self.C)
         return sup + self.hp["lambda_u"] * unl, {"sup": sup.detach(), "unl": unl.detach(),
                                                    "kept": mask.float().mean()}
 
@@ -506,12 +630,11 @@ class FixMatchUncertainty(FixMatch):
     def mc_probs(self, ux):
         """(N, B_u, C) sigmoids of the N MC-dropout passes (temperature T)."""
         with torch.no_grad(), mc_dropout(self.model):
-            return torch.stack([torch.sigmoid(self.logits(ux) / self.hp["T"]) for _ in range(int(self.hp["passes"]))])
+            return torch.stack([self.task.probs(self.logits(ux) / self.hp["T"]) for _ in range(int(self.hp["passes"]))])
 
     def select(self, batch):
         ps = self.mc_probs(batch["ux"])
-        mean, std = ps.mean(0), ps.std(0)
-        return (mean >= 0.5).float(), (mean - std >= self.hp["tau_pos"]) | (mean + std <= self.hp["tau_neg"])
+        return self.task.select_mc(ps.mean(0), ps.std(0), self.hp["tau_pos"], self.hp["tau_neg"])
 
 
 @register_mode("vat")
@@ -534,7 +657,7 @@ class VAT(SSLMode):
         r = (self.hp["xi_rel"] * norm * d / _per_sample(d.flatten(1).norm(dim=1), x).clamp_min(1e-12))
         r.requires_grad_(True)
         with frozen_bn(self.model, no_dropout=True):
-            dist = F.binary_cross_entropy_with_logits(self.logits(x + r), p, reduction="sum")
+            dist = self.task.entry_loss(self.logits(x + r), p).sum()
         g, = torch.autograd.grad(dist, r)
         return (self.hp["eps_rel"] * norm * g / _per_sample(g.flatten(1).norm(dim=1), x).clamp_min(1e-12)).detach()
 
@@ -543,11 +666,11 @@ class VAT(SSLMode):
         v = torch.cat([batch["x"], batch["ux"]])
         with torch.no_grad(), frozen_bn(self.model, no_dropout=True):
             z = self.logits(v)
-        p = torch.sigmoid(z)
+        p = self.task.probs(z)
         r = self.perturbation(v, p)
         with frozen_bn(self.model, no_dropout=True):
             za = self.logits(v + r)
-        lds = masked_bce(za, p) - masked_bce(z, p)
+        lds = self.task.masked(za, p) - self.task.masked(z, p)
         return sup + self.hp["alpha"] * lds, {"sup": sup.detach(), "vat": lds.detach()}
 
 
@@ -582,11 +705,11 @@ class PseudoLabel(SSLMode):
             self.teacher.load_state_dict(self.model.state_dict())
             self.round = r
         with torch.no_grad():
-            p = torch.sigmoid(self.logits(batch["ux"], self.teacher.eval()))
-        yhat, mask = confidence_mask(p, self.hp["tau_pos"], self.hp["tau_neg"])
+            p = self.task.probs(self.logits(batch["ux"], self.teacher.eval()))
+        yhat, mask = self.task.select(p, self.hp["tau_pos"], self.hp["tau_neg"])
         self.stats.update(yhat, mask, batch.get("utruth"), batch.get("uy"))
         sup = self.supervised_loss(batch["x"], batch["y"])
-        unl = masked_bce(self.logits(self.ctx.aug.spec(batch["ux"], self.g)), yhat, mask)
+        unl = self.task.masked(self.logits(self.ctx.aug.spec(batch["ux"], self.g)), yhat, mask)
         return sup + self.hp["lambda_u"] * unl, {"sup": sup.detach(), "unl": unl.detach(),
                                                    "kept": mask.float().mean()}
 

@@ -25,6 +25,7 @@ from pipeline.modes import Mode, PseudoLabelStats, register_mode
 class TeacherStudent(Mode):
     heads = ("h", "g")
     uses_unlabelled = True
+    single_label_ok = False          # it cleans noisy labels; single-label datasets have none
 
     def __init__(self, ctx):
         super().__init__(ctx)

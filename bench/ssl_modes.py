@@ -1,6 +1,7 @@
 """Every training mode on the demo data with 10% of the curated set labelled, the same budget for each.
 
-    .venv/bin/python bench/ssl.py [--config demo.yaml] [--epochs N] [--steps N] [--modes a,b] [key=value ...]
+    .venv/bin/python bench/ssl_modes.py [--config demo.yaml] [--epochs N] [--steps N] [--modes a,b] [key=value ...]
+    .venv/bin/python bench/ssl_modes.py --config demo_single.yaml --fraction 0.25    # single-label forms
     (needs `make demo-data features folds`; writes its table into docs/results.md)
 
 Each row trains on folds 1-2 of the curated set, keeping a stratified 10% of those clips labelled and using the
@@ -8,24 +9,21 @@ other 90% as unlabelled clips (their labels are only used to measure pseudo-labe
 its full labels, and scores the test set. Rows: supervised on the 10%, every semi-supervised mode, supervised on
 100%. All start from scratch with the same epochs, optimiser steps and labelled batch size; the unlabelled batch is
 mu x the labelled one (each mode's default mu). fmuc needs dropout: its row sets model.dropout=0.3.
+
+With a single-label config (data.single_label_csv, e.g. configs/demo_single.yaml: the demo set's one-label clips and
+their 5 predefined folds) every mode runs in its single-label form, and the table gives the fold-0 validation
+accuracy and weighted AUC (no test split); teacher_student, which has no single-label form, is left out.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import argparse
+import math
 
-# This file's name shadows the standard library's ssl module (which torch imports): search its folder last.
-_HERE = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if p not in (_HERE, "")] + [_HERE]
+import pandas as pd
 
-import argparse  # noqa: E402
-import math  # noqa: E402
+from common import cfg_for, markdown_table, test_lwlrap, train_seconds, write_section
 
-import pandas as pd  # noqa: E402
-
-from common import cfg_for, markdown_table, test_lwlrap, train_seconds, write_section  # noqa: E402
-
-from pipeline import folds, train  # noqa: E402
+from pipeline import folds, train  # noqa: E402  (common puts the repository on sys.path)
 from pipeline.modes import list_modes, mode_class  # noqa: E402
 
 
@@ -40,7 +38,9 @@ def main():
     a = ap.parse_args()
     base = [f"train.epochs={a.epochs}", f"train.steps_per_epoch={a.steps}", "train.batch_size=16",
             "train.init_from=null", "train.folds=[0]", "run.progress=false", *a.overrides]
-    ssl_modes = [m for m in list_modes() if mode_class(m).uses_unlabelled]
+    single = cfg_for(a.config, a.overrides, "train").data.single_label_csv is not None
+    ssl_modes = [m for m in list_modes() if mode_class(m).uses_unlabelled and (mode_class(m).single_label_ok
+                                                                                or not single)]
     if a.modes:
         ssl_modes = [m for m in ssl_modes if m in a.modes.split(",")]
     rows_spec = ([(f"supervised {a.fraction:.0%}", "supervised", [f"data.labelled_fraction={a.fraction}"])]
@@ -49,7 +49,7 @@ def main():
                  + [("supervised 100%", "supervised", [])])
     rows = []
     for label, mode, ov in rows_spec:
-        name = f"s_{label.replace(' ', '_').replace('%', 'pct')}"
+        name = f"s{'sl' if single else ''}_{label.replace(' ', '_').replace('%', 'pct')}"
         ovs = [f"run.name={name}", *base, f"train.mode={mode}", *ov]
         folds.main(cfg_for(a.config, ovs, "folds"))
         cfg = cfg_for(a.config, ovs, "train")
@@ -63,19 +63,22 @@ def main():
         last = m.iloc[-1]
         pl = [f"{last[k]:.3f}" if k in m and not math.isnan(last[k]) else "-"
               for k in ("pl_precision", "pl_recall", "pl_used")]
-        rows.append([label, res["oof_lwlrap"], test_lwlrap(cfg, f"runs/{name}/train/fold_0", tta=False), *pl,
-                     f"{train_seconds(f'runs/{name}/train/fold_0'):.0f}"])
+        scores = ([res["oof_accuracy"], res["oof_weighted_auc"]] if single
+                  else [res["oof_lwlrap"], test_lwlrap(cfg, f"runs/{name}/train/fold_0", tta=False)])
+        rows.append([label, *scores, *pl, f"{train_seconds(f'runs/{name}/train/fold_0'):.0f}"])
         print(rows[-1], flush=True)
-    header = ["mode", "fold-0 val lwlrap", "test lwlrap", "PL precision", "PL recall", "PL entries used",
+    header = ["mode", *(["fold-0 val accuracy", "fold-0 val weighted AUC"] if single
+                        else ["fold-0 val lwlrap", "test lwlrap"]), "PL precision", "PL recall", "PL entries used",
               "training seconds"]
     table = markdown_table(header, rows)
     print(table)
-    body = (f"## Semi-supervised modes at {a.fraction:.0%} labelled (bench/ssl.py)\n\n`.venv/bin/python bench/ssl.py "
-            f"--epochs {a.epochs} --steps {a.steps} {' '.join(a.overrides)}` on configs/{a.config}: {a.epochs} "
+    body = (f"## Semi-supervised modes{' (single-label forms)' if single else ''} at {a.fraction:.0%} labelled "
+            f"(bench/ssl_modes.py)\n\n`.venv/bin/python bench/ssl_modes.py --config {a.config} --fraction "
+            f"{a.fraction} --epochs {a.epochs} --steps {a.steps} {' '.join(a.overrides)}` on configs/{a.config}: {a.epochs} "
             f"epochs of {a.steps} steps, labelled batch 16, from scratch, fold 0 held out. Pseudo-label columns: "
             f"last epoch, against the true labels of the unlabelled clips; '-' where a mode selects none.\n\n"
             f"{table}\n")
-    write_section("ssl", body)
+    write_section("ssl_single" if single else "ssl", body)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import pandas as pd
 
 from common import cfg_for, markdown_table, test_lwlrap, train_seconds, write_section
 
-from pipeline import ensemble, folds, infer, train, warmup  # noqa: E402
+from pipeline import folds, infer, train, warmup  # noqa: E402
 
 
 def main():
@@ -45,7 +45,7 @@ def main():
 
     run("warm", "warmup", fn=warmup.main)
     t_warm = train_seconds(Path("runs/q_warm/warmup"))
-    warm = f"train.init_from=runs/q_warm/warmup/last.pt"
+    warm = "train.init_from=runs/q_warm/warmup/last.pt"
     variants = [
         ("curated only", "cur", ["train.mode=supervised", "train.init_from=null"]),
         ("+ noisy labels as-is", "noisy", ["train.mode=supervised", "train.init_from=null",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import pandas as pd
 

@@ -73,7 +73,6 @@ class _Albu:
     def _compose(self, shape):
         if shape not in self.composes:
             import albumentations as A
-            transforms = []
             self.composes[shape] = A.Compose([_make(cls, kw, shape) for cls, kw in self.specs])
         return self.composes[shape]
 

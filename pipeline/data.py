@@ -93,7 +93,7 @@ def read_labels_csv(path, classes, wav_dir=None, check_audio=True) -> pd.DataFra
     problems = []
     seen = {}
     labels = []
-    for i, (fname, field) in enumerate(zip(df["fname"], df["labels"])):
+    for i, (fname, text) in enumerate(zip(df["fname"], df["labels"])):
         row = f"row {i + 2} ({fname})"  # line in the file, header is line 1
         if not fname:
             problems.append(f"row {i + 2}: empty fname")
@@ -101,7 +101,7 @@ def read_labels_csv(path, classes, wav_dir=None, check_audio=True) -> pd.DataFra
             problems.append(f"{row}: duplicate fname (first at row {seen[fname]})")
         else:
             seen[fname] = i + 2
-        labs = split_labels(field)
+        labs = split_labels(text)
         if not labs:
             problems.append(f"{row}: empty labels field")
         unknown = [lab for lab in labs if lab not in known]

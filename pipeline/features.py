@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import cli, save_config, to_plain
+from pipeline.config import cli, save_config
 from pipeline.data import SPLITS, dataset
 from pipeline.utils import atomic_path, atomic_to_csv, atomic_write_json, get_logger, progress, read_json
 

@@ -422,7 +422,7 @@ def test_fit_one_epoch_each_mode(prepared, tmp_path):
         model = build_model(cfg, ds.n_classes, seed=0)
         out = tmp_path / "fits" / name
         try:
-            res = fit(cfg, out, model, name, ds.classes, labelled, unlabelled, val)
+            fit(cfg, out, model, name, ds.classes, labelled, unlabelled, val)
             h = pd.read_csv(out / "metrics.csv")
             assert len(h) == 1 and np.isfinite(h["loss"]).all() and np.isfinite(h["val_lwlrap"]).all()
             assert (out / "best.pt").exists() and (out / "done.json").exists()

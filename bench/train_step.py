@@ -1,28 +1,40 @@
 """Benchmark of the training step: samples/s of vgg8 on the CPU, its FLOPs, the share of the machine's measured matmul
 peak it reaches, and the share of step time spent waiting for data.
 
-    .venv/bin/python bench/train_step.py                    # default: demo width (all variants) + full width, ~4 min
-    .venv/bin/python bench/train_step.py --no-full          # demo width only (~1.5 min)
-    .venv/bin/python bench/train_step.py --compile-full --full-threads1 --profile     # everything (~7 min)
+    .venv/bin/python bench/train_step.py                    # default: demo width (all variants) + full width, ~7 min
+    .venv/bin/python bench/train_step.py --no-full          # demo width only (~2.5 min)
+    .venv/bin/python bench/train_step.py --compile-full --full-threads1 --profile     # everything (~11 min)
 
 Settings (configs/demo.yaml with these overrides, data: 96 curated demo clips in a FeatureCache):
     demo   vgg8 width 0.25, 64 mels, 128-frame crops, batch 32
     full   vgg8 width 1.0, 128 mels, 192-frame crops, batch 64 (base.yaml's crops and batch)
-Variants (one row each; every row first runs --warmup untimed steps, then times --steps / --full-steps steps):
+Variants (one row each; every row first runs --warmup / --full-warmup untimed steps, then times --steps / --full-steps):
     plain            random batch already in memory, forward, BCE on head h, NAdam step: a plain training loop
-    engine           what pipeline.engine.fit does per step: pipeline.engine.batch_stream over a real FeatureCache
-                     (random crops, one batch ahead in a thread), the supervised mode's step (SpecAugment, time
-                     reversal, mixup, focal + binary ArcFace from the config), NAdam, LambdaLR, the finiteness check
-                     and the float() of the logs; in NCHW, as the engine runs on a CPU
-    +channels_last   the model and the batches in channels_last (NHWC) memory format (the engine does it on CUDA only)
+    engine           what pipeline.engine.fit does per step, as it did on a CPU before 30 Nov 2026 (NCHW, glibc's
+                     malloc defaults): pipeline.engine.batch_stream over a real FeatureCache (random crops, one batch
+                     ahead in a thread), the supervised mode's step (SpecAugment, time reversal, mixup, focal + binary
+                     ArcFace from the config), NAdam, LambdaLR, the finiteness check and the logs summed as tensors
+    +channels_last   the model and the batches in channels_last (NHWC) memory format, as fit does whenever
+                     train.channels_last is true (the default; on a CPU too since 30 Nov 2026, before on CUDA only)
     +compile         torch.compile(mode.step), as train.compile=true does; a cold compile (empty inductor cache), its
                      time is in the `1st step` column
-    +malloc          in a fresh process started with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2^40: glibc keeps the
-                     memory freed at the end of a step for the next one instead of unmapping it and page-faulting it
-                     back (zeroed) in every step
+    +malloc          in a fresh process that calls pipeline.utils.keep_freed_memory() before building the model, as
+                     fit does since 30 Nov 2026 (glibc mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1): glibc keeps
+                     the memory freed at the end of a step for the next one instead of unmapping it and page-faulting
+                     it back (zeroed) in every step
+    +malloc env      in a fresh process started with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2^40 (how the
+                     23 Nov 2026 `+malloc` rows were measured): the same from process start, with a trim threshold
+                     above the 2^31-1 that mallopt's int argument allows
     threads 1 / 2    torch.set_num_threads
-    engine.fit       (demo only) pipeline.engine.fit itself, 2 epochs of --steps steps: its second epoch's time and
-                     its own data_wait_share, a check that the `engine` rows measure what the engine does
+    engine.fit       pipeline.engine.fit itself, as configured (channels_last, keep_freed_memory), in a fresh
+                     process: epochs of --steps / --full-steps steps, enough of them for --warmup / --full-warmup
+                     steps or more before the last (2 epochs at least); the last epoch's time and its own
+                     data_wait_share, a check that `engine +channels_last +malloc` measures what the engine does
+                     (its `1st step` column: the first epoch's time per step)
+The engine as configured is `engine +channels_last +malloc` (and `engine.fit (as is)`); the `engine` rows are the
+engine before the change. keep_freed_memory() changes glibc's malloc for the rest of the process, so every row that
+changes it (`+malloc`, `+malloc env`, `engine.fit`) runs in a child process of its own and this process never calls
+it: every in-process row is measured with glibc's defaults (a warning is printed if MALLOC_* variables are set).
 FLOPs: forward FLOPs per sample counted with torch.utils.flop_counter.FlopCounterMode; a training step is taken as
 3 x forward (the counted forward + backward is printed too). Peak: the best float32 torch.matmul (4096 x 4096)
 GFLOP/s at the same thread count, measured in the same run (before and after the rows; the higher is used); also the
@@ -34,18 +46,13 @@ idle machine, and the `others` column says how many cores other processes used d
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# `python bench/<script>.py` puts bench/ first on sys.path, where bench/ssl.py would shadow the standard
-# library's ssl module (imported by joblib, hence librosa): drop it.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -201,30 +208,46 @@ def flops_per_sample(model, s: dict) -> tuple[float, float]:
 
 # ------------------------------------------------------------------------------------------------- variants
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2 ** 40)}
+IN_CHILD = False   # set in the child processes of run_child; keep_freed_memory() is only ever called there
 
 
-def run_malloc_child(root: Path, tmp: Path, name: str, threads: int, steps: int, warmup: int,
-                     channels_last: bool) -> dict:
-    """The engine row in a fresh process started with glibc malloc told to keep freed memory (MALLOC_ENV: no mmap
-    for large blocks, no trimming), so the activation buffers freed at the end of a step are reused by the next one
-    instead of being unmapped and page-faulted (and zeroed) again."""
+def run_child(root: Path, tmp: Path, name: str, kind: str, threads: int, steps: int, warmup: int,
+              channels_last: bool = False, malloc: str | None = None) -> dict:
+    """A row in a fresh process of its own (`python bench/train_step.py --child-row ...`), for what would change
+    this process for good. kind "engine": run_engine, with malloc "mallopt" (pipeline.utils.keep_freed_memory()
+    called first, as fit does), "env" (the process started with MALLOC_ENV: no mmap for large blocks, no trimming)
+    or None; kind "fit": run_fit, pipeline.engine.fit as it is (it calls keep_freed_memory itself)."""
     import json
     import subprocess
-    out = tmp / f"malloc-{name}-{int(channels_last)}.json"
+    out = tmp / f"child-{name}-{kind}-{threads}-{int(channels_last)}-{malloc}.json"
     cmd = [sys.executable, __file__, "--child-row", json.dumps(dict(
-        root=str(root), tmp=str(tmp), name=name, threads=threads, steps=steps, warmup=warmup,
-        channels_last=channels_last, out=str(out)))]
-    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, **MALLOC_ENV})
+        root=str(root), tmp=str(tmp), name=name, kind=kind, threads=threads, steps=steps, warmup=warmup,
+        channels_last=channels_last, malloc=malloc, out=str(out)))]
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
+    if malloc == "env":
+        env.update(MALLOC_ENV)
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
     return json.loads(out.read_text())
 
 
 def child_row(spec: str):
     import json
+    global IN_CHILD
+    IN_CHILD = True
     a = json.loads(spec)
     s = SETTINGS[a["name"]]
     cfg = config_for(Path(a["root"]), Path(a["tmp"]), s)
     clips, classes = clipset(cfg)
-    r = run_engine(cfg, clips, classes, a["threads"], a["steps"], a["warmup"], channels_last=a["channels_last"])
+    if a["kind"] == "fit":
+        r = run_fit(cfg, clips, classes, a["threads"], a["steps"], a["warmup"],
+                    Path(a["tmp"]) / f"fit-{a['name']}")
+    else:
+        if a["malloc"] == "mallopt":
+            from pipeline.utils import keep_freed_memory
+            if not keep_freed_memory():
+                print("warning: keep_freed_memory() did nothing here (not glibc?): the +malloc row is not one",
+                      flush=True)
+        r = run_engine(cfg, clips, classes, a["threads"], a["steps"], a["warmup"], channels_last=a["channels_last"])
     Path(a["out"]).write_text(json.dumps(r))
 
 
@@ -281,7 +304,7 @@ def run_engine(cfg, clips, classes, threads: int, steps: int, warmup: int, chann
     step_fn = torch.compile(mode.step) if compile_ else mode.step
     model.train()
     stream = batch_stream(clips, b_lab, total, cfg.train.frames, np.random.default_rng(0))
-    times, waits, u0 = [], [], usage()
+    times, waits, sums, u0 = [], [], {}, usage()
     try:
         for s in range(total):
             if s == warmup:
@@ -300,26 +323,31 @@ def run_engine(cfg, clips, classes, threads: int, steps: int, warmup: int, chann
             opt.step()
             sched.step()
             mode.after_step()
-            for v in {"loss": loss.detach(), **logs}.values():
-                float(v)
+            for k, v in {"loss": loss.detach(), **logs}.items():   # as fit: summed on the device, no sync
+                sums[k] = sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
             times.append(time.perf_counter() - t)
         u1 = usage()
+        loss = float(sums["loss"]) / total   # fit's per-epoch means: one sync at the end
     finally:
         stream.close()
-    return {"step": float(np.median(times[warmup:])), "first": times[0],
+    return {"step": float(np.median(times[warmup:])), "first": times[0], "loss": loss,
             "wait": float(np.sum(waits[warmup:]) / np.sum(times[warmup:])), **timed_usage(u0, u1, steps)}
 
 
-def run_fit(cfg, clips, classes, threads: int, steps: int, tmp: Path) -> dict:
-    """pipeline.engine.fit itself: 2 epochs of `steps` steps; the second epoch's figures (the first is warm-up)."""
+def run_fit(cfg, clips, classes, threads: int, steps: int, warmup: int, out: Path) -> dict:
+    """pipeline.engine.fit itself: epochs of `steps` steps, as many as it takes to run `warmup` steps or more
+    before the last one (2 at least); the last epoch's figures. Only in a child process (run_child): fit calls
+    keep_freed_memory(), which changes the whole process for good."""
+    assert IN_CHILD, "run_fit would change glibc's malloc settings of this process: run it through run_child"
     from pipeline.config import to_cfg, to_plain
     from pipeline.engine import build_model, fit
     plain = to_plain(cfg)
-    plain["train"].update(epochs=2, steps_per_epoch=steps, threads=threads, lr_warmup_epochs=1)
+    epochs = 1 + max(1, -(-warmup // steps))
+    plain["train"].update(epochs=epochs, steps_per_epoch=steps, threads=threads, lr_warmup_epochs=1)
     cfg2 = to_cfg(plain)
     torch.manual_seed(0)
     model = build_model(cfg2, len(classes))
-    out = tmp / f"fit-{threads}"
+    out = out / f"threads-{threads}"
     shutil.rmtree(out, ignore_errors=True)
     hist = fit(cfg2, out, model, "supervised", classes, clips)["history"]
     row = hist.iloc[-1]
@@ -371,14 +399,18 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=8, help="timed steps per demo-width row (default 8)")
     ap.add_argument("--full-steps", type=int, default=1, help="timed steps per full-width row (default 1)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first, demo width (default 3)")
-    ap.add_argument("--full-warmup", type=int, default=1, help="untimed steps first, full width (default 1)")
+    ap.add_argument("--full-warmup", type=int, default=2,
+                    help="untimed steps first, full width (default 2: with keep_freed_memory the heap still grows "
+                         "in the second step)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="threads of the multi-thread rows")
     ap.add_argument("--no-full", action="store_true", help="skip the full-width rows")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (a cold compile takes ~1 min)")
     ap.add_argument("--compile-full", action="store_true", help="also torch.compile at full width")
     ap.add_argument("--full-threads1", action="store_true", help="also the 1-thread engine rows at full width")
     ap.add_argument("--no-malloc", action="store_true",
-                    help="skip the rows with glibc malloc keeping freed memory (each in its own process)")
+                    help="skip the rows with glibc malloc keeping freed memory (each in its own process); "
+                         "the engine.fit rows (their own processes too) still run")
+    ap.add_argument("--no-fit", action="store_true", help="skip the engine.fit (as is) rows")
     ap.add_argument("--child-row", help=argparse.SUPPRESS)
     ap.add_argument("--profile", action="store_true",
                     help="also print torch.profiler tables of one plain step, NCHW and channels_last, per setting")
@@ -391,6 +423,9 @@ def main(argv=None):
 
     T = a.threads
     t_all = time.time()
+    if any(k in os.environ for k in MALLOC_ENV):
+        print("warning: " + " ".join(f"{k}={os.environ[k]}" for k in MALLOC_ENV if k in os.environ)
+              + " set: the in-process rows are not measured with glibc's defaults", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="fattag-bench-train-"))
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor")   # a cold compile, as on a fresh machine
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs", flush=True)
@@ -423,13 +458,12 @@ def main(argv=None):
             info[name] = dict(fwd=fwd, fwdbwd=fwdbwd, batch_s=batch_cost(clips, s))
             steps, warm = (a.steps, a.warmup) if name == "demo" else (a.full_steps, a.full_warmup)
             nc = len(classes)
+            # in-process rows (glibc's malloc defaults: nothing in this process calls keep_freed_memory)
             variants = [("plain", T, lambda th: run_plain(nc, s, th, steps, warm)),
                         ("plain +channels_last", T, lambda th: run_plain(nc, s, th, steps, warm, channels_last=True)),
                         ("engine", T, lambda th: run_engine(cfg, clips, classes, th, steps, warm)),
                         ("engine +channels_last", T,
                          lambda th: run_engine(cfg, clips, classes, th, steps, warm, channels_last=True))]
-            if name == "demo":
-                variants.append(("engine.fit (as is)", T, lambda th: run_fit(cfg, clips, classes, th, steps, tmp)))
             if (name == "demo" or a.full_threads1) and T != 1:
                 variants.append(("engine", 1, lambda th: run_engine(cfg, clips, classes, th, steps, warm)))
                 variants.append(("engine +channels_last", 1, lambda th: run_engine(
@@ -439,10 +473,15 @@ def main(argv=None):
                     cfg, clips, classes, th, steps, warm, channels_last=True, compile_=True)))
             if name == "demo":  # an untimed warm-up of the process (allocator, oneDNN) before the first row
                 run_plain(nc, s, T, 0, 3)
-            if not a.no_malloc:  # each in a fresh process started with MALLOC_ENV
-                for cl in (False, True):
-                    variants.append(("engine +channels_last +malloc" if cl else "engine +malloc", T,
-                                     lambda th, cl=cl: run_malloc_child(root, tmp, name, th, steps, warm, cl)))
+            # rows in a fresh process each: keep_freed_memory() (or MALLOC_ENV) there, never in this process
+            if not a.no_malloc:
+                for cl, malloc in ((False, "mallopt"), (True, "mallopt"), (True, "env")):
+                    label = "engine" + " +channels_last" * cl + (" +malloc" if malloc == "mallopt" else " +malloc env")
+                    variants.append((label, T, lambda th, cl=cl, m=malloc: run_child(
+                        root, tmp, name, "engine", th, steps, warm, channels_last=cl, malloc=m)))
+            if not a.no_fit:
+                variants.append(("engine.fit (as is)", T,
+                                 lambda th: run_child(root, tmp, name, "fit", th, steps, warm)))
             for label, th, fn in variants:
                 row(name, label, th, fn)
             if a.profile:
@@ -468,7 +507,7 @@ def main(argv=None):
                                                                        for th, p in peaks.items()))
     print("  conv peak (float32 3x3 conv 256->256, 48x48, channels_last, oneDNN): "
           + ", ".join(f"{th} thread(s) {p:.0f} GFLOP/s" for th, p in cpeaks.items()))
-    head = (f"{'setting':<8}{'variant':<32}{'thr':>4}{'step s':>9}{'samples/s':>11}{'GFLOP/s':>9}{'of peak':>9}"
+    head = (f"{'setting':<8}{'variant':<34}{'thr':>4}{'step s':>9}{'samples/s':>11}{'GFLOP/s':>9}{'of peak':>9}"
             f"{'of conv':>9}{'data wait':>11}{'sys':>6}{'faults':>9}{'1st step s':>12}{'others':>8}")
     print(head)
     print("-" * len(head))
@@ -479,7 +518,7 @@ def main(argv=None):
         wait = "-" if r["wait"] is None else f"{100 * r['wait']:.1f}%"
         sys_ = "-" if r["sys"] is None else f"{100 * r['sys']:.0f}%"
         flt = "-" if r["faults"] is None else f"{r['faults'] / 1e3:.0f}k"
-        print(f"{r['setting']:<8}{r['variant']:<32}{r['threads']:>4}{r['step']:>9.3f}{sps:>11.1f}{gf:>9.1f}"
+        print(f"{r['setting']:<8}{r['variant']:<34}{r['threads']:>4}{r['step']:>9.3f}{sps:>11.1f}{gf:>9.1f}"
               f"{100 * gf / peaks[r['threads']]:>8.0f}%{100 * gf / cpeaks[r['threads']]:>8.0f}%{wait:>11}"
               f"{sys_:>6}{flt:>9}{r['first']:>12.1f}{r['others']:>8.2f}")
     print("step s: median of the timed steps; GFLOP/s: samples/s x 3 x forward FLOPs; of peak: of the matmul peak at "
@@ -494,11 +533,24 @@ def main(argv=None):
         share = {id(r): r["batch"] / r["step"] * 3 * info[name]["fwd"] / 1e9 / peaks[r["threads"]]
                  for r in rows if r["setting"] == name}
         best = max((r for r in rows if r["setting"] == name), key=lambda r: share[id(r)])
-        plain = next(r for r in rows if r["setting"] == name and r["variant"] == "plain")
-        engine = next(r for r in rows if r["setting"] == name and r["variant"] == "engine" and r["threads"] == T)
+
+        def find(variant):
+            return next((r for r in rows if r["setting"] == name and r["variant"] == variant and r["threads"] == T),
+                        None)
+
+        def fmt(r, base=None):
+            if r is None:
+                return "(not run)"
+            sps = r["batch"] / r["step"]
+            return (f"{sps:.1f} samples/s, {100 * share[id(r)]:.0f}%"
+                    + (f", {base['step'] / r['step']:.2f}x" if base is not None else ""))
+
+        before, now, fitr = find("engine"), find("engine +channels_last +malloc"), find("engine.fit (as is)")
         print(f"  {name}: data wait {max(r['wait'] for r in eng) * 100:.1f}% at most; share of the matmul peak: plain "
-              f"{100 * share[id(plain)]:.0f}%, engine as configured {100 * share[id(engine)]:.0f}%, best "
-              f"{100 * share[id(best)]:.0f}% ({best['variant']}, {best['threads']} thread(s))")
+              f"{100 * share[id(find('plain'))]:.0f}%, best {100 * share[id(best)]:.0f}% ({best['variant']}, "
+              f"{best['threads']} thread(s))")
+        print(f"    engine before (NCHW, glibc defaults): {fmt(before)}; engine as configured (+channels_last "
+              f"+malloc): {fmt(now, before)}; engine.fit (as is): {fmt(fitr, before)}")
     print(f"total {time.time() - t_all:.0f} s; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
 
 

@@ -139,7 +139,8 @@ def git_commit() -> str:
 def keep_freed_memory() -> bool:
     """Ask glibc to keep memory that is freed in the process instead of unmapping it (M_MMAP_MAX = 0, a trim
     threshold of 2 GB). A training step frees and reallocates GBs of activation blocks; with glibc's defaults each
-    step unmaps them and page-faults them back in, zeroed: 1.8x slower a step at full width (docs/benchmarks.md).
+    step unmaps them and page-faults them back in, zeroed: 1.14-1.8x a step at full width, depending on the
+    machine (docs/benchmarks.md).
     The cost is that the process keeps its peak heap until it exits, as a training process does anyway. A no-op
     (False) where the C library is not glibc."""
     import ctypes

@@ -1,6 +1,6 @@
 """Ablation of the reference system on the demo data, every variant with the same training budget.
 
-    .venv/bin/python bench/quality.py [--config demo.yaml] [--epochs N] [key=value ...]
+    .venv/bin/python bench/quality.py [--config demo.yaml] [--epochs N] [--rows a,b] [key=value ...]
     (needs `make demo-data features folds`; writes its table into docs/results.md; about 15 minutes on 2 cores)
 
 Rows, each trained on folds 1-2 and validated on fold 0 with the same epochs and optimiser steps (train.steps_per_epoch
@@ -12,8 +12,11 @@ fixed), then scored on the test set:
   + TTA                   the teacher-student model with length-adaptive TTA at test time
   fold ensemble           the teacher-student models of all folds averaged (with TTA)
 and the pseudo-labels' precision, recall and kept share over the teacher-student epochs. Two probe rows follow the
-reference rows: ArcFace at the reference weight 1 (the demo config uses 0.1), and a lower pseudo-label threshold.
-Finished runs are reused (runs/q_*), so adding a row costs only that row.
+reference rows: ArcFace at the reference weight 1 (the demo config uses 0.1), a lower pseudo-label threshold, and
+teacher-student trained with BCE instead of focal loss (are g's sigmoids better calibrated?).
+Finished runs are reused (runs/q_*), so adding a row costs only that row. `--rows ts,ts_bce` runs only those variants
+(by run name: cur, noisy, warm_sup, ts, warm_sup_arc1, ts_eta02, ts_bce) and writes them, with each teacher-student
+row's pseudo-label precision and recall, into a separate section (quality_probes) of docs/results.md.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ def main():
     ap.add_argument("--config", default="demo.yaml")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--steps", type=int, default=40, help="optimiser steps per epoch, the same for every variant")
+    ap.add_argument("--rows", default="", help="comma-separated run names: only these variants (a probe table)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     base = [f"train.epochs={a.epochs}", f"train.steps_per_epoch={a.steps}", "run.progress=false", *a.overrides]
@@ -56,9 +60,13 @@ def main():
         ("+ noisy warm-up, ArcFace weight 1 (reference)", "warm_sup_arc1", ["train.mode=supervised", warm,
                                                                           "loss.arcface=1.0"]),
         ("+ teacher-student, eta 0.2", "ts_eta02", ["train.mode=teacher_student", warm, "teacher_student.eta=0.2"]),
+        ("+ teacher-student, BCE instead of focal", "ts_bce", ["train.mode=teacher_student", warm, "loss.focal=0",
+                                                               "loss.bce=1"]),
     ]
+    if a.rows:
+        return probes(a, run, [v for v in variants if v[1] in a.rows.split(",")], t_warm)
     rows = []
-    for label, name, ov in variants:
+    for label, name, ov in variants[:-1]:        # the BCE probe came later: it runs with --rows (quality_probes)
         res, cfg = run(name, "train", "train.folds=[0]", *ov, fn=train.main)
         fdir = Path(f"runs/q_{name}/train/fold_0")
         rows.append([label, res["oof_lwlrap"], test_lwlrap(cfg, fdir, tta=False), f"{train_seconds(fdir):.0f}"])
@@ -91,6 +99,27 @@ def main():
             f"{pl_line}\n")
     write_section("quality", body)
     Path("runs/q_summary.json").write_text(json.dumps({"rows": rows, "pseudo_labels": pl}, default=str, indent=1))
+
+
+def probes(a, run, variants, t_warm):
+    """The chosen variants only, with the last epoch's pseudo-label figures of teacher-student rows."""
+    rows = []
+    for label, name, ov in variants:
+        res, cfg = run(name, "train", "train.folds=[0]", *ov, fn=train.main)
+        fdir = Path(f"runs/q_{name}/train/fold_0")
+        m = pd.read_csv(fdir / "metrics.csv").iloc[-1]
+        pl = [float(m[k]) if k in m else float("nan") for k in ("pl_precision", "pl_recall", "pl_pos")]
+        rows.append([label, res["oof_lwlrap"], test_lwlrap(cfg, fdir, tta=False), *pl, f"{train_seconds(fdir):.0f}"])
+        print(rows[-1], flush=True)
+    header = ["variant", "fold-0 val lwlrap", "test lwlrap", "PL precision", "PL recall", "PL positives per clip",
+              "training seconds"]
+    table = markdown_table(header, rows)
+    print(table)
+    body = (f"## Reference-system probes (bench/quality.py --rows)\n\n`.venv/bin/python bench/quality.py --epochs "
+            f"{a.epochs} --steps {a.steps} --rows {a.rows} {' '.join(a.overrides)}` on configs/{a.config}; the same "
+            f"budget and warm-up ({t_warm:.0f} s) as the ablation; pseudo-label columns: the last epoch, against "
+            f"train_noisy_truth.csv.\n\n{table}\n")
+    write_section("quality_probes", body)
 
 
 if __name__ == "__main__":

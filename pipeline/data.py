@@ -78,15 +78,30 @@ def join_labels(labels) -> str:
     return ",".join(labels)
 
 
+def _read_csv(path: Path, missing_hint="") -> pd.DataFrame:
+    """A CSV as strings (empty fields stay empty strings); a missing or unparsable file is a DataError."""
+    if not path.exists():
+        raise DataError(f"{path}: not found{missing_hint}")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot be parsed as CSV: {e}") from None
+
+
+def _check_fname(problems: list, seen: dict, i: int, fname: str):
+    """Record an empty or duplicate fname at data row i (line i + 2 of the file)."""
+    if not fname:
+        problems.append(f"row {i + 2}: empty fname")
+    elif fname in seen:
+        problems.append(f"row {i + 2} ({fname}): duplicate fname (first at row {seen[fname]})")
+    else:
+        seen[fname] = i + 2
+
+
 def read_labels_csv(path, classes, wav_dir=None, check_audio=True) -> pd.DataFrame:
     """Read a `fname,labels` CSV into a DataFrame with `labels` as lists; validate it (and its wavs)."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot be parsed as CSV: {e}") from None
+    df = _read_csv(path)
     if list(df.columns[:2]) != ["fname", "labels"]:
         raise DataError(f"{path}: header must be 'fname,labels', got {','.join(df.columns)}")
     known = set(classes)
@@ -95,12 +110,7 @@ def read_labels_csv(path, classes, wav_dir=None, check_audio=True) -> pd.DataFra
     labels = []
     for i, (fname, text) in enumerate(zip(df["fname"], df["labels"])):
         row = f"row {i + 2} ({fname})"  # line in the file, header is line 1
-        if not fname:
-            problems.append(f"row {i + 2}: empty fname")
-        elif fname in seen:
-            problems.append(f"{row}: duplicate fname (first at row {seen[fname]})")
-        else:
-            seen[fname] = i + 2
+        _check_fname(problems, seen, i, fname)
         labs = split_labels(text)
         if not labs:
             problems.append(f"{row}: empty labels field")
@@ -203,24 +213,14 @@ def load_single_label(root, csv_name, check_audio=True) -> Dataset:
     if not root.is_dir():
         raise DataError(f"data.root {root}: no such folder")
     path = root / csv_name
-    if not path.exists():
-        raise DataError(f"{path}: not found (data.single_label_csv is read relative to data.root)")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot be parsed as CSV: {e}") from None
+    df = _read_csv(path, " (data.single_label_csv is read relative to data.root)")
     if list(df.columns[:2]) != ["fname", "label"] or not set(df.columns) <= {"fname", "label", "fold"}:
         raise DataError(f"{path}: header must be 'fname,label' or 'fname,label,fold', got {','.join(df.columns)}")
     has_fold = "fold" in df.columns
     problems, seen = [], {}
     for i, (fname, label) in enumerate(zip(df["fname"], df["label"])):
         row = f"row {i + 2} ({fname})"
-        if not fname:
-            problems.append(f"row {i + 2}: empty fname")
-        elif fname in seen:
-            problems.append(f"{row}: duplicate fname (first at row {seen[fname]})")
-        else:
-            seen[fname] = i + 2
+        _check_fname(problems, seen, i, fname)
         if "," in label:
             problems.append(f"{row}: label {label!r} holds a comma; a single-label CSV has one label per clip")
         if has_fold and label.strip():

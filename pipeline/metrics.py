@@ -83,5 +83,4 @@ def single_label_scores(y_true, y_score) -> dict:
     counts = np.bincount(label, minlength=y_true.shape[1])
     with np.errstate(invalid="ignore", divide="ignore"):
         per = np.where(counts > 0, np.bincount(label, weights=hit, minlength=y_true.shape[1]) / counts, np.nan)
-    return {"accuracy": accuracy(y_true, y_score), "weighted_auc": weighted_auc(y_true, y_score),
-            "per_class_accuracy": per}
+    return {"accuracy": float(hit.mean()), "weighted_auc": weighted_auc(y_true, y_score), "per_class_accuracy": per}

@@ -32,7 +32,7 @@ from pipeline.data import dataset
 from pipeline.engine import build_model, concat_clipsets, fit, init_from_checkpoint, load_checkpoint, make_clipset, \
     plot_curves, train_key
 from pipeline.features import FeatureCache
-from pipeline.metrics import lwlrap, single_label_scores
+from pipeline.metrics import accuracy, lwlrap, single_label_scores
 from pipeline.modes import mode_class
 from pipeline.utils import atomic_to_csv, atomic_write_json, get_logger, is_done, run_dir
 
@@ -184,8 +184,8 @@ def summarise_single_label(cfg, out, ds, oof_parts, y, p, log) -> dict:
     from pipeline.data import labels_to_matrix
     scores = single_label_scores(y, p)
     truth = ds.curated.set_index("fname")["labels"]
-    per_fold = [single_label_scores(labels_to_matrix(truth.loc[part["fname"]], ds.classes),
-                                    part[ds.classes].to_numpy())["accuracy"] for part in oof_parts]
+    per_fold = [accuracy(labels_to_matrix(truth.loc[part["fname"]], ds.classes), part[ds.classes].to_numpy())
+                for part in oof_parts]
     summary = {"oof_accuracy": scores["accuracy"], "oof_weighted_auc": scores["weighted_auc"],
                "fold_accuracy": per_fold, "fold_accuracy_mean": float(np.mean(per_fold)),
                "fold_accuracy_std": float(np.std(per_fold)), "n_clips": len(p), "mode": cfg.train.mode,

@@ -60,6 +60,7 @@ def test_reads_labelled_unlabelled_and_folds(tmp_path):
     (lambda df: pd.concat([df, df[:1]]), r"row \d+ .*duplicate fname \(first at row 2\)"),
     (lambda df: df.assign(fname=["train_curated/nope.wav"] + list(df["fname"][1:])), "row 2 .*missing audio"),
     (lambda df: df.assign(label=""), "no labelled clip"),
+    (lambda df: df.assign(label=df["label"][0]), "one class only"),
 ])
 def test_bad_csv_names_file_and_row(tmp_path, edit, message):
     df = single_label_dataset(tmp_path / "ds")
@@ -67,6 +68,20 @@ def test_bad_csv_names_file_and_row(tmp_path, edit, message):
     with pytest.raises(DataError, match=message) as e:
         load_single_label(tmp_path / "ds", "sl.csv")
     assert "sl.csv" in str(e.value)
+
+
+def test_a_single_predefined_fold_is_an_error(tmp_path, cfg_for):
+    df = single_label_dataset(tmp_path / "ds")
+    df.assign(fold=7).to_csv(tmp_path / "ds/sl.csv", index=False)
+    with pytest.raises(ValueError, match=r"sl.csv: its fold column names one fold \(7\)"):
+        folds.main(cfg_for(tmp_path / "ds", "data.single_label_csv=sl.csv"))
+
+
+def test_softmax_predictions_refuse_reversal_outputs():
+    from pipeline.predict import window_probs
+    assert torch.allclose(window_probs(torch.zeros(2, C), None, C, softmax=True), torch.full((2, C), 1 / C))
+    with pytest.raises(ValueError, match="model.time_reversal"):
+        window_probs(torch.zeros(2, 2 * C), None, C, softmax=True)
 
 
 def test_folds_honour_the_csv_or_stratify(tmp_path, cfg_for):

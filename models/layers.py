@@ -1,8 +1,17 @@
-"""Building blocks shared by the backbones: the conv block, size-safe 2x2 pooling, global pooling, PANNs init.
+"""Building blocks shared by the backbones: the conv block, size-safe 2x2 pooling, global pooling, PANNs init, and
+`dropout_modules`, the modules whose training flag makes a forward random.
 
 Tensors are (B, C, F, T): batch, channels, frequency (mel bins), time (frames).
+
+    for m in dropout_modules(model):        # dropout off (BN untouched), e.g. for VAT's power iteration ...
+        m.training = False
+    model.eval()                            # ... or Monte-Carlo dropout: all in eval mode but the dropout
+    for m in dropout_modules(model):
+        m.training = True
 """
 from __future__ import annotations
+
+import sys
 
 import torch.nn.functional as F
 from torch import nn
@@ -64,3 +73,47 @@ class ConvBlock(nn.Module):
     def forward(self, x):
         x = F.relu_(self.bn1(self.conv1(x)))
         return F.relu_(self.bn2(self.conv2(x)))
+
+
+def _rate(m: nn.Module) -> float:
+    """The drop probability of a torch dropout or timm DropPath / DropBlock2d / PatchDropout module; 0 for others."""
+    if isinstance(m, nn.modules.dropout._DropoutNd):
+        return m.p
+    timm_layers = sys.modules.get("timm.layers")     # no timm module can exist unless timm was imported
+    if timm_layers is not None:
+        if isinstance(m, (timm_layers.DropPath, timm_layers.DropBlock2d)):
+            return m.drop_prob or 0.0
+        if isinstance(m, (timm_layers.PatchDropout, timm_layers.PatchDropoutWithIndices)):
+            return m.prob or 0.0
+    return 0.0
+
+
+def _fused_attention_dropout(m: nn.Module) -> bool:
+    """A timm attention module that calls F.scaled_dot_product_attention(dropout_p=attn_drop.p if self.training):
+    its own flag, not its attn_drop's, sets the attention dropout (attn_drop is then never called)."""
+    if not getattr(m, "fused_attn", False):
+        return False
+    drop = getattr(m, "attn_drop", None)
+    return (isinstance(drop, nn.Module) and _rate(drop) > 0) or (getattr(m, "attn_drop_p", 0) or 0) > 0
+
+
+def dropout_modules(model: nn.Module) -> list:
+    """Every submodule of `model` whose own `training` flag makes its forward random, in model.modules() order.
+
+    These are torch dropout modules (nn.Dropout, Dropout1d/2d/3d, AlphaDropout, ...) with p > 0; timm's DropPath
+    and DropBlock2d with drop_prob > 0 and PatchDropout with prob > 0; and timm attention modules that run fused
+    attention with attention dropout (they stand in for their attn_drop, which they never call). Modules that are
+    never called are left out: those attn_drop, and the DropPath of timm's EfficientNet-family blocks without a
+    residual (has_skip False). Setting only these modules' `training` turns all dropout of a fattag model off
+    (m.training = False, BN left in train mode) or on (model.eval(), then m.training = True: MC dropout). Every
+    fattag backbone applies the dropout it is configured with (block_dropout, cnn14's dropout and fc_dropout, timm's
+    drop_rate and drop_path_rate) through such modules, never through F.dropout. Not reached: timm options that
+    timm itself applies with F.dropout inside blocks (e.g. densenet's proj_drop_rate).
+    """
+    unused = set()
+    for m in model.modules():
+        if _fused_attention_dropout(m):
+            unused.add(id(getattr(m, "attn_drop", None)))
+        if getattr(m, "has_skip", None) is False:      # timm: `if self.has_skip: x = self.drop_path(x) + shortcut`
+            unused.add(id(getattr(m, "drop_path", None)))
+    return [m for m in model.modules() if (_rate(m) > 0 and id(m) not in unused) or _fused_attention_dropout(m)]

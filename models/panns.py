@@ -6,7 +6,9 @@ loading of a released PANNs checkpoint from a local file.
 
 Module names equal PANNs' (bn0, conv_block1..6.{conv1,bn1,conv2,bn2}, fc1), so checkpoint keys map one to one;
 the waveform front end (spectrogram_extractor, logmel_extractor) and the AudioSet classifier (fc_audioset) are
-skipped, and so is bn0 when the checkpoint's mel-bin count differs from ours (PANNs: 64).
+skipped, and so is bn0 when the checkpoint's mel-bin count differs from ours (PANNs: 64). PANNs' F.dropout calls are
+nn.Dropout modules here (block_drops, fc_drop: no tensors, so checkpoints load as before), which the dropout switches
+of the training modes (layers.dropout_modules) reach.
 """
 from __future__ import annotations
 
@@ -23,22 +25,28 @@ PANNS_SKIP = ("spectrogram_extractor.", "logmel_extractor.", "spec_augmenter.", 
 @register_model("cnn14")
 class Cnn14(Backbone):
     """CNN14: bn0 over mel bins, 6 ConvBlocks (64, 128, 256, 512, 1024, 2048 x width), 2x2 average pooling after
-    blocks 1-5 (1x1, i.e. none, after block 6), dropout `dropout` after each block, mean over frequency, max + mean
-    over time, dropout `fc_dropout`, fc1 + ReLU as the embedding.
+    blocks 1-5 (1x1, i.e. none, after block 6), dropout after each block (`block_drops`), mean over frequency,
+    max + mean over time, dropout `fc_dropout` (`fc_drop`), fc1 + ReLU as the embedding.
+
+    The per-block dropout is PANNs' `dropout` (0.2), or `block_dropout` when that is > 0 (fattag's common knob, e.g.
+    for MC dropout); dropout=0, fc_dropout=0 and block_dropout=0 give a network without dropout.
 
     Input (B, 1, F = n_mels, T); PANNs works on (B, 1, T, F), so the input is transposed and the checkpoint's
     weights apply unchanged. Output (B, 2048 * width). The PANNs front end and SpecAugment live elsewhere in fattag.
     """
 
     def __init__(self, n_mels: int = 128, width: float = 1.0, dropout: float = 0.2, fc_dropout: float = 0.5,
-                 pool: str = "avgmax"):
+                 pool: str = "avgmax", block_dropout: float = 0.0):
         super().__init__()
-        self.n_mels, self.dropout, self.fc_dropout, self.pool = n_mels, dropout, fc_dropout, check_pool(pool)
+        self.n_mels, self.pool = n_mels, check_pool(pool)
         self.bn0 = nn.BatchNorm2d(n_mels)
         cin = 1
         for i, c in enumerate((64, 128, 256, 512, 1024, 2048), 1):
             setattr(self, f"conv_block{i}", ConvBlock(cin, scaled(c, width)))
             cin = scaled(c, width)
+        p = block_dropout if block_dropout > 0 else dropout
+        self.block_drops = nn.ModuleList(nn.Dropout(p) for _ in range(6))     # modules, not F.dropout: switchable
+        self.fc_drop = nn.Dropout(fc_dropout)
         self.fc1 = nn.Linear(cin, cin)
         init_layer(self.fc1)
         self.out_dim = cin
@@ -52,9 +60,9 @@ class Cnn14(Backbone):
             x = getattr(self, f"conv_block{i}")(x)               # (B, C_i, T', F')
             if i < 6:
                 x = pool2(x)                                      # (B, C_i, T' / 2, F' / 2)
-            x = F.dropout(x, self.dropout, self.training)
-        x = global_pool(x.transpose(2, 3), self.pool)             # (B, 1, F', T') -> (B, C)
-        x = F.dropout(x, self.fc_dropout, self.training)
+            x = self.block_drops[i - 1](x)
+        x = global_pool(x.transpose(2, 3), self.pool)             # (B, C, F', T') -> (B, C)
+        x = self.fc_drop(x)
         return F.relu_(self.fc1(x))                               # (B, out_dim) embedding
 
     def load_pretrained(self, path) -> dict:

@@ -3,6 +3,7 @@
     model = create_model("vgg8", n_classes=80, width=0.25)            # 160 outputs: time reversal as new classes
     out = model(x)                      # x (B, 1, F, T) -> {"emb": (B, D), "h": (B, 160), "h_cos": (B, 160)}
     model = create_model("vgg8", 80, heads=("h", "g"))                # + label-cleaning head "g" and "g_cos"
+    model = create_model("vgg8", 80, dropout=0.3, block_dropout=0.3)  # dropout before the heads and in every block
     torch.save({"model": model.state_dict(), "model_config": model.config}, "ckpt.pt")
     model = create_model(**ckpt["model_config"]); model.load_state_dict(ckpt["model"])   # rebuilt from the file
     small = model.export_inference()    # backbone + "h" only, for submission
@@ -74,15 +75,22 @@ class Tagger(nn.Module):
 
 
 def create_model(name: str, n_classes: int, time_reversal: bool = True, heads=("h",), arcface: bool = True,
-                 dropout: float = 0.0, pretrained_path=None, params: dict | None = None, **kwargs) -> Tagger:
+                 dropout: float = 0.0, pretrained_path=None, params: dict | None = None, block_dropout: float = 0.0,
+                 **kwargs) -> Tagger:
     """Build a Tagger on backbone `name` (see list_models(); or 'timm:<name>').
 
     Backbone parameters come as `params={...}` (the config form, as in `model.config`) and/or keyword arguments.
+    `dropout`: before the heads. `block_dropout`: the backbone's dropout in every block (its constructor argument;
+    cnn14 keeps PANNs' 0.2 when it is 0, timm models get stochastic depth; see each backbone). Both are kept in
+    `config` (a checkpoint's config without block_dropout means 0).
     `pretrained_path`: local weights for the backbone (PANNs for cnn14, timm/torchvision for timm:*); heads start
     fresh. It is not kept in `config`: a checkpoint's state dict carries the weights.
     """
     params = {**(params or {}), **kwargs}
-    backbone = build_backbone(name, pretrained_path=pretrained_path, **params)
+    if "block_dropout" in params:
+        raise TypeError("block_dropout is create_model's own argument (config: model.block_dropout), not a "
+                        "backbone param")
+    backbone = build_backbone(name, pretrained_path=pretrained_path, block_dropout=block_dropout, **params)
     config = dict(name=name, n_classes=n_classes, time_reversal=time_reversal, heads=list(heads), arcface=arcface,
-                  dropout=dropout, params=params)
+                  dropout=dropout, block_dropout=block_dropout, params=params)
     return Tagger(backbone, n_classes, time_reversal, heads, arcface, dropout, config)

@@ -10,10 +10,11 @@ Per batch (torch, x (B, 1, F, T) normalised log-mels, y (B, C) targets in [0, 1]
 on any device, or None for torch's global one):
     spec_augment(x, ...)       -> x2            SpecAugment frequency and time masks (no time warp)
     time_reverse(x, y, p)      -> x2, y2        reversed clips as new classes: y2 (B, 2C)
-    mixup(x, y, alpha)         -> x2, y2, lam, perm
+    mixup(x, y, alpha)         -> x2, y2, lam, perm     lam 0-d (one per batch), or (B,) with per_pair=True
     augment = build_batch_augment(cfg.augment, n_classes=80, time_reversal=cfg.model.time_reversal)
     x, y = augment(x, y, generator)             # the three above in that order, as configured
     augment.spec(x, g); augment.reverse(x, y, g); augment.mix(x, y, g)   # each step alone, as configured
+                                                # (mix: one lam per pair when augment.mixup_per_pair)
 
 None of them modifies its input.
 """
@@ -176,24 +177,28 @@ def time_reverse(x: torch.Tensor, y: torch.Tensor, p: float = 0.5, generator: to
 
 
 def mixup(x: torch.Tensor, y: torch.Tensor | None, alpha: float = 0.4, generator: torch.Generator | None = None,
-          perm: torch.Tensor | None = None, per_sample: bool = False, lam: torch.Tensor | None = None):
+          perm: torch.Tensor | None = None, per_sample: bool = False, lam: torch.Tensor | None = None, *,
+          per_pair: bool = False):
     """mixup: x (B, ...), y (B, C) or None -> (x2, y2, lam, perm).
 
     x2 = lam x + (1 - lam) x[perm], y2 likewise, with lam = max(l, 1 - l), l ~ Beta(alpha, alpha), so lam >= 0.5 and
-    each mixed sample stays closer to its own original. One lam for the batch (a 0-d tensor), or one per sample
-    (per_sample=True: lam (B,)). perm: a random permutation of the batch unless given; pass lam and perm back in to
-    mix other tensors the same way. alpha <= 0 (and no lam given) returns x, y unchanged with lam = 1 and the
-    identity permutation. Beta draws use numpy, seeded from the generator.
+    each mixed sample stays closer to its own original. One lam for the batch (a 0-d tensor, the default), or one
+    per mixed pair (x[i], x[perm[i]]) as in the mixup and MixMatch papers (per_pair=True, or its older name
+    per_sample=True: lam (B,), row i mixed with lam[i] in x2 and y2 alike). perm: a random permutation of the batch
+    unless given; pass lam and perm back in to mix other tensors the same way. alpha <= 0 (and no lam given) returns
+    x, y unchanged with lam = 1 (0-d, or (B,) ones when per pair) and the identity permutation. perm and the seed of
+    the Beta draws (numpy) come from `generator`, so a seeded generator gives the same mix.
     """
     b = x.shape[0]
+    per_pair = per_pair or per_sample
     if lam is None and alpha <= 0:
-        return x, y, torch.ones((), device=x.device), torch.arange(b, device=x.device)
+        return x, y, torch.ones(b if per_pair else (), device=x.device), torch.arange(b, device=x.device)
     gen_device = generator.device if generator is not None else x.device
     if perm is None:
         perm = torch.randperm(b, generator=generator, device=gen_device).to(x.device)
     if lam is None:
         seed = int(torch.randint(2 ** 62, (1,), generator=generator, device=gen_device))
-        l = np.random.default_rng(seed).beta(alpha, alpha, size=b if per_sample else ())
+        l = np.random.default_rng(seed).beta(alpha, alpha, size=b if per_pair else ())
         lam = torch.as_tensor(np.maximum(l, 1 - l), dtype=torch.float32, device=x.device)
 
     def mix(v):
@@ -217,6 +222,7 @@ class BatchAugment:
         self.spec_kw = {k: c[k] for k in ("freq_masks", "time_masks", "freq_width", "time_width") if k in c}
         self.reversal_p = float(c.get("reversal_p", 0.5))
         self.mixup_alpha = float(c.get("mixup_alpha", 0.4))
+        self.mixup_per_pair = bool(c.get("mixup_per_pair", False))
 
     def spec(self, x, generator=None):
         """SpecAugment with the configured masks, if augment.spec_augment; else x."""
@@ -230,7 +236,10 @@ class BatchAugment:
         return time_reverse(x, y, self.reversal_p, generator) if self.time_reversal else (x, y)
 
     def mix(self, x, y, generator=None, **kw):
-        """mixup with augment.mixup_alpha (0: off) -> (x2, y2, lam, perm)."""
+        """mixup with augment.mixup_alpha (0: off) -> (x2, y2, lam, perm); lam (B,), one per pair, when
+        augment.mixup_per_pair (a per_pair or per_sample keyword given here wins), else 0-d."""
+        if "per_pair" not in kw and "per_sample" not in kw:
+            kw["per_pair"] = self.mixup_per_pair
         return mixup(x, y, self.mixup_alpha, generator, **kw)
 
     def __call__(self, x, y, generator=None):
@@ -240,7 +249,8 @@ class BatchAugment:
 
     def __repr__(self):
         return (f"BatchAugment(spec_augment={self.spec_on and self.spec_kw}, "
-                f"reversal_p={self.reversal_p if self.time_reversal else 'off'}, mixup_alpha={self.mixup_alpha})")
+                f"reversal_p={self.reversal_p if self.time_reversal else 'off'}, mixup_alpha={self.mixup_alpha}, "
+                f"mixup_per_pair={self.mixup_per_pair})")
 
 
 def build_batch_augment(aug_cfg, n_classes: int, time_reversal: bool = True) -> BatchAugment:

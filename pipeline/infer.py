@@ -50,7 +50,7 @@ def predict_frame(model, cfg, cache, fnames, classes, device, seed) -> pd.DataFr
     p = predict_clips(model, cache, fnames, cfg.train.frames, inf.hop, len(classes), batch_size=inf.batch_size,
                       device=device, tta_counts=list(inf.tta_counts) if inf.tta else None,
                       reversal=inf.reversal and model.n_out == 2 * len(classes), mean=inf.mean,
-                      aug_cfg=cfg.augment, seed=seed,
+                      aug_cfg=cfg.augment, seed=seed, tta_count_windows=inf.tta_count_windows,
                       progress=(lambda it: progress(it, cfg.run.progress, leave=False, desc="windows")))
     df = pd.DataFrame(p, columns=classes)
     df.insert(0, "fname", list(fnames))

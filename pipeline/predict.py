@@ -1,8 +1,10 @@
 """Clip-level predictions from window-level model outputs: sliding windows, length-adaptive TTA, time reversal.
 
 A clip of n frames is cut into windows of `frames` frames every `hop` frames (the last window ends at the clip's end;
-clips shorter than a window are repeat-padded). Windows from many clips are batched together. With TTA, a clip of
-k <= len(tta_counts) windows gets tta_counts[k-1] more passes of its windows under SpecAugment. With reversal (models
+clips shorter than a window are repeat-padded). Windows from many clips are batched together. With TTA, a clip that
+counts k <= len(tta_counts) windows gets tta_counts[k-1] more passes of all its windows under SpecAugment; as in the
+paper, k counts the hop-spaced windows without the end-aligned one (tta_count_windows="paper": a 200-frame clip with
+192-frame windows counts 1, k = 9), or every window predicted ("all": 2 there, k = 5). With reversal (models
 with time-reversal classes), a window's prediction is the mean of sigmoid(original-class outputs) of the window and
 sigmoid(reversed-class outputs) of the time-reversed window. A clip's prediction is the arithmetic or geometric mean
 of its window predictions. Single-label models (softmax=True) give softmax probabilities instead of sigmoids.
@@ -27,6 +29,26 @@ def window_starts(n: int, frames: int, hop: int) -> list[int]:
     return starts
 
 
+TTA_COUNT_WINDOWS = ("paper", "all")      # choices of infer.tta_count_windows
+
+
+def _check_count_windows(mode: str):
+    if mode not in TTA_COUNT_WINDOWS:
+        raise ValueError(f"infer.tta_count_windows must be one of {' | '.join(TTA_COUNT_WINDOWS)}, got {mode!r}")
+
+
+def tta_windows(n: int, frames: int, hop: int, mode: str = "paper") -> int:
+    """The window count of a clip of n frames that picks its TTA passes.
+
+    paper: the hop-spaced windows, without the end-aligned one window_starts adds (1 + (n - frames) // hop, 1 when
+    n <= frames), as in Zhang and Wu's report; all: every window predicted, len(window_starts(n, frames, hop)).
+    """
+    _check_count_windows(mode)
+    if mode == "all":
+        return len(window_starts(n, frames, hop))
+    return 1 if n <= frames else 1 + (n - frames) // hop
+
+
 def tta_passes(n_windows: int, counts) -> int:
     """Extra SpecAugment passes for a clip of n_windows windows (0 beyond the table)."""
     return int(counts[n_windows - 1]) if 1 <= n_windows <= len(counts) else 0
@@ -38,12 +60,14 @@ def repeat_pad(x: np.ndarray, frames: int) -> np.ndarray:
     return x if n == frames else np.tile(x, (1, -(-frames // n)))[:, :frames]
 
 
-def plan_windows(lengths, frames: int, hop: int, tta_counts=None):
-    """Every pass over every window: arrays (clip, start, augmented) of equal length."""
+def plan_windows(lengths, frames: int, hop: int, tta_counts=None, tta_count_windows: str = "paper"):
+    """Every pass over every window: arrays (clip, start, augmented) of equal length. A clip's extra passes are
+    tta_passes(tta_windows(n, frames, hop, tta_count_windows), tta_counts); each pass covers all its windows."""
+    _check_count_windows(tta_count_windows)
     clip, start, aug = [], [], []
     for i, n in enumerate(lengths):
         starts = window_starts(int(n), frames, hop)
-        extra = tta_passes(len(starts), tta_counts) if tta_counts else 0
+        extra = tta_passes(tta_windows(int(n), frames, hop, tta_count_windows), tta_counts) if tta_counts else 0
         for p in range(1 + extra):
             clip += [i] * len(starts)
             start += starts
@@ -73,14 +97,16 @@ def window_probs(logits: torch.Tensor, logits_rev: torch.Tensor | None, n_classe
 @torch.no_grad()
 def predict_clips(model, cache, fnames, frames: int, hop: int, n_classes: int, batch_size=128, device="cpu",
                   tta_counts=None, reversal=False, mean="arithmetic", aug_cfg=None, seed=0, head="h",
-                  progress=None, softmax=False) -> np.ndarray:
-    """(N, C) clip probabilities for `fnames` of a FeatureCache. Model in eval mode; TTA masks seeded by `seed`."""
+                  progress=None, softmax=False, tta_count_windows="paper") -> np.ndarray:
+    """(N, C) clip probabilities for `fnames` of a FeatureCache. Model in eval mode; TTA masks seeded by `seed`;
+    tta_count_windows (paper | all) picks the window count that looks up tta_counts (see tta_windows)."""
     if mean not in ("arithmetic", "geometric"):
         raise ValueError(f"mean must be arithmetic or geometric, got {mean!r}")
+    _check_count_windows(tta_count_windows)
     was_training = model.training
     model.eval()
     pos = [cache.position(f) for f in fnames]
-    clip, start, aug = plan_windows(cache.frames[pos], frames, hop, tta_counts)
+    clip, start, aug = plan_windows(cache.frames[pos], frames, hop, tta_counts, tta_count_windows)
     gen = torch.Generator().manual_seed(seed)
     acc = torch.zeros(len(fnames), n_classes, dtype=torch.float64)
     count = torch.zeros(len(fnames), 1, dtype=torch.float64)

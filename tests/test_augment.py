@@ -144,6 +144,62 @@ def test_mixup_per_sample_and_off():
     assert x2 is x and y2 is y and lam == 1
 
 
+def one_hot_batch(b=16, c=5):
+    """x rows one-hot (row i is e_i), y (B, C) random 0/1: x2 = lam x + (1 - lam) x[perm] shows each row's lam."""
+    return torch.eye(b).view(b, 1, 1, b), (torch.rand(b, c, generator=gen(3)) < 0.4).float()
+
+
+def row_lambdas(x2):
+    """Each row's weight on its own one-hot row (its lam where it is not mixed with itself): (B,)."""
+    return x2.flatten(1).diagonal()
+
+
+def test_mixup_per_pair_draws_one_lambda_per_row():
+    x, y = one_hot_batch()
+    perm = torch.roll(torch.arange(16), 1)                     # no row mixed with itself
+    x2, y2, lam, p = mixup(x, y, 0.4, generator=gen(), perm=perm, per_pair=True)
+    got = row_lambdas(x2)
+    assert lam.shape == (16,) and torch.allclose(got, lam)
+    assert (got >= 0.5).all() and (got <= 1).all() and len(set(got.round(decimals=5).tolist())) > 8
+    assert torch.allclose(x2.view(16, 16)[torch.arange(16), perm], 1 - lam)     # the partner's weight
+    assert torch.allclose(y2, lam[:, None] * y + (1 - lam[:, None]) * y[perm])   # targets mix with the row's lam
+    again = mixup(x, y, 0.4, generator=gen(), perm=perm, per_pair=True)
+    assert all(torch.equal(a, b) for a, b in zip((x2, y2, lam, p), again))       # same seed, same mix
+    other = mixup(x, y, 0.4, generator=gen(1), perm=perm, per_pair=True)
+    assert not torch.equal(other[2], lam)
+    # the older name gives the same draws
+    assert torch.equal(mixup(x, y, 0.4, generator=gen(), perm=perm, per_sample=True)[2], lam)
+    x2, y2, lam, _ = mixup(x, y, 0.0, per_pair=True)
+    assert x2 is x and y2 is y and lam.shape == (16,) and (lam == 1).all()
+
+
+def test_mixup_default_one_lambda_per_batch():
+    x, y = one_hot_batch()
+    perm = torch.roll(torch.arange(16), 1)
+    x2, y2, lam, p = mixup(x, y, 0.4, generator=gen(), perm=perm)
+    got = row_lambdas(x2)
+    assert lam.dim() == 0 and 0.5 <= lam <= 1 and torch.allclose(got, lam.expand(16))
+    assert torch.allclose(y2, lam * y + (1 - lam) * y[perm])
+
+
+def test_batch_augment_mixup_per_pair_key():
+    cfg = load_config()
+    assert cfg.augment.mixup_per_pair is False
+    assert load_config(None, ["augment.mixup_per_pair=true"]).augment.mixup_per_pair is True
+    x, y = one_hot_batch()
+    _, _, lam, _ = build_batch_augment(cfg.augment, 5).mix(x, y, gen())
+    assert lam.dim() == 0
+    aug = build_batch_augment({**cfg.augment, "mixup_per_pair": True}, 5)
+    x2, y2, lam, perm = aug.mix(x, y, gen())
+    assert lam.shape == (16,) and (lam >= 0.5).all() and len(set(lam.tolist())) > 1
+    assert torch.allclose(row_lambdas(x2)[perm != torch.arange(16)], lam[perm != torch.arange(16)])
+    assert torch.allclose(y2, lam[:, None] * y + (1 - lam[:, None]) * y[perm])
+    assert all(torch.equal(a, b) for a, b in zip((x2, y2, lam, perm), aug.mix(x, y, gen())))
+    assert aug.mix(x, y, gen(), per_pair=False)[2].dim() == 0                   # an explicit keyword wins
+    xs, ys = aug(x, y, gen())                                                   # the whole chain runs per pair
+    assert xs.shape == x.shape and ys.shape == (16, 10)
+
+
 # ------------------------------------------------------------------------------------------------ albumentations
 
 def test_albu_gauss_noise_reproducible():

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import Cfg
-from pipeline.predict import plan_windows, predict_clips, repeat_pad, tta_passes, window_probs, window_starts
+from pipeline.config import Cfg, load_config
+from pipeline.predict import (plan_windows, predict_clips, repeat_pad, tta_passes, tta_windows, window_probs,
+                              window_starts)
 
 
 def test_window_starts_cover_clip():
@@ -21,6 +22,25 @@ def test_tta_counts(n_windows, extra):
     clip, start, aug = plan_windows([n], 192, 16, counts)
     assert len(clip) == n_windows * (1 + extra) and aug.sum() == n_windows * extra
     assert n_windows * (1 + extra) >= 8 or n_windows >= 8  # short clips get about 10 predictions
+
+
+@pytest.mark.parametrize("n, paper, all_", [(100, 1, 1), (192, 1, 1), (200, 1, 2), (207, 1, 2), (208, 2, 2),
+                                            (250, 4, 5), (192 + 16 * 6, 7, 7), (192 + 16 * 6 + 1, 7, 8)])
+def test_tta_windows_paper_leaves_out_the_end_aligned_window(n, paper, all_):
+    assert tta_windows(n, 192, 16) == tta_windows(n, 192, 16, "paper") == paper
+    assert tta_windows(n, 192, 16, "all") == all_ == len(window_starts(n, 192, 16))
+
+
+def test_tta_200_frame_clip_gets_9_passes_by_default_5_with_all():
+    counts = [9, 5, 3, 2, 2, 1, 1]
+    assert window_starts(200, 192, 16) == [0, 8]              # the end-aligned window is still predicted
+    for mode, extra in [(None, 9), ("paper", 9), ("all", 5)]:
+        kw = {} if mode is None else {"tta_count_windows": mode}
+        clip, start, aug = plan_windows([200], 192, 16, counts, **kw)
+        assert aug.sum() == 2 * extra and len(clip) == 2 * (1 + extra)
+        assert sorted(set(start[aug].tolist())) == [0, 8]     # TTA passes cover both windows
+    with pytest.raises(ValueError, match=r"infer\.tta_count_windows"):
+        plan_windows([200], 192, 16, counts, tta_count_windows="ends")
 
 
 def test_repeat_pad():
@@ -74,3 +94,47 @@ def test_predict_clips_arithmetic_geometric_and_tta():
     assert not np.allclose(pt, p)                             # masked passes change the mean
     pr = predict_clips(model, cache, cache.fnames, frames=16, hop=8, n_classes=4, reversal=True)
     assert not np.allclose(pr, p)
+
+
+class CountingModel(MeanModel):
+    """MeanModel that counts the window rows it is fed."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = 0
+
+    def forward(self, x, heads=None):
+        self.rows += x.shape[0]
+        return super().forward(x, heads)
+
+
+def test_predict_clips_tta_pass_count_follows_tta_count_windows():
+    cache = FakeCache([200, 40])                             # 200 frames: windows at 0 and 8; 40: one padded window
+    aug_cfg = Cfg(freq_masks=1, time_masks=1, freq_width=0.5, time_width=0.5)
+    counts = [9, 5, 3, 2, 2, 1, 1]
+    rows = {}
+    for mode in (None, "paper", "all"):
+        model = CountingModel()
+        kw = {} if mode is None else {"tta_count_windows": mode}
+        predict_clips(model, cache, cache.fnames, frames=192, hop=16, n_classes=4, tta_counts=counts,
+                      aug_cfg=aug_cfg, seed=0, batch_size=7, **kw)
+        rows[mode] = model.rows
+    assert rows[None] == rows["paper"] == 2 * (1 + 9) + 1 * (1 + 9)
+    assert rows["all"] == 2 * (1 + 5) + 1 * (1 + 9)
+    with pytest.raises(ValueError, match=r"infer\.tta_count_windows"):
+        predict_clips(MeanModel(), cache, cache.fnames, frames=192, hop=16, n_classes=4, tta_count_windows="x")
+
+
+def test_infer_threads_tta_count_windows():
+    from pipeline.infer import predict_frame
+    cache = FakeCache([200])
+    cfg = load_config(None, ["train.frames=192", "infer.hop=16", "infer.reversal=false", "run.progress=false"])
+    assert cfg.infer.tta_count_windows == "paper" and cfg.infer.tta
+    model = CountingModel()
+    predict_frame(model, cfg, cache, cache.fnames, ["a", "b", "c", "d"], "cpu", seed=0)
+    assert model.rows == 2 * (1 + 9)
+    cfg = load_config(None, ["train.frames=192", "infer.hop=16", "infer.reversal=false", "run.progress=false",
+                             "infer.tta_count_windows=all"])
+    model = CountingModel()
+    predict_frame(model, cfg, cache, cache.fnames, ["a", "b", "c", "d"], "cpu", seed=0)
+    assert model.rows == 2 * (1 + 5)

@@ -25,8 +25,9 @@ def train_seconds(folder) -> float:
     return float(pd.read_csv(Path(folder) / "metrics.csv")["seconds"].sum())
 
 
-def test_lwlrap(cfg, fold_dir, tta: bool, reversal: bool = True) -> float:
-    """Test-set lwlrap of one fold model (its best.pt), with or without length-adaptive TTA."""
+def test_lwlrap(cfg, fold_dir, tta: bool, reversal: bool = True, count_windows: str | None = None) -> float:
+    """Test-set lwlrap of one fold model (its best.pt), with or without length-adaptive TTA (count_windows: how
+    the clip's windows are counted to choose the TTA passes; default infer.tta_count_windows)."""
     from models import create_model
     from pipeline.data import load_dataset
     from pipeline.engine import load_checkpoint
@@ -40,8 +41,19 @@ def test_lwlrap(cfg, fold_dir, tta: bool, reversal: bool = True) -> float:
     cache = FeatureCache.open(cfg, "test")
     p = predict_clips(model, cache, list(ds.test["fname"]), cfg.train.frames, cfg.infer.hop, ds.n_classes,
                       batch_size=cfg.infer.batch_size, tta_counts=list(cfg.infer.tta_counts) if tta else None,
-                      reversal=reversal and model.n_out == 2 * ds.n_classes, aug_cfg=cfg.augment, seed=cfg.run.seed)
+                      reversal=reversal and model.n_out == 2 * ds.n_classes, aug_cfg=cfg.augment, seed=cfg.run.seed,
+                      tta_count_windows=count_windows or cfg.infer.tta_count_windows)
     return lwlrap(ds.targets(ds.test), p)[0]
+
+
+def mean_std(values, digits: int = 4) -> str:
+    """'mean +- std' (sample std, ddof 1) of the finite values, '-' when there are none."""
+    import numpy as np
+    v = np.array([x for x in values if x is not None and x == x], float)
+    if not len(v):
+        return "-"
+    sd = v.std(ddof=1) if len(v) > 1 else float("nan")
+    return f"{v.mean():.{digits}f} +- {sd:.{digits}f}" + ("" if len(v) == len(values) else f" (n={len(v)})")
 
 
 def markdown_table(header, rows) -> str:

@@ -177,6 +177,7 @@ def init_from_checkpoint(model, path, log=None):
     if not loaded:
         raise RuntimeError(f"{path}: no weights match this model ({model.config.get('name')})")
     model.load_state_dict(loaded, strict=False)
+    model.init_keys = set(getattr(model, "init_keys", ())) | set(loaded)   # what a second network copies (co-training)
     if log:
         log.info(f"initialised {len(loaded)}/{len(own)} tensors from {path}")
     return model
@@ -226,8 +227,10 @@ def validate(model, cfg, val: ClipSet, device, n_classes):
 
 
 def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabelled: ClipSet | None = None,
-        val: ClipSet | None = None, log=None, seed_offset: int = 0) -> dict:
-    """Train `model` with `mode_name`; resume from out_dir/last.pt when it was written for this config."""
+        val: ClipSet | None = None, log=None, seed_offset: int = 0, calib: ClipSet | None = None) -> dict:
+    """Train `model` with `mode_name`; resume from out_dir/last.pt when it was written for this config.
+    calib: held-out labelled clips whose predictions set a mode's pseudo-label thresholds at each epoch start
+    (rule class_threshold; pipeline/modes/pseudo.py)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = get_device(cfg)
@@ -249,7 +252,8 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
         raise ValueError("data.single_label_csv is set: single-label (softmax) training needs model.time_reversal "
                          "false (reversed clips as new classes are a multi-label device)")
     ctx = TrainContext(cfg, model, build_loss(cfg.loss, single), build_batch_augment(cfg.augment, n_classes,
-                       model.n_out != n_classes), n_classes, device, gen, log=log, single_label=single)
+                       model.n_out != n_classes), n_classes, device, gen, log=log, single_label=single,
+                       extra={"cardinality": float(labelled.y[:, :n_classes].sum(1).mean()) if len(labelled) else 1.0})
     mode = create_mode(mode_name, ctx)
     if mode.uses_unlabelled and (unlabelled is None or len(unlabelled) == 0):
         raise ValueError(f"train.mode={mode_name} needs unlabelled (or noisy) clips and there are none")
@@ -282,6 +286,11 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
 
     for epoch in range(start, cfg.train.epochs):
         t0, wait = time.time(), 0.0
+        if calib is not None and len(calib):
+            net, head = mode.calibration_model()
+            p = predict_clips(net, calib.cache, calib.fnames, cfg.train.frames, cfg.train.eval_hop, n_classes,
+                              batch_size=cfg.infer.batch_size, device=device, head=head)
+            mode.calibrate(p, calib.y)
         model.train()
         s_lab, s_unl = rng.integers(0, 2**63, size=2)  # one generator per stream: threads never share one
         lab = batch_stream(labelled, b_lab, steps, cfg.train.frames, np.random.default_rng(s_lab), albu)
@@ -347,19 +356,24 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
     return {"best": best, "history": pd.DataFrame(history)}
 
 
-def build_model(cfg, n_classes: int, heads=("h",), seed: int | None = None, dropout: float | None = None):
+def build_model(cfg, n_classes: int, heads=("h",), seed: int | None = None, dropout: float | None = None,
+                block_dropout: float | None = None):
     """The configured Tagger: model.name backbone, time-reversal outputs, heads, cosine heads if ArcFace is used.
     With `seed`, the initial weights are drawn from it (the same seed gives the same model); `dropout` replaces
-    model.dropout."""
+    model.dropout (before the heads) and `block_dropout` model.block_dropout (in every backbone block)."""
     from models import create_model
     if seed is not None:
         torch.manual_seed(seed)
     params = dict(cfg.model.params)
     if cfg.model.name == "cnn14":
         params.setdefault("n_mels", cfg.features.n_mels)   # its bn0 normalises each mel band
-    return create_model(cfg.model.name, n_classes, time_reversal=cfg.model.time_reversal, heads=tuple(heads),
-                        arcface=cfg.loss.arcface > 0, dropout=cfg.model.dropout if dropout is None else dropout,
-                        pretrained_path=cfg.model.pretrained_path, params=params)
+    model = create_model(cfg.model.name, n_classes, time_reversal=cfg.model.time_reversal, heads=tuple(heads),
+                         arcface=cfg.loss.arcface > 0, dropout=cfg.model.dropout if dropout is None else dropout,
+                         block_dropout=cfg.model.block_dropout if block_dropout is None else block_dropout,
+                         pretrained_path=cfg.model.pretrained_path, params=params)
+    if cfg.model.pretrained_path:         # the backbone came from a file: a second network copies it (co-training)
+        model.init_keys = {k for k in model.state_dict() if k.startswith("backbone.")}
+    return model
 
 
 def make_clipset(cache, df, classes, truth_df=None) -> ClipSet:

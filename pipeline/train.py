@@ -7,7 +7,9 @@ For each fold k (train.folds, [] = all) a model is trained on the other folds an
 train.eval_every epochs on fold k with sliding-window predictions over whole clips; train.full adds one model on the
 whole curated set (the reference's third submission). Models start from the warm-up (train.init_from: warmup), a
 checkpoint path, or from scratch (null). Modes that use unlabelled clips take the noisy set, or, with
-data.labelled_fraction < 1, the curated training clips left unlabelled (a stratified share stays labelled).
+data.labelled_fraction < 1, the curated training clips left unlabelled (a stratified share stays labelled). A mode
+whose pseudo-label rule is class_threshold holds out train.calib_fraction of the labelled clips (stratified, never
+trained on) to choose its per-class thresholds at each epoch start.
 train.noisy_labelled adds the noisy clips, labels taken as they are, to the labelled set.
 
 Single-label datasets (data.single_label_csv, see pipeline/data.py): softmax models and losses, the CSV's folds when
@@ -63,7 +65,8 @@ def labelled_split(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     if not 0 < fraction < 1:
         raise ValueError(f"data.labelled_fraction must be in (0, 1], got {fraction}")
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
-    split = MultilabelStratifiedShuffleSplit(n_splits=1, train_size=fraction, test_size=1 - fraction,
+    n_keep = min(len(y) - 1, max(1, round(fraction * len(y))))     # counts, not shares: no rounding overlap
+    split = MultilabelStratifiedShuffleSplit(n_splits=1, train_size=n_keep, test_size=len(y) - n_keep,
                                              random_state=seed)
     keep, _ = next(split.split(np.zeros(len(y)), y))
     mask = np.zeros(len(y), bool)
@@ -102,7 +105,12 @@ def main(cfg) -> dict:
         if not is_done(fdir, key):
             lab_mask = labelled_split(ds.targets(ds.curated)[tr], cfg.data.labelled_fraction, cfg.run.seed)
             tr_df = ds.curated[tr].reset_index(drop=True)
-            labelled = make_clipset(curated_cache, tr_df[lab_mask], ds.classes)
+            lab_df, calib = tr_df[lab_mask], None
+            if mode_cls.needs_calibration(cfg):       # held out for the pseudo-label thresholds, never trained on
+                keep = labelled_split(ds.targets(lab_df), 1 - cfg.train.calib_fraction, cfg.run.seed + 1)
+                calib = make_clipset(curated_cache, lab_df[~keep], ds.classes)
+                lab_df = lab_df[keep]
+            labelled = make_clipset(curated_cache, lab_df, ds.classes)
             if cfg.train.noisy_labelled and noisy_cache is not None:
                 labelled = concat_clipsets(labelled, make_clipset(noisy_cache, ds.noisy, ds.classes))
             unlabelled = None
@@ -115,12 +123,13 @@ def main(cfg) -> dict:
             val = None if k == "full" else make_clipset(curated_cache, ds.curated[fold == k], ds.classes)
             seed_offset = 1000 * (1 + (k if k != "full" else 99))
             model = build_model(cfg, ds.n_classes, heads=mode_cls.heads, seed=cfg.run.seed + seed_offset,
-                                dropout=mode_cls.model_dropout(cfg))
+                                dropout=mode_cls.model_dropout(cfg), block_dropout=mode_cls.model_block_dropout(cfg))
             if init is not None:
                 init_from_checkpoint(model, init, log)
             log.info(f"fold {k}: {len(labelled)} labelled, {0 if unlabelled is None else len(unlabelled)} "
-                     f"unlabelled, {0 if val is None else len(val)} validation clips; mode {cfg.train.mode}")
-            fit(cfg, fdir, model, cfg.train.mode, ds.classes, labelled, unlabelled, val, log, seed_offset)
+                     f"unlabelled, {0 if val is None else len(val)} validation"
+                     f"{'' if calib is None else f', {len(calib)} held-out threshold'} clips; mode {cfg.train.mode}")
+            fit(cfg, fdir, model, cfg.train.mode, ds.classes, labelled, unlabelled, val, log, seed_offset, calib)
             if val is not None:
                 write_fold_oof(cfg, fdir, val, ds.classes)
         histories[f"fold {k}"] = pd.read_csv(fdir / "metrics.csv")

@@ -17,7 +17,7 @@ from pipeline.engine import build_model
 from pipeline.losses import build_loss, ce, multiclass_hinge, softmax_arcface, softmax_focal
 from pipeline.metrics import accuracy, single_label_scores, weighted_auc
 from pipeline.modes import TrainContext, create_mode
-from pipeline.modes import ssl
+from pipeline.modes import common as ssl
 from conftest import make_dataset
 
 SSL_MODES = ["mean_teacher", "deep_co_training", "mixmatch", "remixmatch", "fixmatch", "fixmatch_mixup", "fmuc",
@@ -195,9 +195,9 @@ def test_single_label_guesses_are_distributions():
     guesses = []
     orig = ssl.mixup
 
-    def spy(x, t, alpha, g):
+    def spy(x, t, alpha, g, **kw):
         guesses.append(t)
-        return orig(x, t, alpha, g)
+        return orig(x, t, alpha, g, **kw)
     ssl.mixup = spy
     try:
         mm.step(batch, 0.5)

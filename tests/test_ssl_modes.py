@@ -13,7 +13,7 @@ from pipeline.config import load_config
 from pipeline.engine import build_model, fit, make_clipset
 from pipeline.losses import build_loss
 from pipeline.modes import PseudoLabelStats, TrainContext, create_mode, list_modes, mode_class
-from pipeline.modes import ssl
+from pipeline.modes import common as ssl
 
 SSL_MODES = ["mean_teacher", "deep_co_training", "mixmatch", "remixmatch", "fixmatch", "fixmatch_mixup", "fmuc",
              "vat", "pseudo_label"]
@@ -101,7 +101,7 @@ def test_unknown_hyperparameter_is_named():
 
 @pytest.mark.parametrize("name", SSL_MODES)
 def test_state_dict_round_trip(name):
-    mode = make_mode(name, "ssl.fixmatch={per_class_threshold: true}")
+    mode = make_mode(name, "ssl.fixmatch={rule: topk}")
     for s in range(2):
         loss, _ = mode.step(make_batch(mode, seed=s), 0.3 + 0.4 * s)
         loss.backward()
@@ -179,38 +179,24 @@ def test_confidence_mask_and_per_class_thresholds():
     yhat, mask = ssl.confidence_mask(p, 0.95, 0.05)
     assert torch.equal(yhat, (p >= 0.5).float())
     assert torch.equal(mask, torch.tensor([[1, 0, 1, 0, 0], [0, 1, 1, 0, 1]], dtype=torch.bool))
-    tau = ssl.class_thresholds(torch.tensor([0.4, 0.2, 0.1, 0.1, 0.0]), 0.9)
-    assert torch.allclose(tau, torch.tensor([0.9, 0.7, 0.6, 0.6, 0.5]))
-    _, mask = ssl.confidence_mask(p, tau, 0.05)
-    assert torch.equal(mask, torch.tensor([[1, 0, 1, 1, 0], [0, 1, 1, 1, 1]], dtype=torch.bool))
 
 
-def test_fixmatch_per_class_thresholds_from_labelled_rate():
-    mode = make_mode("fixmatch", "ssl.fixmatch={per_class_threshold: true, tau_pos: 0.9}")
-    y = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 0, 0]]).float()
-    tau = mode.thresholds(y)
-    rate = (y.sum(0) + 1) / (4 + 2)
-    assert torch.allclose(tau, 0.5 + 0.4 * rate / rate.max()) and tau[0] == pytest.approx(0.9)
-    assert make_mode("fixmatch").thresholds(y) == 0.95
-
-
-def test_masked_bce_normalised_by_entries_not_mask_count():
+def test_masked_bce_summed_over_classes_averaged_over_clips_not_mask_count():
     z = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
     t = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
     m = torch.tensor([[1, 0, 0], [0, 0, 1]]).float()
     full = F.binary_cross_entropy_with_logits(z, t, reduction="none")
-    assert ssl.masked_bce(z, t, m).item() == pytest.approx((full[0, 0] + full[1, 2]).item() / 6)
+    assert ssl.masked_bce(z, t, m).item() == pytest.approx((full[0, 0] + full[1, 2]).item() / 2)
     assert ssl.masked_bce(z, t, torch.zeros_like(m)).item() == 0
-    assert ssl.masked_bce(torch.cat([z, z], 1), torch.cat([t, t], 1), n_classes=3).item() == pytest.approx(
-        2 * full.sum().item() / 6)
+    assert ssl.masked_bce(z, t).item() == pytest.approx(full.sum().item() / 2)
 
 
-def test_fixmatch_unlabelled_loss_zero_for_empty_mask_and_scaled_by_bu_c(monkeypatch):
+def test_fixmatch_unlabelled_loss_zero_for_empty_mask_and_averaged_over_clips(monkeypatch):
     mode = make_mode("fixmatch", "ssl.fixmatch={tau_pos: 1.5, tau_neg: -0.5}")
     batch = make_batch(mode)
     _, logs = mode.step(batch, 0.5)
     assert logs["unl"].item() == 0 and logs["kept"].item() == 0
-    # one kept entry: its BCE / (B_u x C)
+    # one kept entry: its BCE / B_u (sum over classes, mean over clips)
     mode = make_mode("fixmatch", dropout=0.0)
     bu = len(batch["ux"])
     mask = torch.zeros(bu, C, dtype=torch.bool)
@@ -224,7 +210,7 @@ def test_fixmatch_unlabelled_loss_zero_for_empty_mask_and_scaled_by_bu_c(monkeyp
         z = mode.logits(strong["x"])
     # the step's forward updated BN stats in train mode; recompute with the same batch statistics
     entry = F.binary_cross_entropy_with_logits(z[1, 2], torch.tensor(1.0)).item()
-    assert logs["unl"].item() == pytest.approx(entry / (bu * C), rel=1e-4)
+    assert logs["unl"].item() == pytest.approx(entry / bu, rel=1e-4)
 
 
 def test_mixmatch_guess_is_sharpened_mean_and_hard_stats():
@@ -322,7 +308,7 @@ def test_fmuc_selection_rule(monkeypatch):
     yhat, mask = mode.select({"ux": None, "y": torch.zeros(1, C)})
     # mean - std >= 0.9 for column 0 (0.94 - 0.014), mean + std <= 0.1 for column 2; column 3 too uncertain
     assert torch.equal(mask, torch.tensor([[True, False, True, False]]))
-    assert torch.equal(yhat, torch.tensor([[1.0, 1.0, 0.0, 1.0]]))
+    assert torch.equal(yhat, torch.tensor([[1.0, 0.0, 0.0, 0.0]]))      # positives: the kept ones only
 
 
 def test_vat_perturbation_norm_and_bn():
@@ -439,3 +425,33 @@ def test_fmuc_model_gets_dropout_when_config_has_none():
     assert cls.model_dropout(load_config(None, ["model.dropout=0.1"])) == 0.1
     assert cls.model_dropout(load_config(None, ["model.dropout=0", "ssl.fmuc={dropout: 0.5}"])) == 0.5
     assert mode_class("fixmatch").model_dropout(load_config(None, ["model.dropout=0"])) == 0.0
+
+
+# --------------------------------------------------------------------------------------- co-training, FMUC dropout
+
+def test_deep_co_training_second_network_starts_from_the_same_source(tmp_path):
+    from pipeline.engine import init_from_checkpoint, save_checkpoint
+    src = make_mode("fixmatch", seed=5).model                # a "warm-up" of the same architecture, head h only
+    save_checkpoint(tmp_path / "warm.pt", src, load_config(None, []), list("abcde"))
+    cfg = load_config(None, ["train.mode=deep_co_training", "train.batch_size=4", "model.params={width: 0.125}"])
+    model = init_from_checkpoint(build_model(cfg, C, seed=0), tmp_path / "warm.pt")
+    ctx = TrainContext(cfg, model, build_loss(cfg.loss), build_batch_augment(cfg.augment, C), C,
+                       torch.device("cpu"), torch.Generator().manual_seed(0))
+    mode = create_mode("deep_co_training", ctx)
+    own, other = mode.model.state_dict(), mode.net2.state_dict()
+    assert model.init_keys and all(torch.equal(own[k], other[k]) for k in model.init_keys)
+    # scratch: every tensor drawn with another seed, so the two networks differ
+    fresh = make_mode("deep_co_training")
+    a, b = fresh.model.state_dict(), fresh.net2.state_dict()
+    assert not torch.equal(a["backbone.blocks.0.conv1.weight"], b["backbone.blocks.0.conv1.weight"])
+
+
+def test_fmuc_builds_dropout_into_every_block():
+    cfg = load_config(None, ["train.mode=fmuc", "ssl.fmuc={dropout: 0.4}"])
+    cls = mode_class("fmuc")
+    assert cls.model_block_dropout(cfg) == 0.4 and cls.model_dropout(cfg) == 0.4
+    assert mode_class("fixmatch").model_block_dropout(cfg) == 0.0
+    from models import dropout_modules
+    model = build_model(cfg, C, seed=0, dropout=cls.model_dropout(cfg), block_dropout=cls.model_block_dropout(cfg))
+    n_blocks = len(model.backbone.blocks)
+    assert len(dropout_modules(model)) == n_blocks + 1          # one per block and one before the heads

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -53,10 +54,13 @@ def grads(mode, b):
     return {n: p.grad.clone() for n, p in mode.model.named_parameters() if p.grad is not None}, logs
 
 
-def test_g_never_receives_gradients_from_noisy_clips():
-    mode = make_mode()
-    mode.model.train()                           # batch statistics: V' is normalised on its own pass
+@pytest.mark.parametrize("g_pass", ["separate", "frozen_stats"])
+def test_g_never_receives_gradients_from_noisy_clips(g_pass):
+    mode = make_mode(f"teacher_student.g_pass={g_pass}")
+    mode.model.train()                           # separate: V' is normalised on its own pass; frozen_stats: by the
+    start = {k: v.clone() for k, v in mode.model.state_dict().items()}   # running statistics before the step
     a, _ = grads(mode, batch(noisy_seed=1))
+    mode.model.load_state_dict(start)            # (h's pass of the first step moved them)
     b, _ = grads(mode, batch(noisy_seed=2))      # other noisy clips, same curated clips and random draws
     g_params = [n for n in a if n.startswith(("heads.g", "arc.g"))]
     assert g_params and all(torch.equal(a[n], b[n]) for n in g_params)
@@ -73,3 +77,84 @@ def test_loss_is_size_weighted_sum_of_both_heads_and_logs_quality():
                                         rel=1e-5)
     pl = mode.epoch_logs()
     assert {"pl_precision", "pl_recall", "pl_kept", "pl_pos"} <= set(pl)
+
+
+def bn_count(model):
+    return [int(m.num_batches_tracked) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def test_pseudo_label_pass_leaves_bn_statistics_alone():
+    mode = make_mode()
+    mode.model.train()
+    state = {k: v.clone() for k, v in mode.model.state_dict().items() if "running" in k or "num_batches" in k}
+    mode.pseudo_labels(torch.randn(6, 1, 32, 24))
+    assert all(torch.equal(v, mode.model.state_dict()[k]) for k, v in state.items())
+    assert mode.model.training
+
+
+@pytest.mark.parametrize("g_pass, updates", [("separate", 2), ("frozen_stats", 1), ("joint", 1)])
+def test_bn_running_statistics_updates_per_step(g_pass, updates):
+    """Before the g_pass key the step updated the running statistics three times (pseudo-label, g and h passes)."""
+    mode = make_mode(f"teacher_student.g_pass={g_pass}")
+    mode.model.train()
+    before = bn_count(mode.model)
+    mode.step(batch(), 0.5)
+    assert all(a - b == updates for a, b in zip(bn_count(mode.model), before))
+
+
+def test_frozen_stats_g_pass_normalises_with_running_statistics():
+    mode = make_mode("teacher_student.g_pass=frozen_stats")
+    mode.model.train()
+    x = torch.randn(4, 1, 32, 24)
+    with torch.no_grad(), mode.g_context():
+        a = mode.model(x, heads=["g"])["g"]
+    mode.model.eval()
+    with torch.no_grad():
+        b = mode.model(x, heads=["g"])["g"]
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_joint_g_pass_shares_the_noisy_clips_statistics_not_their_loss():
+    """g_pass joint: g's loss has curated rows only, but one forward normalises V' and U' together, so with batch
+    statistics g's gradient depends on the noisy clips (stated here); with BN in eval mode it does not."""
+    mode = make_mode("teacher_student.g_pass=joint")
+    mode.model.train()
+    a, _ = grads(mode, batch(noisy_seed=1))
+    b, _ = grads(mode, batch(noisy_seed=2))
+    g_params = [n for n in a if n.startswith(("heads.g", "arc.g"))]
+    assert g_params and any(not torch.equal(a[n], b[n]) for n in g_params)
+    mode.model.eval()
+    a, _ = grads(mode, batch(noisy_seed=1))
+    b, _ = grads(mode, batch(noisy_seed=2))
+    assert all(torch.allclose(a[n], b[n], atol=1e-7) for n in g_params)
+
+
+def test_rules_topk_and_noisy_aware():
+    mode = make_mode("teacher_student.rule=topk", "teacher_student.topk=2")
+    with torch.no_grad():
+        mode.model.heads["g"].weight.zero_()
+        mode.model.heads["g"].bias.copy_(torch.tensor([-3.0, -1, -2, -4, -5, 9, 9, 9, 9, 9]))
+    assert mode.pseudo_labels(torch.randn(2, 1, 32, 24)).tolist() == [[0, 1, 1, 0, 0]] * 2
+    mode = make_mode("teacher_student.rule=noisy_aware", "teacher_student.keep_low=0.2", "teacher_student.eta=0.5")
+    with torch.no_grad():            # sigmoid: 0.88, 0.27, 0.12, 0.27, 0.5
+        mode.model.heads["g"].weight.zero_()
+        mode.model.heads["g"].bias.copy_(torch.tensor([2.0, -1, -2, -1, 0, 9, 9, 9, 9, 9]))
+    given = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 0, 1, 0]]).float()
+    # kept: given and >= 0.2 (class 1 in row 0, class 3 in row 1); added: >= 0.5 (classes 0 and 4); class 2 dropped
+    assert mode.pseudo_labels(torch.randn(2, 1, 32, 24), given).tolist() == [[1, 1, 0, 0, 1], [1, 0, 0, 1, 1]]
+
+
+def test_class_threshold_rule_uses_calibrated_thresholds():
+    mode = make_mode("teacher_student.rule=class_threshold")
+    assert mode.needs_calibration(mode.ctx.cfg) and mode.calibration_model()[1] == "g"
+    with torch.no_grad():
+        mode.model.heads["g"].weight.zero_()
+        mode.model.heads["g"].bias.copy_(torch.tensor([0.0, -1, -2, -1, 0, 9, 9, 9, 9, 9]))
+    assert mode.pseudo_labels(torch.randn(1, 1, 32, 24)).sum() == 0       # not calibrated yet: nothing selected
+    mode.calibrate(np.tile([[0.6, 0.3, 0.1, 0.2, 0.9]], (4, 1)), np.tile([[1, 1, 0, 0, 1]], (4, 1)))
+    # class 0: 0.6 positive -> tau 0.6; sigmoid(0) = 0.5 < 0.6. class 1: tau 0.3 <= 0.27? no. others pooled
+    tau = mode.labeller.class_tau
+    assert tau.shape == (5,)
+    y = mode.pseudo_labels(torch.randn(1, 1, 32, 24))
+    p = torch.sigmoid(torch.tensor([0.0, -1, -2, -1, 0]))
+    assert y[0].tolist() == (p >= tau).float().tolist()

@@ -9,6 +9,10 @@ validation. Each mode declares its hyperparameters beside its code in `defaults`
     class Supervised(Mode): ...
     mode = create_mode("supervised", ctx)
 
+Modules: supervised, teacher_student, and the semi-supervised modes (one module each: mean_teacher,
+deep_co_training, mixmatch, remixmatch, fixmatch, fixmatch_mixup, fmuc, vat, pseudo_label) over their shared pieces
+in pipeline/modes/common.py; pseudo-label selection rules in pipeline/modes/pseudo.py.
+
 A batch is a dict: x (B, 1, F, T) and y (B, C) labelled crops on the device, idx (B,) their rows; with an unlabelled
 stream also ux (Bu, 1, F, T), uy (Bu, C) (noisy labels; ignored by the semi-supervised modes), uidx (Bu,) and utruth
 (Bu, C) where the true labels of the unlabelled clips are known (else None).
@@ -36,8 +40,14 @@ def list_modes() -> list[str]:
     return sorted(MODES)
 
 
+MODULES = ("supervised", "teacher_student", "mean_teacher", "deep_co_training", "mixmatch", "remixmatch", "fixmatch",
+           "fixmatch_mixup", "fmuc", "vat", "pseudo_label")
+
+
 def _import_all():
-    from pipeline.modes import ssl, supervised, teacher_student  # noqa: F401  (registration side effects)
+    import importlib
+    for m in MODULES:                       # one module per mode; registration is the import's side effect
+        importlib.import_module(f"pipeline.modes.{m}")
 
 
 def mode_class(name: str):
@@ -91,10 +101,28 @@ class Mode:
         """The dropout the mode's model is built with (model.dropout; a mode that needs dropout may raise it)."""
         return cfg.model.dropout
 
+    @classmethod
+    def model_block_dropout(cls, cfg) -> float:
+        """The dropout after every backbone block the mode's model is built with (model.block_dropout)."""
+        return cfg.model.block_dropout
+
     def batch_sizes(self) -> tuple[int, int]:
         """(labelled, unlabelled) clips per step."""
         b = self.ctx.cfg.train.batch_size
         return b, (b * int(self.hp.get("mu", 1)) if self.uses_unlabelled else 0)
+
+    @classmethod
+    def needs_calibration(cls, cfg) -> bool:
+        """Whether the mode wants held-out labelled clips (train.calib_fraction) to choose its pseudo-label
+        thresholds: rule class_threshold (pipeline/modes/pseudo.py)."""
+        return cls.hyperparameters(cfg).get("rule") == "class_threshold"
+
+    def calibration_model(self):
+        """(network, head) whose predictions on the held-out clips set the pseudo-label thresholds."""
+        return self.model, "h"
+
+    def calibrate(self, p, y):
+        """Held-out predictions p (N, C) and labels y (N, C), at each epoch start (modes with rule class_threshold)."""
 
     def step(self, batch: dict, progress: float):
         """One training step's loss (a scalar tensor) and logs (floats). progress in [0, 1] over the whole run."""

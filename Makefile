@@ -57,6 +57,10 @@ demo: $(STAMP) ## the whole chain on the embedded demo set, printing the test lw
 test: $(STAMP) ## the test suite (unit tests and one end-to-end run on tiny data)
 	$(PY) -m pytest -q tests
 
+bench: $(STAMP) ## throughput and memory: bench/features.py, bench/train_step.py (~10 min; docs/benchmarks.md)
+	$(PY) bench/features.py
+	$(PY) bench/train_step.py
+
 clean: ## remove outputs (runs, submissions); `make clean ALL=1` also removes data/demo, cache and .venv
 	rm -rf runs submissions/*.csv submissions/*.json
 	$(if $(ALL),rm -rf data/demo cache $(VENV))

@@ -1,14 +1,20 @@
 """Configs: YAML files that inherit one another, `key=value` overrides, validation against the base schema.
 
 configs/base.yaml is the schema: every key a config or an override names must exist there, and its value must have
-the type of the base value (an int is accepted for a float). A config starts with `inherit: <file>` (relative to its
-own folder) and holds only its deltas. A few keys are open dicts/lists (`model.params`, `ssl`,
-`augment.albumentations`) or nullable (see NULLABLE); the `warmup` section overlays `train` for stage 1 and so takes
-any `train` key.
+the type of the base value (an int is accepted for a float); pipeline/schema.py then checks every value (choices,
+ranges), so a bad one fails here, naming the key, the value and what is accepted. A config starts with
+`inherit: <file>` (relative to its own folder) and holds only its deltas. A few keys are open dicts/lists
+(`model.params`, `ssl`, `augment.albumentations`: dotted overrides reach inside them, `model.params.width=0.5`) or
+nullable (see NULLABLE); the `warmup` section overlays `train` for stage 1 and so takes any `train` key.
 
     cfg = load_config("configs/demo.yaml", ["train.epochs=1", "run.name=x"])
     cfg.train.epochs, cfg["train"]["epochs"]      # both work
     save_config(cfg, run_dir)                       # config.yaml + its hash, beside the stage's outputs
+
+A stage's command line is `python -m pipeline.<stage> [--config FILE] [key=value ...]` (FILE defaults to
+configs/demo.yaml, as in the Makefile): `cli(stage, description, main=main)` parses it and runs main(cfg); an error
+the user caused prints one line and exits with status 2 (pipeline.utils.user_errors; FATTAG_DEBUG=1 shows the
+traceback).
 """
 from __future__ import annotations
 
@@ -21,10 +27,12 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.utils import atomic_write_text
+from pipeline.schema import problems
+from pipeline.utils import UserError, atomic_write_text, user_errors
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 BASE = CONFIG_DIR / "base.yaml"
+DEFAULT = CONFIG_DIR / "demo.yaml"       # the command line's default config, the Makefile's too: runs offline
 
 # Keys whose value is free-form (validated by the code that uses them).
 OPEN = {"model.params", "ssl", "augment.albumentations"}
@@ -40,7 +48,7 @@ NULLABLE = {
 OVERLAYS = {"warmup": "train"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override is wrong; the message names the key."""
 
 
@@ -180,11 +188,18 @@ def _set(cfg: dict, dotted: str, value):
     node[parts[-1]] = value
 
 
+def _check_values(cfg: dict):
+    found = problems(cfg)
+    if found:
+        raise ConfigError("\n".join(found))
+
+
 def load_config(path=None, overrides=(), stage: str | None = None) -> Cfg:
     """Resolve a config file (or base.yaml) with `key=value` overrides; validate; apply the stage's overlay.
 
     For stage 'warmup', the `warmup` section overlays `train`, except for train.* keys given as overrides, which win
-    (so `train.epochs=1` shortens any stage).
+    (so `train.epochs=1` shortens any stage). Values are checked as given (a bad warmup.* value is named so) and
+    again in the stage's final config.
     """
     schema = _read_yaml(BASE)
     cfg = _load_chain(Path(path)) if path else copy.deepcopy(schema)
@@ -195,11 +210,13 @@ def load_config(path=None, overrides=(), stage: str | None = None) -> Cfg:
         _set(cfg, key, value)
         explicit.append(key)
     _validate(cfg, schema)
+    _check_values(cfg)
     if stage in OVERLAYS:
         target = OVERLAYS[stage]
         for k, v in (cfg.get(stage) or {}).items():
             if f"{target}.{k}" not in explicit:
                 cfg[target][k] = copy.deepcopy(v)
+        _check_values(cfg)
     cfg = to_cfg(cfg)
     cfg["_meta"] = Cfg(config_file=str(path) if path else str(BASE), overrides=list(overrides), stage=stage)
     return cfg
@@ -224,16 +241,17 @@ def save_config(cfg, folder) -> str:
     return h
 
 
-def cli(stage: str, description: str, argv=None, extra=None):
-    """Parse `--config FILE [key=value ...]` for a stage; return (cfg, args)."""
+def cli(stage: str, description: str, argv=None, extra=None, main=None):
+    """Parse `[--config FILE] [key=value ...]` for a stage. Without main: return (cfg, args); with main: run
+    main(cfg) and return its result. Either way a user's error (a bad config, bad data, a missing earlier stage)
+    prints `fattag <stage>: error: ...` and exits with status 2 (pipeline.utils.user_errors)."""
     ap = argparse.ArgumentParser(prog=f"python -m pipeline.{stage}", description=description)
-    ap.add_argument("--config", default=None, help="YAML config (default: configs/base.yaml)")
+    ap.add_argument("--config", default=None,
+                    help="YAML config (default: configs/demo.yaml, the offline demo; base.yaml: the reference)")
     if extra:
         extra(ap)
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=1 run.name=x")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides, stage=stage)
-    except ConfigError as e:
-        ap.exit(2, f"config error: {e}\n")
-    return cfg, args
+    with user_errors(stage):
+        cfg = load_config(args.config or DEFAULT, args.overrides, stage=stage)
+        return main(cfg) if main else (cfg, args)

@@ -25,8 +25,9 @@ named by data.single_label_csv:
 The classes are the sorted label names; the labelled clips play the curated split, the unlabelled ones the noisy
 split (with no labels), and there is no test split: single-label datasets are scored by cross-validation.
 
-Every problem found is reported at once in one DataError that names the CSV, the row (its line in the file) and the
-problem: the first few listed, the rest counted.
+Every problem found is reported at once in one DataError (a UserError: a stage prints it as one line and exits
+with status 2) that names the CSV, the row (its line in the file) and the problem: the first few listed, the rest
+counted.
 """
 from __future__ import annotations
 
@@ -38,13 +39,15 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from pipeline.utils import UserError
+
 SPLITS = {"curated": ("train_curated.csv", "train_curated"),
           "noisy": ("train_noisy.csv", "train_noisy"),
           "test": ("sample_submission.csv", "test")}
 MAX_LISTED = 5
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """The dataset is malformed; the message names the file, rows and problems."""
 
 

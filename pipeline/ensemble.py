@@ -91,4 +91,4 @@ def main(cfg) -> dict:
 
 
 if __name__ == "__main__":
-    main(cli("ensemble", "Average fold predictions into submissions/<run.name>.csv.")[0])
+    cli("ensemble", "Average fold predictions into submissions/<run.name>.csv.", main=main)

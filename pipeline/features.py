@@ -343,4 +343,4 @@ def main(cfg) -> Path:
 
 
 if __name__ == "__main__":
-    main(cli("features", "Build the log-mel feature cache.")[0])
+    cli("features", "Build the log-mel feature cache.", main=main)

@@ -79,4 +79,4 @@ def read_folds(cfg) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    main(cli("folds", "Write multi-label stratified K folds of the curated set.")[0])
+    cli("folds", "Write multi-label stratified K folds of the curated set.", main=main)

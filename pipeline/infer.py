@@ -97,4 +97,4 @@ def main(cfg, ensemble=True) -> dict:
 
 
 if __name__ == "__main__":
-    main(cli("infer", "Predict the test set with every fold model (TTA), then ensemble.")[0])
+    cli("infer", "Predict the test set with every fold model (TTA), then ensemble.", main=main)

@@ -131,4 +131,6 @@ def cli(argv=None):
 
 
 if __name__ == "__main__":
-    cli()
+    from pipeline.utils import user_errors
+    with user_errors("score"):
+        cli()

@@ -208,4 +208,4 @@ def summarise_single_label(cfg, out, ds, oof_parts, y, p, log) -> dict:
 
 
 if __name__ == "__main__":
-    main(cli("train", "Stage 2: K-fold training on the curated set.")[0])
+    cli("train", "Stage 2: K-fold training on the curated set.", main=main)

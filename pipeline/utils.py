@@ -1,10 +1,12 @@
-"""Shared plumbing: atomic writes, completion markers, run directories, logging, seeding, device choice."""
+"""Shared plumbing: atomic writes, completion markers, run directories, logging, seeding, device choice, and how a
+stage reports an error its user caused (UserError, user_errors)."""
 from __future__ import annotations
 
 import json
 import logging
 import os
 import random
+import re
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -15,6 +17,36 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+class UserError(ValueError):
+    """An error the user can fix (config, data, a missing earlier stage); the message says what and where."""
+
+
+# A ValueError whose message starts by naming a config key (a section of configs/base.yaml) or "config" is the
+# user's too: the stages name the key they refuse.
+_NAMES_CONFIG = re.compile(r"(config\b|(run|data|features|folds|model|loss|augment|train|warmup|teacher_student|ssl|"
+                           r"infer|ensemble)\.\w)")
+
+
+def is_user_error(e: BaseException) -> bool:
+    """UserError, FileNotFoundError (a missing input or earlier stage), or a ValueError that names a config key."""
+    return isinstance(e, (UserError, FileNotFoundError)) or (
+        type(e) is ValueError and bool(_NAMES_CONFIG.match(str(e))))
+
+
+@contextmanager
+def user_errors(stage: str):
+    """Around a stage's command line: a user's error (is_user_error) prints `fattag <stage>: error: <message>` and
+    exits with status 2; anything else (a bug) propagates with its traceback, and so does every error when the
+    environment sets FATTAG_DEBUG=1."""
+    try:
+        yield
+    except Exception as e:
+        if not is_user_error(e) or os.environ.get("FATTAG_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"fattag {stage}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @contextmanager
@@ -110,13 +142,19 @@ def seed_everything(seed: int):
 
 
 def get_device(cfg):
+    """run.device: auto (cuda:0 when CUDA is available, else cpu) | cpu | cuda (cuda:0) | cuda:N. A CUDA device that
+    is not there is a UserError naming run.device; the chosen one becomes torch's current CUDA device."""
     import torch
     want = cfg.run.device
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("run.device=cuda but no CUDA device is available")
-        return torch.device("cuda")
-    return torch.device("cpu")
+    if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    index = int(want.split(":")[1]) if ":" in want else 0
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index >= count:
+        there = f"this machine has {count} (cuda:0..cuda:{count - 1})" if count else "no CUDA device is available"
+        raise UserError(f"run.device={want}: {there}; use run.device=auto or cpu")
+    torch.cuda.set_device(index)       # so that calls without a device (synchronize, memory stats) go to it
+    return torch.device("cuda", index)
 
 
 def progress(iterable=None, enabled=True, **kw):

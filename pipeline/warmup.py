@@ -41,4 +41,4 @@ def main(cfg) -> dict:
 
 
 if __name__ == "__main__":
-    main(cli("warmup", "Stage 1: warm up on the noisy set.")[0])
+    cli("warmup", "Stage 1: warm up on the noisy set.", main=main)

@@ -125,7 +125,7 @@ def test_kill_mid_epoch_then_resume(prepared, tmp_path):
           "run.progress=false", "features.n_mels=32", "model.params={width: 0.125}", "train.frames=32",
           "train.batch_size=8", "folds.n_splits=3", "train.mode=supervised", "train.init_from=null",
           "train.epochs=8", "train.steps_per_epoch=12", "train.eval_hop=16"]
-    cmd = [sys.executable, "-m", "pipeline.train", *ov]
+    cmd = [sys.executable, "-m", "pipeline.train", "--config", str(ROOT / "configs/base.yaml"), *ov]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     fold1 = tmp_path / "runs/base/train/fold_1"

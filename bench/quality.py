@@ -12,8 +12,10 @@ over the seeds. Choices are made on the validation means, never on the test spli
            teacher-student with each g-pass option (separate, frozen_stats, joint) and the paper's threshold rule
   phase 2  teacher-student with the best g-pass (by validation) and each pseudo-label rule (class_threshold, topk,
            noisy_aware)
+  phase 2b the best of those with curated / noisy clips per batch (N_V / N_W) of 16 / 16 and 24 / 8
   phase 3  the plateau check: curated only with twice the epochs (is the budget where supervised training on 100%
            of the labels stops gaining?)
+  phase 3b the best warm-up + supervised row and the best teacher-student row with twice the epochs too
   phase 4  the recipe for noisy data (the best of warm-up + supervised and the teacher-student rows, by validation):
            its fold ensemble (all folds, inference with TTA), and its fold-0 model's test lwlrap without TTA, with
            TTA counted as the paper does (infer.tta_count_windows=paper) and counting every window (all)
@@ -35,6 +37,7 @@ from pipeline import infer, train, warmup  # noqa: E402
 
 G_PASSES = ("separate", "frozen_stats", "joint")
 RULES = ("class_threshold", "topk", "noisy_aware")
+BATCHES = ((16, 16), (24, 8))
 
 
 def main():
@@ -46,7 +49,8 @@ def main():
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     seeds = [42 + i for i in range(a.seeds)]
-    base = [f"train.steps_per_epoch={a.steps}", "run.progress=false", *a.overrides]
+    # mixup with one lambda per batch unless a row says otherwise (the measured key; its default may change)
+    base = [f"train.steps_per_epoch={a.steps}", "augment.mixup_per_pair=false", "run.progress=false", *a.overrides]
     results: dict = {}            # row name -> list of per-seed dicts
 
     def warm(seed):
@@ -90,12 +94,28 @@ def main():
         w = warm(seed)
         for rule in RULES:
             row(f"teacher-student, g pass {g_best}, rule {rule}", f"ts_{g_best}_{rule}", [*ts(g_best, rule), w], seed)
+    rule_best = best([f"ts_{g_best}"] + [f"ts_{g_best}_{r}" for r in RULES])
+    rule = "threshold" if rule_best == f"ts_{g_best}" else rule_best[len(f"ts_{g_best}_"):]
+    # phase 2b: the batch composition (the demo's N_V / N_W of 8 / 24 sees curated clips a quarter as often as
+    # supervised training does at the same steps)
+    for seed in seeds:
+        w = warm(seed)
+        for n_v, n_w in BATCHES:
+            row(f"teacher-student, g pass {g_best}, rule {rule}, N_V / N_W {n_v} / {n_w}",
+                f"ts_{g_best}_{rule}_b{n_v}", [*ts(g_best, rule), f"teacher_student.n_curated={n_v}",
+                                               f"teacher_student.n_noisy={n_w}", w], seed)
     # phase 3
     for seed in seeds:
         row(f"curated only, {2 * a.epochs} epochs (plateau check)", "cur_x2",
             ["train.mode=supervised", "train.init_from=null"], seed, epochs=2 * a.epochs)
-    candidates = ["warm_sup", "warm_sup_pp"] + [n for n in results if n.startswith("ts_")]
-    recipe = best(candidates)
+    ts_rows = [n for n in results if n.startswith("ts_")]
+    recipe = best(["warm_sup", "warm_sup_pp"] + ts_rows)
+    # phase 3b: does the ranking of warm-up + supervised and teacher-student hold at twice the budget?
+    for seed in seeds:
+        w = warm(seed)
+        for name in (best(["warm_sup", "warm_sup_pp"]), best(ts_rows)):
+            ov = [o if not o.startswith("train.init_from=") else w for o in results[name][0]["overrides"]]
+            row(f"{results[name][0]['label']}, {2 * a.epochs} epochs", f"{name}_x2", ov, seed, epochs=2 * a.epochs)
     # phase 4
     extra = []
     for seed in seeds:
@@ -136,11 +156,21 @@ def report(a, results, recipe, g_best, extra, n_seeds):
               "training seconds"]
     table = markdown_table(header, rows)
     cur, cur2 = (np.mean([r["val"] for r in results[n]]) for n in ("cur", "cur_x2"))
-    ws, rc = (np.array([r["test"] for r in results[n]]) for n in ("warm_sup", recipe))
-    text = (f"Choices on the validation means: g pass `{g_best}`; recipe for noisy data `{recipe}`. "
-            f"Plateau check: curated only gains {cur2 - cur:+.4f} val lwlrap from doubling the epochs "
-            f"({'within' if abs(cur2 - cur) <= 0.01 else 'NOT within'} 0.01). Recipe against warm-up + supervised "
-            f"on the test split: {rc.mean() - ws.mean():+.4f} (pooled std {np.sqrt((rc.var(ddof=1) + ws.var(ddof=1)) / 2):.4f}).")
+
+    def diff(a_name, b_name, key):
+        x, y = (np.array([r[key] for r in results[n]]) for n in (a_name, b_name))
+        return f"{x.mean() - y.mean():+.4f} (pooled std {np.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2):.4f})"
+    ts_rows = [n for n in results if n.startswith("ts_") and not n.endswith("_x2")]
+    ts_best = max(ts_rows, key=lambda n: np.mean([r["val"] for r in results[n]]))
+    ws_best = max(("warm_sup", "warm_sup_pp"), key=lambda n: np.mean([r["val"] for r in results[n]]))
+    text = (f"Choices on the validation means: g pass `{g_best}`; best teacher-student row `{ts_best}`; recipe for "
+            f"noisy data `{recipe}`. Plateau check: curated only gains {cur2 - cur:+.4f} val lwlrap from doubling "
+            f"the epochs ({'within' if abs(cur2 - cur) <= 0.01 else 'NOT within'} 0.01). Best teacher-student row "
+            f"against `{ws_best}`: val {diff(ts_best, ws_best, 'val')}, test {diff(ts_best, ws_best, 'test')}")
+    if f"{ts_best}_x2" in results and f"{ws_best}_x2" in results:
+        text += (f"; at twice the epochs: val {diff(ts_best + '_x2', ws_best + '_x2', 'val')}, test "
+                 f"{diff(ts_best + '_x2', ws_best + '_x2', 'test')}")
+    text += "."
     print(table)
     print(text)
     body = (f"## Reference-system ablation over seeds (bench/quality.py)\n\n`.venv/bin/python bench/quality.py "

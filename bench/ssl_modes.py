@@ -54,7 +54,8 @@ def main():
         ssl_modes = [m for m in ssl_modes if m in a.modes.split(",")]
     frac = [f"data.labelled_fraction={a.fraction}"]
     spec = ([(f"supervised {a.fraction:.0%}", "supervised", frac, a.epochs)]
-            + [(m, m, frac, a.epochs) for m in ssl_modes]
+            + [(m, m, frac + (["teacher_student.rule=threshold"] if m == "teacher_student" else []), a.epochs)
+               for m in ssl_modes]
             + ([] if single else [(f"{m}, rule topk", m, [*frac, f"ssl.{m}={{rule: topk}}"], a.epochs)
                                   for m in ("fixmatch", "pseudo_label") if m in ssl_modes])
             + [("supervised 100%", "supervised", [], a.epochs),

@@ -88,6 +88,11 @@ def main(cfg) -> dict:
     ds = dataset(cfg)
     if ds.single_label:
         check_single_label(cfg, mode_cls)
+    if (cfg.train.mode == "teacher_student" and cfg.teacher_student.rule == "noisy_aware"
+            and cfg.data.labelled_fraction < 1):
+        raise ValueError("teacher_student.rule=noisy_aware keeps the noisy clips' given labels, and "
+                         "data.labelled_fraction < 1 makes the unlabelled clips curated ones without labels: use "
+                         "another rule (threshold, class_threshold, topk) or data.labelled_fraction=1")
     folds = folds_stage.main(cfg)              # stages run in order: each is a no-op when already done
     if cfg.train.init_from == "warmup":
         warmup.main(warmup_config(cfg))
@@ -118,6 +123,7 @@ def main(cfg) -> dict:
                 if cfg.data.labelled_fraction < 1:      # the rest of the curated training clips, labels kept as truth
                     rest = tr_df[~lab_mask]
                     unlabelled = make_clipset(curated_cache, rest, ds.classes, truth_df=rest)
+                    unlabelled.y[:] = 0                 # unlabelled: no given labels (only pl_* stats see the truth)
                 elif noisy_cache is not None:
                     unlabelled = make_clipset(noisy_cache, ds.noisy, ds.classes, ds.noisy_truth)
             val = None if k == "full" else make_clipset(curated_cache, ds.curated[fold == k], ds.classes)

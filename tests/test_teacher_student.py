@@ -158,3 +158,25 @@ def test_class_threshold_rule_uses_calibrated_thresholds():
     y = mode.pseudo_labels(torch.randn(1, 1, 32, 24))
     p = torch.sigmoid(torch.tensor([0.0, -1, -2, -1, 0]))
     assert y[0].tolist() == (p >= tau).float().tolist()
+
+
+def test_noisy_aware_refused_without_noisy_labels(dataset, cfg_for):
+    from pipeline import train
+    cfg = cfg_for(dataset, "train.mode=teacher_student", "teacher_student.rule=noisy_aware",
+                  "data.labelled_fraction=0.5")
+    with pytest.raises(ValueError, match="noisy_aware"):
+        train.main(cfg)
+
+
+def test_unlabelled_curated_clips_carry_no_given_labels(prepared, monkeypatch):
+    """With data.labelled_fraction < 1 the unlabelled clips' labels are only the truth for the pl_* figures."""
+    from pipeline import train
+    seen = {}
+
+    def spy_fit(cfg, fdir, model, mode, classes, labelled, unlabelled, *a, **k):
+        seen["y"], seen["truth"] = unlabelled.y.copy(), unlabelled.truth.copy()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "fit", spy_fit)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(prepared("train.mode=fixmatch", "data.labelled_fraction=0.5", "train.init_from=null"))
+    assert seen["y"].sum() == 0 and seen["truth"].sum() > 0

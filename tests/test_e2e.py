@@ -22,7 +22,8 @@ def test_whole_chain_on_tiny_demo(tiny, tmp_path, capsys):
     root = tiny
     ov = [f"data.root={root}", f"features.cache_dir={tmp_path / 'cache'}", "run.name=e2e", "run.progress=false",
           "train.epochs=1", "train.full=true", "model.params={width: 0.125}", "train.batch_size=16",
-          "teacher_student.n_curated=8", "teacher_student.n_noisy=16", "train.frames=64"]
+          "teacher_student.n_curated=8", "teacher_student.n_noisy=16", "train.frames=64",
+          "train.mode=teacher_student", "train.steps_per_epoch=0"]
 
     def cfg(stage):
         return load_config(CONFIG_DIR / "demo.yaml", ov, stage=stage)

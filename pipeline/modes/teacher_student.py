@@ -96,12 +96,12 @@ class TeacherStudent(Mode):
     def pseudo_labels(self, w_hat, given=None):
         """Hard pseudo-labels (B_W, C) of the noisy clips over the original classes, from sigmoid(g(f(W^))); the
         pass leaves the BN running statistics alone (and dropout off). `given`: the clips' noisy labels (B_W, C),
-        used by rule noisy_aware."""
+        used by rule noisy_aware (without them it is the threshold rule)."""
         with frozen_bn(self.model, no_dropout=True), self.g_context():
             logits = self.model(w_hat, heads=["g"])["g"][:, :self.ctx.n_classes]
         p = torch.sigmoid(logits.float())
         pos = self.labeller.positives(p)
-        if self.hp["rule"] == "noisy_aware":
+        if self.hp["rule"] == "noisy_aware" and given is not None:
             pos = pos | ((given[:, :self.ctx.n_classes] >= 0.5) & (p >= self.hp["keep_low"]))
         return pos.float()
 

@@ -76,7 +76,8 @@ def main():
         return max(names, key=lambda n: np.mean([r["val"] for r in results[n]]))
 
     ts = lambda g_pass, rule="threshold": ["train.mode=teacher_student", f"teacher_student.g_pass={g_pass}",
-                                           f"teacher_student.rule={rule}"]
+                                           f"teacher_student.rule={rule}", "teacher_student.n_curated=8",
+                                           "teacher_student.n_noisy=24"]     # phase 2b changes N_V / N_W
     # phase 1
     for seed in seeds:
         w = warm(seed)

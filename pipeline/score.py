@@ -5,11 +5,13 @@
 
 LABELS.csv is `fname,labels` (like test_labels.csv). The class columns must match sample_submission.csv's header,
 in order (by default the one beside LABELS.csv). The last line printed is `lwlrap: 0.xxxx`; --json writes the overall
-and per-class values.
+and per-class values. A bad submission or input prints one `fattag score: error: ...` line naming the file and what is
+wrong, and exits with status 2 (FATTAG_DEBUG=1 shows the traceback).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -19,12 +21,12 @@ import pandas as pd
 
 from pipeline.data import DataError, labels_to_matrix, read_classes, read_labels_csv
 from pipeline.metrics import lwlrap
-from pipeline.utils import atomic_write_json
+from pipeline.utils import UserError, atomic_write_json
 
 MAX_LISTED = 5
 
 
-class SubmissionError(ValueError):
+class SubmissionError(UserError):
     """The submission does not have the sample_submission.csv format; the message says what is wrong."""
 
 
@@ -121,13 +123,15 @@ def cli(argv=None):
         if len(files) == 2:
             report(score_files(files[0], files[1], a.sample, a.json))
         elif not files and (a.config or overrides):
-            from pipeline.config import load_config
-            main(load_config(a.config, overrides, stage="score"))
+            from pipeline.config import DEFAULT, load_config
+            main(load_config(a.config or DEFAULT, overrides, stage="score"))
         else:
             ap.error("give SUBMISSION.csv LABELS.csv, or --config FILE [key=value ...]")
-    except (SubmissionError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    except (SubmissionError, DataError, FileNotFoundError) as e:     # a bad submission or input: the user's error
+        if os.environ.get("FATTAG_DEBUG"):
+            raise
+        print(f"fattag score: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

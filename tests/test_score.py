@@ -55,4 +55,4 @@ def test_cli_reports_bad_submission(dataset, tmp_path):
     perfect_submission(dataset, tmp_path / "sub.csv").drop(index=1).to_csv(tmp_path / "sub.csv", index=False)
     out = subprocess.run([sys.executable, "-m", "pipeline.score", str(tmp_path / "sub.csv"),
                           str(dataset / "test_labels.csv")], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 1 and "missing" in out.stderr
+    assert out.returncode == 2 and "missing" in out.stderr and "Traceback" not in out.stderr

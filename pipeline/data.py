@@ -91,10 +91,15 @@ def _read_csv(path: Path, missing_hint="") -> pd.DataFrame:
         raise DataError(f"{path}: cannot be parsed as CSV: {e}") from None
 
 
-def _check_fname(problems: list, seen: dict, i: int, fname: str):
-    """Record an empty or duplicate fname at data row i (line i + 2 of the file)."""
+def _check_fname(problems: list, seen: dict, i: int, fname: str, subfolders: bool = False):
+    """Record an empty, duplicate or unsafe fname at data row i (line i + 2 of the file): a plain file name, or with
+    subfolders a relative path that stays inside its folder (no absolute path, no '..')."""
+    parts = fname.replace("\\", "/").split("/")
     if not fname:
         problems.append(f"row {i + 2}: empty fname")
+    elif fname.startswith(("/", "\\")) or ".." in parts or (not subfolders and len(parts) > 1):
+        problems.append(f"row {i + 2} ({fname}): not a plain file name" + (" inside data.root" if subfolders else
+                        " (no folders, no '..')"))
     elif fname in seen:
         problems.append(f"row {i + 2} ({fname}): duplicate fname (first at row {seen[fname]})")
     else:
@@ -111,6 +116,8 @@ def read_labels_csv(path, classes, wav_dir=None, check_audio=True) -> pd.DataFra
     problems = []
     seen = {}
     labels = []
+    if df.empty:
+        raise DataError(f"{path}: no clips (the header alone)")
     for i, (fname, text) in enumerate(zip(df["fname"], df["labels"])):
         row = f"row {i + 2} ({fname})"  # line in the file, header is line 1
         _check_fname(problems, seen, i, fname)
@@ -193,6 +200,8 @@ def load_dataset(root, check_audio=True) -> Dataset:
     noisy = (read_labels_csv(noisy_csv, classes, root / "train_noisy", check_audio) if noisy_csv.exists()
              else pd.DataFrame({"fname": [], "labels": []}))
     sub = pd.read_csv(root / "sample_submission.csv", dtype={"fname": str}, keep_default_na=False)
+    if sub.empty:
+        raise DataError(f"{root / 'sample_submission.csv'}: no test clips (the header alone)")
     dup = sub["fname"][sub["fname"].duplicated()].tolist()
     _raise(str(root / "sample_submission.csv"), [f"duplicate fname {f}" for f in dup])
     test = sub[["fname"]].copy()
@@ -223,7 +232,7 @@ def load_single_label(root, csv_name, check_audio=True) -> Dataset:
     problems, seen = [], {}
     for i, (fname, label) in enumerate(zip(df["fname"], df["label"])):
         row = f"row {i + 2} ({fname})"
-        _check_fname(problems, seen, i, fname)
+        _check_fname(problems, seen, i, fname, subfolders=True)
         if "," in label:
             problems.append(f"{row}: label {label!r} holds a comma; a single-label CSV has one label per clip")
         if has_fold and label.strip():

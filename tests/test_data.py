@@ -32,6 +32,9 @@ def corrupt(dataset, csv, row, col, value):
     ("train_noisy.csv", "labels", "", r"train_noisy\.csv[\s\S]*row 5 .*empty labels"),
     ("train_curated.csv", "fname", "00000000.wav", r"row 5 \(00000000\.wav\): duplicate fname \(first at row 2\)"),
     ("train_curated.csv", "fname", "nothere.wav", r"row 5 \(nothere\.wav\): missing audio file"),
+    ("train_curated.csv", "fname", "../../x.wav", r"row 5 \(\.\./\.\./x\.wav\): not a plain file name"),
+    ("train_noisy.csv", "fname", "sub/x.wav", r"train_noisy\.csv[\s\S]*row 5 \(sub/x\.wav\): not a plain file name"),
+    ("train_curated.csv", "fname", "/etc/passwd", r"row 5 \(/etc/passwd\): not a plain file name"),
 ])
 def test_bad_rows_named(dataset, csv, col, value, msg):
     corrupt(dataset, csv, 3, col, value)
@@ -65,3 +68,11 @@ def test_missing_root_and_sample_submission(tmp_path, dataset):
 def test_noisy_optional(dataset):
     (dataset / "train_noisy.csv").unlink()
     assert len(load_dataset(dataset).noisy) == 0
+
+
+@pytest.mark.parametrize("csv", ["train_curated.csv", "train_noisy.csv", "sample_submission.csv"])
+def test_header_only_split_is_an_error_naming_the_file(dataset, csv):
+    df = pd.read_csv(dataset / csv, dtype=str, keep_default_na=False)
+    df.iloc[:0].to_csv(dataset / csv, index=False)
+    with pytest.raises(DataError, match=csv.replace(".", r"\.") + ": no (clips|test clips)"):
+        load_dataset(dataset, check_audio=False)

@@ -58,6 +58,7 @@ def test_reads_labelled_unlabelled_and_folds(tmp_path):
     (lambda df: df.assign(fold=["x"] + list(df["fold"][1:])), "row 2 .*fold 'x' is not an integer"),
     (lambda df: df.assign(label=["A,B"] + list(df["label"][1:])), "row 2 .*holds a comma"),
     (lambda df: pd.concat([df, df[:1]]), r"row \d+ .*duplicate fname \(first at row 2\)"),
+    (lambda df: df.assign(fname=["../outside.wav"] + list(df["fname"][1:])), r"row 2 .*not a plain file name inside"),
     (lambda df: df.assign(fname=["train_curated/nope.wav"] + list(df["fname"][1:])), "row 2 .*missing audio"),
     (lambda df: df.assign(label=""), "no labelled clip"),
     (lambda df: df.assign(label=df["label"][0]), "one class only"),

@@ -33,7 +33,8 @@ import pandas as pd
 
 from pipeline.config import cli, save_config
 from pipeline.data import SPLITS, dataset
-from pipeline.utils import atomic_path, atomic_to_csv, atomic_write_json, get_logger, progress, read_json
+from pipeline.utils import (atomic_path, atomic_to_csv, atomic_write_json, get_logger, progress, read_json,
+                            remove_stale_temps)
 
 PARAM_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "trim_db", "log_floor")
 CHUNK = 8  # clips per task
@@ -200,6 +201,7 @@ def extract_split(paths, fnames, out_dir: Path, split: str, params: dict, worker
     """Write <split>.f16 / .index.csv / .json for the given wav paths; returns the split's json record."""
     rows, total, s1, s2 = [], 0, 0.0, 0.0
     bin_path = out_dir / f"{split}.f16"
+    remove_stale_temps(bin_path, log)                 # a killed build's partial file: never read, now reclaimed
     with atomic_path(bin_path) as tmp, open(tmp, "wb") as fout:
         bar = progress(total=len(paths), enabled=show, desc=f"features {split}", unit="clip")
         chunks = _chunked(list(paths), CHUNK)

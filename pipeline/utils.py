@@ -69,6 +69,21 @@ def atomic_path(path, suffix=None):
         raise
 
 
+def remove_stale_temps(path, log=None) -> int:
+    """Remove the temporary siblings atomic_path left for `path` when a run was killed (.<stem>.*<suffix>); one
+    writer per path at a time is assumed. Returns the number of bytes reclaimed (logged when any)."""
+    path = Path(path)
+    freed, n = 0, 0
+    for tmp in path.parent.glob(f".{path.stem}.*{path.suffix}"):
+        if tmp.is_file():
+            freed += tmp.stat().st_size
+            tmp.unlink()
+            n += 1
+    if n and log:
+        log.info(f"removed {n} temporary file(s) of an interrupted run beside {path} ({freed / 1e6:.1f} MB)")
+    return freed
+
+
 def atomic_write_text(path, text: str):
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)

@@ -126,3 +126,17 @@ def test_two_workers_same_bytes(dataset, cfg_for, tmp_path):
 
 def test_norm_stats_none(dataset, cfg_for):
     assert norm_stats(cfg_for(dataset, "features.norm_split=none")) == (0.0, 1.0)
+
+
+def test_stale_temporary_files_of_a_killed_build_are_removed(tmp_path):
+    from pipeline.utils import atomic_path, remove_stale_temps
+    target = tmp_path / "noisy.f16"
+    stale = tmp_path / ".noisy.abc123.f16"
+    stale.write_bytes(b"\0" * 1000)                      # what a build killed with -9 leaves
+    other = tmp_path / ".curated.abc123.f16"
+    other.write_bytes(b"\0" * 10)
+    assert remove_stale_temps(target) == 1000
+    assert not stale.exists() and other.exists()          # only the same file's temporaries
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"ok")
+    assert target.read_bytes() == b"ok" and remove_stale_temps(target) == 0

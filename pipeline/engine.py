@@ -28,7 +28,8 @@ from pipeline.losses import build_loss
 from pipeline.metrics import accuracy, lwlrap
 from pipeline.modes import TrainContext, create_mode
 from pipeline.predict import predict_clips
-from pipeline.utils import atomic_path, atomic_to_csv, get_device, keep_freed_memory, mark_done, progress
+from pipeline.utils import (amp_dtype, atomic_path, atomic_to_csv, get_device, keep_freed_memory, make_scaler,
+                            mark_done, progress)
 
 # Sections that decide what a training stage computes (progress bars, workers, inference do not).
 TRAIN_SECTIONS = ("data", "features", "folds", "model", "loss", "augment", "train", "teacher_student", "ssl")
@@ -222,7 +223,7 @@ def validate(model, cfg, val: ClipSet, device, n_classes):
     """(validation metric, (N, C) clip probabilities) of sliding-window predictions over the whole clips."""
     single = is_single_label(cfg)
     p = predict_clips(model, val.cache, val.fnames, cfg.train.frames, cfg.train.eval_hop, n_classes,
-                      batch_size=cfg.infer.batch_size, device=device, softmax=single)
+                      batch_size=cfg.infer.batch_size, device=device, softmax=single, amp=cfg.train.amp)
     return (accuracy(val.y, p) if single else lwlrap(val.y, p)[0]), p
 
 
@@ -264,7 +265,10 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, cfg))
     albu = build_albu(list(cfg.augment.albumentations))
     step_fn = torch.compile(mode.step) if cfg.train.compile else mode.step
-    amp = device.type == "cuda" and cfg.train.amp
+    dtype = amp_dtype(cfg.train.amp, device)
+    scaler = make_scaler(cfg.train.amp, device)
+    if log:
+        log.info(f"{out_dir}: device {device}, precision {dtype or 'float32'} (train.amp={cfg.train.amp})")
 
     history, best, start = [], -1.0, 0
     last = out_dir / "last.pt"
@@ -274,6 +278,8 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
+            if ck.get("scaler"):
+                scaler.load_state_dict(ck["scaler"])
             mode.load_state_dict(ck["mode"])
             rng.bit_generator.state = ck["rng"]["numpy"]
             torch.set_rng_state(ck["rng"]["torch"])
@@ -313,13 +319,14 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
                     if k in batch:
                         batch[k] = batch[k].contiguous(memory_format=torch.channels_last)
             wait += time.time() - tw
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss, logs = step_fn(batch, (epoch * steps + s) / ctx.total_steps)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{out_dir}: non-finite loss at epoch {epoch + 1} step {s + 1}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()               # fp16: scaled gradients, steps skipped on overflow
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             mode.after_step()
             for k, v in {"loss": loss.detach(), **logs}.items():   # tensors stay on the device: no sync per step
@@ -346,7 +353,8 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
                             **{metric: row.get(metric)})
         atomic_to_csv(pd.DataFrame(history), out_dir / "metrics.csv", index=False)
         save_checkpoint(last, model, cfg, classes, epoch=epoch + 1, key=key, optimizer=opt.state_dict(),
-                        scheduler=sched.state_dict(), mode=mode.state_dict(), history=history, best=best,
+                        scheduler=sched.state_dict(), scaler=scaler.state_dict(), mode=mode.state_dict(),
+                        history=history, best=best,
                         rng={"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
                              "gen": gen.get_state()})
         if log:

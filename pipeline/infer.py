@@ -50,7 +50,7 @@ def predict_frame(model, cfg, cache, fnames, classes, device, seed) -> pd.DataFr
     p = predict_clips(model, cache, fnames, cfg.train.frames, inf.hop, len(classes), batch_size=inf.batch_size,
                       device=device, tta_counts=list(inf.tta_counts) if inf.tta else None,
                       reversal=inf.reversal and model.n_out == 2 * len(classes), mean=inf.mean,
-                      aug_cfg=cfg.augment, seed=seed, tta_count_windows=inf.tta_count_windows,
+                      aug_cfg=cfg.augment, seed=seed, tta_count_windows=inf.tta_count_windows, amp=cfg.train.amp,
                       progress=(lambda it: progress(it, cfg.run.progress, leave=False, desc="windows")))
     df = pd.DataFrame(p, columns=classes)
     df.insert(0, "fname", list(fnames))
@@ -66,6 +66,7 @@ def main(cfg, ensemble=True) -> dict:
         raise ValueError(f"data.single_label_csv is set: single-label datasets have no test split to predict; they are "
                          f"scored by cross-validation (runs/{cfg.run.name}/train/summary.json, `make train`)")
     device = get_device(cfg)
+    log.info(f"inference on {device} (train.amp={cfg.train.amp}; float32 on the CPU)")
     test_cache, cur_cache = FeatureCache.open(cfg, "test"), FeatureCache.open(cfg, "curated")
     folds = read_folds(cfg).set_index("fname")["fold"]
     key_base = config_hash(cfg, ("infer", "features", "augment")) + f"-f{cfg.train.frames}-s{cfg.run.seed}"

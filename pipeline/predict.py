@@ -97,9 +97,12 @@ def window_probs(logits: torch.Tensor, logits_rev: torch.Tensor | None, n_classe
 @torch.no_grad()
 def predict_clips(model, cache, fnames, frames: int, hop: int, n_classes: int, batch_size=128, device="cpu",
                   tta_counts=None, reversal=False, mean="arithmetic", aug_cfg=None, seed=0, head="h",
-                  progress=None, softmax=False, tta_count_windows="paper") -> np.ndarray:
+                  progress=None, softmax=False, tta_count_windows="paper", amp="off") -> np.ndarray:
     """(N, C) clip probabilities for `fnames` of a FeatureCache. Model in eval mode; TTA masks seeded by `seed`;
-    tta_count_windows (paper | all) picks the window count that looks up tta_counts (see tta_windows)."""
+    tta_count_windows (paper | all) picks the window count that looks up tta_counts (see tta_windows); amp
+    (train.amp: bf16 | fp16 | off) runs the network under autocast on CUDA, as training does."""
+    from pipeline.utils import amp_dtype
+    dtype = amp_dtype(amp, torch.device(device))
     if mean not in ("arithmetic", "geometric"):
         raise ValueError(f"mean must be arithmetic or geometric, got {mean!r}")
     _check_count_windows(tta_count_windows)
@@ -121,8 +124,9 @@ def predict_clips(model, cache, fnames, frames: int, hop: int, n_classes: int, b
             masked = spec_augment(x, generator=gen, **aug_kw)
             x = torch.where(torch.from_numpy(aug[sl])[:, None, None, None], masked, x)
         x = x.to(device)
-        logits = model(x, heads=[head])[head]
-        logits_rev = model(x.flip(-1), heads=[head])[head] if reversal else None
+        with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x, heads=[head])[head]
+            logits_rev = model(x.flip(-1), heads=[head])[head] if reversal else None
         p = window_probs(logits, logits_rev, n_classes, softmax).double().cpu()
         if mean == "geometric":
             p = torch.log(p.clamp_min(1e-7))

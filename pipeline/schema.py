@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from pipeline.utils import AMP_CHOICES
+
 OVERLAYS = {"warmup": "train"}     # as in pipeline.config
 
 
@@ -190,7 +192,7 @@ RULES: dict[str, Rule] = {
     "train.eval_every": integer(1),
     "train.eval_hop": integer(1),
     "train.steps_per_epoch": integer(0),
-    "train.amp": flag(),
+    "train.amp": choice(AMP_CHOICES),
     "train.channels_last": flag(),
     "train.compile": flag(),
     "train.threads": integer(0),

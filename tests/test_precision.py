@@ -1,0 +1,66 @@
+"""train.amp (bf16 | fp16 | off): the autocast choice per device, fp16's gradient scaler, and its state in
+checkpoints (checked on the CPU with a CPU scaler standing in for the CUDA one)."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import engine
+from pipeline.config import load_config
+from pipeline.engine import build_model, fit, load_checkpoint, make_clipset
+from pipeline.utils import UserError, amp_dtype, make_scaler
+
+
+def test_amp_dtype_per_choice_and_device():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert amp_dtype("bf16", cuda) == torch.bfloat16 and amp_dtype("fp16", cuda) == torch.float16
+    assert amp_dtype("off", cuda) is None
+    assert all(amp_dtype(c, cpu) is None for c in ("bf16", "fp16", "off"))      # float32 on the CPU
+    with pytest.raises(UserError, match="train.amp"):
+        amp_dtype("half", cuda)
+
+
+def test_scaler_only_for_fp16_on_cuda():
+    assert not make_scaler("fp16", torch.device("cpu")).is_enabled()
+    assert not make_scaler("bf16", torch.device("cuda")).is_enabled()
+
+
+def test_config_choice():
+    assert load_config(None).train.amp == "bf16"
+    with pytest.raises(ValueError, match="train.amp"):
+        load_config(None, ["train.amp=half"])
+
+
+class FakeCache:
+    def __init__(self, n, frames=40, seed=0):
+        self.x = np.random.default_rng(seed).standard_normal((n, 32, frames)).astype(np.float32)
+        self.frames = np.full(n, frames)
+
+    def position(self, f):
+        return int(f)
+
+    def get(self, i, start=0, length=None):
+        return self.x[i][:, start:None if length is None else start + length]
+
+
+def test_scaler_state_saved_and_restored_on_resume(tmp_path, monkeypatch):
+    made = []
+
+    def cpu_scaler(choice, device):          # stands in for the CUDA fp16 scaler
+        made.append(torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=10_000))
+        return made[-1]
+    monkeypatch.setattr(engine, "make_scaler", cpu_scaler)
+    cfg = load_config(None, ["train.amp=fp16", "model.params={width: 0.125}", "train.epochs=2", "train.batch_size=4",
+                             "train.steps_per_epoch=1", "train.frames=32", "train.eval_hop=16", "run.progress=false",
+                             "train.lr_warmup_epochs=0", "train.mode=supervised"])
+    clips = make_clipset(FakeCache(8), pd.DataFrame({"fname": [str(i) for i in range(8)],
+                                                     "labels": [["a"], ["b"]] * 4}), ["a", "b"])
+    fit(cfg, tmp_path, build_model(cfg, 2, seed=0), "supervised", ["a", "b"], clips)
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck["scaler"]["scale"] == 1024.0 and made[0].is_enabled()
+    # an interrupted run: back to epoch 1 with another scale in last.pt; the resume must continue from it
+    ck["epoch"], ck["history"], ck["scaler"]["scale"] = 1, ck["history"][:1], 512.0
+    torch.save(ck, tmp_path / "last.pt")
+    (tmp_path / "done.json").unlink()
+    fit(cfg, tmp_path, build_model(cfg, 2, seed=0), "supervised", ["a", "b"], clips)
+    assert made[-1].get_scale() == 512.0 and load_checkpoint(tmp_path / "last.pt")["scaler"]["scale"] == 512.0

@@ -188,6 +188,18 @@ def _set(cfg: dict, dotted: str, value):
     node[parts[-1]] = value
 
 
+# Choice keys whose YAML spelling can read as a boolean (YAML 1.1: off / on / true / false): the boolean's meaning.
+BOOL_CHOICES = {"amp": {False: "off", True: "bf16"}}     # in train and its warmup overlay; `amp: true` of old configs
+
+
+def _normalise(cfg: dict):
+    for section in ("train", *OVERLAYS):
+        for key, meaning in BOOL_CHOICES.items():
+            node = cfg.get(section) or {}
+            if isinstance(node.get(key), bool):
+                node[key] = meaning[node[key]]
+
+
 def _check_values(cfg: dict):
     found = problems(cfg)
     if found:
@@ -209,6 +221,7 @@ def load_config(path=None, overrides=(), stage: str | None = None) -> Cfg:
         _schema_type(schema, key)  # names an unknown key
         _set(cfg, key, value)
         explicit.append(key)
+    _normalise(cfg)
     _validate(cfg, schema)
     _check_values(cfg)
     if stage in OVERLAYS:

@@ -11,6 +11,7 @@ uninterrupted run on the CPU.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 import time
@@ -35,12 +36,38 @@ from pipeline.utils import (amp_dtype, atomic_path, atomic_to_csv, get_device, k
 TRAIN_SECTIONS = ("data", "features", "folds", "model", "loss", "augment", "train", "teacher_student", "ssl")
 
 
+# train.* keys that change how fast a fold trains or how often it is looked at, not what it learns: a run resumes
+# across a change of them.
+PERFORMANCE_KEYS = ("threads", "amp", "channels_last", "compile", "eval_every")
+
+
+def _key_sections(cfg) -> dict:
+    """The train sections as plain dicts, less the choice of folds and the performance knobs."""
+    plain = {k: to_plain(cfg[k]) for k in TRAIN_SECTIONS if k in cfg}
+    for k in ("folds", "full", *PERFORMANCE_KEYS):
+        plain.get("train", {}).pop(k, None)
+    return plain
+
+
 def train_key(cfg) -> str:
-    """What decides a fold's training: the train sections, less the choice of which folds to run."""
-    plain = {k: to_plain(cfg[k]) for k in TRAIN_SECTIONS}
-    for k in ("folds", "full"):
-        plain["train"].pop(k, None)
-    return config_hash(plain) + f"-s{cfg.run.seed}"
+    """What decides a fold's training: the train sections, less the choice of which folds to run and the
+    performance knobs (PERFORMANCE_KEYS)."""
+    return config_hash(_key_sections(cfg)) + f"-s{cfg.run.seed}"
+
+
+def changed_keys(old_cfg, cfg, limit: int = 12) -> list[str]:
+    """Dotted keys of the train sections whose values differ between two configs (plain dicts or Cfg)."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in (d or {}).items():
+            if isinstance(v, dict) and v and k not in ("params", "ssl"):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+    a, b = flat(_key_sections(old_cfg or {})), flat(_key_sections(cfg))
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return diff[:limit] + ([f"... {len(diff) - limit} more"] if len(diff) > limit else [])
 
 
 @dataclass
@@ -287,8 +314,13 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
             history, best, start = ck["history"], ck["best"], ck["epoch"]
             if log:
                 log.info(f"resuming {out_dir} from epoch {start}/{cfg.train.epochs}")
-        elif log:
-            log.info(f"{last} was written for another config: training from the start")
+        else:                 # keep the old run's checkpoint beside the new one, and say what changed
+            kept = out_dir / f"last.{str(ck.get('key', 'old')).split('-')[0][:12]}.pt"
+            os.replace(last, kept)
+            if log:
+                log.info(f"{last} was written for another config (changed: "
+                         f"{', '.join(changed_keys(ck.get('cfg'), cfg)) or 'the seed'}): kept as {kept.name}, "
+                         f"training from the start")
 
     for epoch in range(start, cfg.train.epochs):
         t0, wait = time.time(), 0.0

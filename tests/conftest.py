@@ -95,3 +95,28 @@ def prepared(tmp_path, cfg_for):
     features.main(make())
     folds.main(make())
     return make
+
+
+class FakeCache:
+    """A FeatureCache stand-in: n random (32 mel, frames) clips named '0'..'n-1'."""
+
+    def __init__(self, n, frames=40, seed=0):
+        self.x = np.random.default_rng(seed).standard_normal((n, 32, frames)).astype(np.float32)
+        self.frames = np.full(n, frames)
+
+    def position(self, f):
+        return int(f)
+
+    def get(self, i, start=0, length=None):
+        return self.x[i][:, start:None if length is None else start + length]
+
+
+@pytest.fixture
+def fake_clips():
+    """fake_clips(labels, classes) -> a ClipSet over a FakeCache, one clip per label list: fit tests without data."""
+    from pipeline.engine import make_clipset
+
+    def make(labels, classes):
+        df = pd.DataFrame({"fname": [str(i) for i in range(len(labels))], "labels": list(labels)})
+        return make_clipset(FakeCache(len(labels)), df, classes)
+    return make

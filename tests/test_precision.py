@@ -1,13 +1,11 @@
 """train.amp (bf16 | fp16 | off): the autocast choice per device, fp16's gradient scaler, and its state in
 checkpoints (checked on the CPU with a CPU scaler standing in for the CUDA one)."""
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from pipeline import engine
 from pipeline.config import load_config
-from pipeline.engine import build_model, fit, load_checkpoint, make_clipset
+from pipeline.engine import build_model, fit, load_checkpoint
 from pipeline.utils import UserError, amp_dtype, make_scaler
 
 
@@ -27,23 +25,13 @@ def test_scaler_only_for_fp16_on_cuda():
 
 def test_config_choice():
     assert load_config(None).train.amp == "bf16"
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"          # YAML reads off as false
+    assert load_config(None, ["train.amp=true"]).train.amp == "bf16"        # the boolean of older configs
     with pytest.raises(ValueError, match="train.amp"):
         load_config(None, ["train.amp=half"])
 
 
-class FakeCache:
-    def __init__(self, n, frames=40, seed=0):
-        self.x = np.random.default_rng(seed).standard_normal((n, 32, frames)).astype(np.float32)
-        self.frames = np.full(n, frames)
-
-    def position(self, f):
-        return int(f)
-
-    def get(self, i, start=0, length=None):
-        return self.x[i][:, start:None if length is None else start + length]
-
-
-def test_scaler_state_saved_and_restored_on_resume(tmp_path, monkeypatch):
+def test_scaler_state_saved_and_restored_on_resume(tmp_path, monkeypatch, fake_clips):
     made = []
 
     def cpu_scaler(choice, device):          # stands in for the CUDA fp16 scaler
@@ -53,8 +41,7 @@ def test_scaler_state_saved_and_restored_on_resume(tmp_path, monkeypatch):
     cfg = load_config(None, ["train.amp=fp16", "model.params={width: 0.125}", "train.epochs=2", "train.batch_size=4",
                              "train.steps_per_epoch=1", "train.frames=32", "train.eval_hop=16", "run.progress=false",
                              "train.lr_warmup_epochs=0", "train.mode=supervised"])
-    clips = make_clipset(FakeCache(8), pd.DataFrame({"fname": [str(i) for i in range(8)],
-                                                     "labels": [["a"], ["b"]] * 4}), ["a", "b"])
+    clips = fake_clips([["a"], ["b"]] * 4, ["a", "b"])
     fit(cfg, tmp_path, build_model(cfg, 2, seed=0), "supervised", ["a", "b"], clips)
     ck = load_checkpoint(tmp_path / "last.pt")
     assert ck["scaler"]["scale"] == 1024.0 and made[0].is_enabled()

@@ -7,7 +7,7 @@ from sklearn.metrics import precision_score
 
 from pipeline.augment import build_batch_augment
 from pipeline.config import load_config
-from pipeline.engine import build_model, fit, make_clipset
+from pipeline.engine import build_model, fit
 from pipeline.losses import build_loss
 from pipeline.modes import TrainContext, create_mode, mode_class
 from pipeline.modes.pseudo import NEVER, PseudoLabeller, precision_threshold, precision_thresholds, topk_mask
@@ -102,27 +102,13 @@ def test_needs_calibration_from_the_rule():
     assert not mode_class("mean_teacher").needs_calibration(load_config(None, []))
 
 
-class FakeCache:
-    def __init__(self, n, frames=40, seed=0):
-        self.x = np.random.default_rng(seed).standard_normal((n, 32, frames)).astype(np.float32)
-        self.frames = np.full(n, frames)
-
-    def position(self, f):
-        return int(f)
-
-    def get(self, i, start=0, length=None):
-        return self.x[i][:, start:None if length is None else start + length]
-
-
-def test_fit_calibrates_thresholds_at_each_epoch_start(tmp_path, monkeypatch):
+def test_fit_calibrates_thresholds_at_each_epoch_start(tmp_path, monkeypatch, fake_clips):
     cfg = load_config(None, ["train.mode=fixmatch", "ssl.fixmatch={rule: class_threshold, mu: 1}",
                              "model.params={width: 0.125}", "train.epochs=2", "train.steps_per_epoch=1",
                              "train.batch_size=4", "train.frames=32", "train.eval_hop=16", "run.progress=false",
                              "train.lr_warmup_epochs=0"])
-    cache = FakeCache(12)
-    df = pd.DataFrame({"fname": [str(i) for i in range(12)], "labels": [["a"], ["b"], ["c"], ["a", "b"], ["d"], ["e"]] * 2})
     classes = list("abcde")
-    clips = make_clipset(cache, df, classes)
+    clips = fake_clips([["a"], ["b"], ["c"], ["a", "b"], ["d"], ["e"]] * 2, classes)
     calls = []
     orig = mode_class("fixmatch").calibrate
     monkeypatch.setattr(mode_class("fixmatch"), "calibrate", lambda self, p, y: (calls.append((p, y)), orig(self, p, y)))

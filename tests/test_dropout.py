@@ -2,13 +2,11 @@
 its dropout through modules that models.dropout_modules lists, so the modes' switches reach it. Dropout off
 (those modules' training False) makes two train-mode passes equal; MC dropout (eval mode, those modules on) makes
 two passes differ, and every one of the modules is reached and random."""
-import contextlib
-
 import pytest
 import torch
-from torch import nn
 
 from models import build_backbone, create_model, dropout_modules, list_models
+from pipeline.modes.common import frozen_bn, mc_dropout
 
 # timm models at small sizes: a ResNet (DropPath, F.dropout head in timm), EfficientNet-style blocks, a ViT with
 # fused attention and attention dropout, and a model without stochastic depth (ghostnet: no drop_path_rate)
@@ -39,32 +37,6 @@ def batch():
     return torch.randn(2, 1, 32, 64, generator=torch.Generator().manual_seed(1))       # (B, 1, F, T)
 
 
-@contextlib.contextmanager
-def bn_stats_kept(model):
-    """BN layers leave their running statistics alone inside (train mode still normalises by the batch's)."""
-    bns = [(m, m.track_running_stats) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m, _ in bns:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m, t in bns:
-            m.track_running_stats = t
-
-
-@contextlib.contextmanager
-def dropout_flags(model, on: bool):
-    """Only the modules of dropout_modules(model) switched (frozen_bn(no_dropout=True): off; mc_dropout: on)."""
-    drops = [(m, m.training) for m in dropout_modules(model)]
-    for m, _ in drops:
-        m.training = on
-    try:
-        yield
-    finally:
-        for m, t in drops:
-            m.training = t
-
-
 def is_per_sample(m):
     """Stochastic depth drops whole samples: a batch of 2 can draw the same mask twice."""
     return type(m).__name__ == "DropPath"
@@ -74,9 +46,9 @@ def is_per_sample(m):
 def test_no_dropout_passes_agree(name):
     model, x = make(name).train(), batch()
     assert dropout_modules(model)
-    with torch.no_grad(), bn_stats_kept(model):
+    with torch.no_grad(), frozen_bn(model):                 # the modes' switches (pipeline/modes/common.py)
         on = model(x)["h"], model(x)["h"]
-        with dropout_flags(model, on=False):
+        with frozen_bn(model, no_dropout=True):
             a, b = model(x), model(x)
     assert not torch.equal(*on)                             # dropout is really there in train mode ...
     for k in a:
@@ -93,7 +65,7 @@ def test_mc_dropout_reaches_every_dropout_module(name):
                                      with_kwargs=True) for m in drops]
     state = {k: v.clone() for k, v in model.state_dict().items()}
     try:
-        with torch.no_grad(), dropout_flags(model, on=True):
+        with torch.no_grad(), mc_dropout(model):
             a, b = model(x)["h"], model(x)["h"]
     finally:
         for h in hooks:
@@ -134,7 +106,7 @@ def test_no_dropout_by_default(name):
         model = create_model("cnn14", N_CLASSES, params={**SMALL["cnn14"], "dropout": 0.0, "fc_dropout": 0.0})
     assert dropout_modules(model) == []
     x = batch()
-    with torch.no_grad(), bn_stats_kept(model):
+    with torch.no_grad(), frozen_bn(model):
         assert torch.equal(model.train()(x)["h"], model(x)["h"])
 
 
@@ -145,7 +117,7 @@ def test_timm_drop_rate_becomes_a_module():
     assert dropout_modules(model) == [model.backbone.head_drop]
     assert model.config["params"]["drop_rate"] == 0.2      # rebuilt the same way from a checkpoint
     x = batch()
-    with torch.no_grad(), bn_stats_kept(model), dropout_flags(model, on=False):
+    with torch.no_grad(), frozen_bn(model, no_dropout=True):
         assert torch.equal(model(x)["h"], model(x)["h"])
     # block_dropout gives way to an explicit drop_path_rate
     bb = build_backbone("timm:resnet18", block_dropout=0.3, drop_path_rate=0.1)

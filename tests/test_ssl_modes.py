@@ -173,12 +173,12 @@ def test_binary_js():
     assert ssl.binary_js(torch.tensor([0.0]), torch.tensor([1.0])).item() == pytest.approx(math.log(2), abs=1e-4)
 
 
-def test_confidence_mask_and_per_class_thresholds():
+def test_threshold_rule_pick():
     p = torch.tensor([[0.96, 0.5, 0.04, 0.93, 0.06],
                       [0.2, 0.95, 0.01, 0.7, 0.99]])
-    yhat, mask = ssl.confidence_mask(p, 0.95, 0.05)
-    assert torch.equal(yhat, (p >= 0.5).float())
+    yhat, mask = make_mode("fixmatch", "ssl.fixmatch={tau_pos: 0.95, tau_neg: 0.05}").pick(p)
     assert torch.equal(mask, torch.tensor([[1, 0, 1, 0, 0], [0, 1, 1, 0, 1]], dtype=torch.bool))
+    assert torch.equal(yhat[mask], (p >= 0.5).float()[mask])          # kept entries: confident positives / negatives
 
 
 def test_masked_bce_summed_over_classes_averaged_over_clips_not_mask_count():

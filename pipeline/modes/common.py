@@ -84,12 +84,6 @@ def binary_js(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
     return binary_entropy((p1 + p2) / 2) - (binary_entropy(p1) + binary_entropy(p2)) / 2
 
 
-def confidence_mask(p: torch.Tensor, tau_pos, tau_neg: float):
-    """Hard pseudo-labels 1[p >= 0.5] (B, C) and the mask of confident entries: p >= tau_pos (a float, or (C,) per
-    class) or p <= tau_neg."""
-    return (p >= 0.5).float(), (p >= tau_pos) | (p <= tau_neg)
-
-
 def sharpen_softmax(p: torch.Tensor, T: float = 0.5) -> torch.Tensor:
     """MixMatch's sharpening of a categorical distribution: p^(1/T) / sum_c p_c^(1/T) per row."""
     q = p.clamp_min(EPS) ** (1 / T)
@@ -123,7 +117,9 @@ def masked_bce(z: torch.Tensor, t: torch.Tensor, mask=None) -> torch.Tensor:
 
 
 class MultiLabelTask:
-    """The sigmoid (multi-label) form of the operations the modes share; SingleLabelTask has the softmax form."""
+    """The sigmoid (multi-label) form of the operations the modes share; SingleLabelTask has the softmax form.
+    Multi-label pseudo-labels are selected by SSLMode.pick with the mode's PseudoLabeller (pipeline/modes/pseudo.py);
+    SingleLabelTask.select / select_mc are the single-label forms."""
     single_label = False
 
     @staticmethod
@@ -132,16 +128,6 @@ class MultiLabelTask:
 
     sharpen = staticmethod(sharpen)
     align = staticmethod(align)
-
-    @staticmethod
-    def select(p, tau_pos, tau_neg):
-        """Hard pseudo-labels (B, C) and the mask (B, C) of the entries kept (confidence_mask)."""
-        return confidence_mask(p, tau_pos, tau_neg)
-
-    @staticmethod
-    def select_mc(mean, std, tau_pos, tau_neg):
-        """From MC-dropout passes: positives where mean - std >= tau_pos, negatives where mean + std <= tau_neg."""
-        return (mean >= 0.5).float(), (mean - std >= tau_pos) | (mean + std <= tau_neg)
 
     @staticmethod
     def hard(p):
@@ -211,24 +197,35 @@ TASKS = {False: MultiLabelTask(), True: SingleLabelTask()}
 
 
 @contextlib.contextmanager
+def switched(modules, attr: str, value):
+    """Set `attr` of every module to `value` inside; each module gets its own earlier value back after."""
+    was = [(m, getattr(m, attr)) for m in modules]
+    for m, _ in was:
+        setattr(m, attr, value)
+    try:
+        yield
+    finally:
+        for m, v in was:
+            setattr(m, attr, v)
+
+
+def bn_modules(*models):
+    return [m for model in models for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextlib.contextmanager
 def frozen_bn(*models, no_dropout: bool = False):
     """BN layers leave their running statistics (and counters) untouched inside: in train mode they normalise with
     the batch statistics, in eval mode with the running ones, as usual. no_dropout: dropout off too, so the network
     is a deterministic function of its input (VAT's finite differences, FGSM)."""
-    bns = [m for model in models for m in model.modules()
-           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    drops = [(m, m.training) for model in models for m in dropout_modules(model)] if no_dropout else []
-    for m in bns:
-        m.track_running_stats = False
-    for m, _ in drops:
-        m.training = False
-    try:
+    drops = [m for model in models for m in dropout_modules(model)] if no_dropout else []
+    with switched(bn_modules(*models), "track_running_stats", False), switched(drops, "training", False):
         yield
-    finally:
-        for m in bns:
-            m.track_running_stats = True
-        for m, t in drops:
-            m.training = t
+
+
+def bn_eval(model):
+    """BN layers in eval mode inside: normalised by the running statistics, which stay untouched."""
+    return switched(bn_modules(model), "training", False)
 
 
 def dropout_modules(model):
@@ -240,15 +237,8 @@ def dropout_modules(model):
 @contextlib.contextmanager
 def mc_dropout(model):
     """Monte-Carlo dropout: everything in eval mode (BN uses and keeps its running statistics) except dropout."""
-    was = {m: m.training for m in model.modules()}
-    model.eval()
-    for m in dropout_modules(model):
-        m.training = True
-    try:
+    with switched(list(model.modules()), "training", False), switched(dropout_modules(model), "training", True):
         yield
-    finally:
-        for m, t in was.items():
-            m.training = t
 
 
 def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

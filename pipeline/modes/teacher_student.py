@@ -34,27 +34,13 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch import nn
 
 from pipeline.modes import Mode, PseudoLabelStats, register_mode
-from pipeline.modes.common import frozen_bn
+from pipeline.modes.common import bn_eval, frozen_bn
 from pipeline.modes.pseudo import PseudoLabeller
 
 G_PASSES = ("separate", "frozen_stats", "joint")
 RULES = ("threshold", "class_threshold", "topk", "noisy_aware")
-
-
-@contextlib.contextmanager
-def bn_eval(model):
-    """BN layers in eval mode inside: normalised by the running statistics, which stay untouched."""
-    bns = [(m, m.training) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m, _ in bns:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m, t in bns:
-            m.training = t
 
 
 @register_mode("teacher_student")

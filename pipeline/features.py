@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import re
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -33,8 +36,8 @@ import pandas as pd
 
 from pipeline.config import cli, save_config
 from pipeline.data import SPLITS, dataset
-from pipeline.utils import (atomic_path, atomic_to_csv, atomic_write_json, get_logger, progress, read_json,
-                            remove_stale_temps)
+from pipeline.utils import (UserError, atomic_path, atomic_to_csv, atomic_write_json, file_lock, get_logger,
+                            progress, read_json, remove_stale_temps, user_errors)
 
 PARAM_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "trim_db", "log_floor")
 CHUNK = 8  # clips per task
@@ -57,10 +60,11 @@ def cache_dir(cfg) -> Path:
     return Path(cfg.features.cache_dir) / f"{root.name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
-def split_key(params: dict, fnames) -> str:
+def split_key(params: dict, clips: pd.DataFrame) -> str:
+    """What makes a split's cache valid: the feature parameters, and each clip's fname, size and mtime, in order."""
     h = hashlib.sha1(json.dumps(params, sort_keys=True).encode())
-    for f in fnames:
-        h.update(f.encode() + b"\0")
+    for f, size, mtime in zip(clips["fname"], clips["size"], clips["mtime_ns"]):
+        h.update(f"{f}\0{size}\0{mtime}\0".encode())
     return h.hexdigest()
 
 
@@ -198,7 +202,8 @@ def _chunked(paths, n):
 
 
 def extract_split(paths, fnames, out_dir: Path, split: str, params: dict, workers: int, show=True, log=None):
-    """Write <split>.f16 / .index.csv / .json for the given wav paths; returns the split's json record."""
+    """Write <split>.f16 / .index.csv for the given wav paths (the index holds each clip's offset, frames, note and
+    its log-mel sum and sum of squares, the normalisation statistics' terms); returns the split's json record."""
     rows, total, s1, s2 = [], 0, 0.0, 0.0
     bin_path = out_dir / f"{split}.f16"
     remove_stale_temps(bin_path, log)                 # a killed build's partial file: never read, now reclaimed
@@ -212,7 +217,7 @@ def extract_split(paths, fnames, out_dir: Path, split: str, params: dict, worker
             for arr, note, a, b in results:
                 fname = next(names)
                 fout.write(arr.tobytes())
-                rows.append((fname, total, len(arr), note))
+                rows.append((fname, total, len(arr), note, a, b))
                 if note and log:
                     log.info(f"{split} {fname}: {note}")
                 total += len(arr)
@@ -220,7 +225,9 @@ def extract_split(paths, fnames, out_dir: Path, split: str, params: dict, worker
                 s2 += b
             bar.update(len(results))
 
-        if workers <= 1:
+        if not paths:
+            pass
+        elif workers <= 1:
             _init_worker(params)
             for chunk in chunks:
                 consume(_work(chunk))
@@ -235,39 +242,301 @@ def extract_split(paths, fnames, out_dir: Path, split: str, params: dict, worker
                 while pending:
                     consume(pending.popleft().result())
         bar.close()
-    index = pd.DataFrame(rows, columns=["fname", "offset", "frames", "note"])
+    index = pd.DataFrame(rows, columns=["fname", "offset", "frames", "note", "sum", "sumsq"])
     atomic_to_csv(index, out_dir / f"{split}.index.csv", index=False)
     return {"split": split, "shape": [total, params["n_mels"]], "dtype": "float16", "clips": len(rows),
             "sum": s1, "sumsq": s2, "count": total * params["n_mels"]}
 
 
-def build_cache(cfg, ds=None, log=None) -> Path:
-    """Extract every split that is not already valid in the cache; return the cache folder."""
+# --------------------------------------------------------------------------- shards, reuse and merge
+SHARD_ENV = (("RANK", "WORLD_SIZE"), ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"))
+INDEX_COLUMNS = ["fname", "offset", "frames", "note", "size", "mtime_ns", "sum", "sumsq"]
+COPY_FRAMES = 1 << 18                                 # frames per write when a merge copies rows (64 MB at 128 mels)
+
+
+def parse_shard(text: str | None, env=None) -> tuple[int, int] | None:
+    """(i, n) for `--shard i/n`; `--shard auto` takes torchrun's RANK / WORLD_SIZE, else a SLURM array's
+    SLURM_ARRAY_TASK_ID (less SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_COUNT. Without --shard, a torchrun launch
+    (WORLD_SIZE > 1) shards by its ranks, anything else builds whole splits (None)."""
+    env = os.environ if env is None else env
+    if text is None:
+        if int(env.get("WORLD_SIZE", "1") or 1) <= 1:
+            return None
+        text = "auto"
+    if text == "auto":
+        for rank, size in SHARD_ENV:
+            if env.get(size):
+                first = int(env.get("SLURM_ARRAY_TASK_MIN", 0) or 0) if rank.startswith("SLURM") else 0
+                try:
+                    i, n = int(env[rank]) - first, int(env[size])
+                except (KeyError, ValueError):
+                    raise UserError(f"--shard auto: {rank}={env.get(rank)!r} / {size}={env[size]!r} are not "
+                                    f"integers; give --shard i/n") from None
+                source = f"{rank}={env.get(rank)} {size}={n}"
+                break
+        else:
+            raise UserError("--shard auto: neither torchrun's RANK / WORLD_SIZE nor a SLURM array's "
+                            "SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT is set; give --shard i/n")
+    else:
+        try:
+            i, n = (int(v) for v in text.split("/"))
+        except ValueError:
+            raise UserError(f"--shard {text}: expected i/n (shard i of n, counted from 0), e.g. --shard 0/4, "
+                            f"or auto") from None
+        source = f"--shard {text}"
+    if not 0 <= i < n:
+        raise UserError(f"{source}: shard {i} of {n} is outside 0..{n - 1} (shards are counted from 0; a SLURM "
+                        f"array with gaps needs --shard i/n)")
+    return i, n
+
+
+def clip_table(ds, split: str) -> pd.DataFrame:
+    """fname, path, size, mtime_ns of a split's clips, in the CSV's order: what decides whether a clip's rows of an
+    earlier build can be reused."""
+    df = ds.split(split)
+    paths = [ds.wav_dirs[split] / f for f in df["fname"]]
+    stats = [os.stat(p) for p in paths]
+    return pd.DataFrame({"fname": list(df["fname"]), "path": paths, "size": [st.st_size for st in stats],
+                         "mtime_ns": [st.st_mtime_ns for st in stats]})
+
+
+def read_meta(path: Path) -> dict:
+    """A split's json record; a missing or stale one (a rebuild under way) is a FileNotFoundError naming it."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no completed '{path.stem}' features here; run `make features`")
+    meta = read_json(path)
+    if meta.get("stale"):
+        raise FileNotFoundError(f"{path}: the '{path.stem}' features are out of date for the dataset and being "
+                                f"rebuilt; run `make features` (or let the running shards finish)")
+    return meta
+
+
+def _read_index(path: Path) -> pd.DataFrame:
+    # pandas >= 3 reads floats back exactly (round trip): the per-clip sums of a reused row are the extracted ones
+    return pd.read_csv(path, dtype={"fname": str, "note": str}, keep_default_na=False)
+
+
+def _open_f16(path: Path, frames: int, n_mels: int) -> np.ndarray:
+    if frames == 0:                                  # np.memmap cannot map an empty file
+        return np.empty((0, n_mels), np.float16)
+    return np.memmap(path, dtype=np.float16, mode="r", shape=(frames, n_mels))
+
+
+def _previous(out: Path, split: str, params: dict, log=None):
+    """(meta, index) of the split's last completed build when its rows can be reused (same feature parameters,
+    its files consistent), else None. A merge removes the json before it replaces the files, so a json here
+    describes the .f16 and index beside it."""
+    meta_path, bin_path = out / f"{split}.json", out / f"{split}.f16"
+    if not meta_path.exists():
+        return None
+    try:
+        meta, index = read_json(meta_path), _read_index(out / f"{split}.index.csv")
+        ok = (meta.get("params") == params and set(INDEX_COLUMNS) <= set(index.columns)
+              and int(index["frames"].sum()) == meta["shape"][0]
+              and bin_path.stat().st_size == 2 * meta["shape"][0] * meta["shape"][1])
+    except (OSError, ValueError, KeyError):
+        ok = False
+    if not ok:
+        if log:
+            log.info(f"{split}: the previous build's rows cannot be reused (older layout or incomplete files)")
+        return None
+    return meta, index
+
+
+class Part:
+    """Shard i of n of one split's extraction plan: <split>.<plan>.part<i>of<n>.{f16,index.csv,json,lock}; the json,
+    written last, marks it complete. The lock makes one process at a time write it."""
+
+    def __init__(self, out: Path, split: str, plan: str, i: int, n: int):
+        self.out, self.i, self.n = out, i, n
+        self.stem = f"{split}.{plan}.part{i}of{n}"
+
+    def path(self, ext: str) -> Path:
+        return self.out / f"{self.stem}.{ext}"
+
+    def done(self) -> bool:
+        return self.path("json").exists()
+
+    def rows(self) -> pd.DataFrame:
+        return _read_index(self.path("index.csv"))
+
+
+PART_RE = re.compile(r"^\.?(?P<split>\w+)\.(?P<plan>[0-9a-f]{12})\.part(?P<i>\d+)of(?P<n>\d+)\.")
+
+
+def _plan(key: str, prev, todo: pd.DataFrame) -> str:
+    """Names an extraction: the target key, the build whose rows are reused, the clips to extract. Shards that
+    saw the same dataset and cache agree on it; parts of another plan are never merged."""
+    h = hashlib.sha1(f"{key}\0{prev[0]['key'] if prev else ''}\0".encode())
+    for f in todo["fname"]:
+        h.update(f.encode() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def _complete_count(out: Path, split: str, plan: str) -> int:
+    """The n of this plan's complete parts already on disk (the most common one), or 1 when there are none."""
+    counts = {}
+    for p in out.glob(f"{split}.{plan}.part*of*.json"):
+        m = PART_RE.match(p.name)
+        if m:
+            counts[int(m["n"])] = counts.get(int(m["n"]), 0) + 1
+    return max(counts, key=counts.get) if counts else 1
+
+
+def _extract_part(part: Part, todo: pd.DataFrame, params: dict, cfg, log, wait: bool) -> bool:
+    """Extract the part's share of `todo` unless done; False when it is left to another process (wait=False)."""
+    if part.done():
+        return True
+    with file_lock(part.path("lock"), log, f"shard {part.i}/{part.n} of {part.stem.split('.')[0]}", wait=wait):
+        if part.done():                              # finished by the process we waited for
+            return True
+        m = len(todo)
+        share = todo.iloc[part.i * m // part.n:(part.i + 1) * m // part.n]
+        log.info(f"extracting {part.stem}: {len(share)} of the {m} clips to extract with {cfg.run.workers} "
+                 f"process(es)")
+        record = extract_split(list(share["path"]), list(share["fname"]), part.out, part.stem, params,
+                               cfg.run.workers, show=cfg.run.progress, log=log)
+        atomic_write_json(part.path("json"), {"clips": record["clips"], "frames": record["shape"][0],
+                                              "shard": [part.i, part.n]})
+    return True
+
+
+def _merge(out: Path, split: str, clips: pd.DataFrame, key: str, params: dict, prev, parts: list, log) -> dict:
+    """Write <split>.f16, .index.csv and .json from the previous build's reused rows and the parts' rows, in the
+    CSV's order: the same bytes as a build that extracted every clip in one process. Caller holds the split lock."""
+    n_mels = params["n_mels"]
+    sources, tables = [], []
+    if prev is not None:
+        meta, index = prev
+        sources.append(_open_f16(out / f"{split}.f16", meta["shape"][0], n_mels))
+        tables.append(index.assign(src=0))
+    for part in parts:
+        rows = part.rows()
+        sources.append(_open_f16(part.path("f16"), int(rows["frames"].sum()), n_mels))
+        tables.append(rows.assign(src=len(sources) - 1))
+    table = pd.concat(tables, ignore_index=True).drop_duplicates("fname", keep="last").set_index("fname")
+    missing = [f for f in clips["fname"] if f not in table.index]
+    if missing:
+        raise RuntimeError(f"{out}: the parts of '{split}' lack {len(missing)} clip(s), e.g. {missing[0]}")
+    rows = table.loc[clips["fname"]].reset_index()
+    src, start, frames = rows["src"].to_numpy(), rows["offset"].to_numpy(), rows["frames"].to_numpy()
+    (out / f"{split}.json").unlink(missing_ok=True)   # no longer describes the files about to be replaced
+    bin_path = out / f"{split}.f16"
+    single = len(sources) == 1 and prev is None and len(rows) and (start == np.cumsum(frames) - frames).all()
+    if single:                                        # one part holding every clip in order: it is the file
+        os.replace(parts[0].path("f16"), bin_path)
+    else:
+        with atomic_path(bin_path) as tmp, open(tmp, "wb") as fout:
+            run = 0
+            for j in range(1, len(rows) + 1):        # copy runs of rows that lie one after another in a source
+                if j < len(rows) and src[j] == src[run] and start[j] == start[j - 1] + frames[j - 1]:
+                    continue
+                a, b = int(start[run]), int(start[j - 1] + frames[j - 1])
+                for c in range(a, b, COPY_FRAMES):
+                    fout.write(sources[src[run]][c:min(b, c + COPY_FRAMES)].tobytes())
+                run = j
+    index = pd.DataFrame({"fname": rows["fname"], "offset": np.cumsum(frames) - frames, "frames": frames,
+                          "note": rows["note"], "size": clips["size"].to_numpy(),
+                          "mtime_ns": clips["mtime_ns"].to_numpy(), "sum": rows["sum"], "sumsq": rows["sumsq"]})
+    atomic_to_csv(index, out / f"{split}.index.csv", index=False)
+    total = int(frames.sum())
+    record = {"split": split, "shape": [total, n_mels], "dtype": "float16", "clips": len(rows),
+              "sum": math.fsum(rows["sum"]), "sumsq": math.fsum(rows["sumsq"]), "count": total * n_mels,
+              "params": params, "key": key}
+    atomic_write_json(out / f"{split}.json", record)   # the completion mark, written last
+    return record
+
+
+def _sweep(out: Path, split: str, log=None):
+    """After a merge (split lock held): remove every part of the split whose lock is free (this plan's, merged now,
+    and those of killed or outdated shards) and the temporaries killed writers left (pipeline.utils
+    remove_stale_temps' names)."""
+    stems = set()
+    for p in [*out.glob(f"{split}.*"), *out.glob(f".{split}.*")]:
+        m = PART_RE.match(p.name)
+        if m and m["split"] == split:
+            stems.add(f"{split}.{m['plan']}.part{m['i']}of{m['n']}")
+    freed = 0
+    for stem in sorted(stems):
+        try:
+            with file_lock(out / f"{stem}.lock", wait=False):
+                for ext in ("f16", "index.csv", "json"):
+                    (out / f"{stem}.{ext}").unlink(missing_ok=True)
+                    freed += remove_stale_temps(out / f"{stem}.{ext}")
+                (out / f"{stem}.lock").unlink(missing_ok=True)
+        except UserError:                             # being written right now: not ours to remove
+            continue
+    for name in (f"{split}.f16", f"{split}.index.csv", f"{split}.json"):   # the split's own temporaries
+        freed += remove_stale_temps(out / name)
+    if freed and log:
+        log.info(f"{split}: removed parts and temporary files of earlier or killed shards ({freed / 1e6:.1f} MB)")
+
+
+def build_split(out: Path, split: str, clips: pd.DataFrame, params: dict, cfg, shard=None, log=None) -> bool:
+    """Bring one split of the cache up to date; True when it is complete afterwards. Rows of the previous build are
+    reused for clips with the same fname, size and mtime; the others are extracted, all of them (shard None: into
+    the parts that a sharded run left missing, or one part) or shard (i, n)'s share; the process that completes
+    the last part merges. Splits that are already valid are left alone."""
+    key = split_key(params, clips)
+    meta_path = out / f"{split}.json"
+    lock = out / f"{split}.lock"
+    with file_lock(lock, log, f"the '{split}' split"):
+        meta = read_json(meta_path) if meta_path.exists() else {}
+        if meta.get("key") == key:
+            return True
+        prev = _previous(out, split, params, log)
+        if meta and not meta.get("stale"):           # readers stop trusting it; its rows stay for reuse
+            atomic_write_json(meta_path, {**meta, "stale": True})
+    reused = np.zeros(len(clips), bool)
+    if prev is not None:
+        old = prev[1].set_index("fname")
+        known = clips["fname"].isin(old.index).to_numpy()
+        at = old.reindex(clips["fname"])
+        reused = known & (at["size"].to_numpy() == clips["size"].to_numpy()) & \
+            (at["mtime_ns"].to_numpy() == clips["mtime_ns"].to_numpy())
+    todo = clips[~reused]
+    plan = _plan(key, prev, todo)
+    n = shard[1] if shard else _complete_count(out, split, plan)
+    parts = [Part(out, split, plan, i, n) for i in range(n)]
+    log.info(f"{split}: {len(todo)} of {len(clips)} clips to extract, {int(reused.sum())} reused from the previous "
+             f"build" + (f"; shard {shard[0]}/{n}" if shard else ""))
+    for part in ([parts[shard[0]]] if shard else parts):
+        _extract_part(part, todo, params, cfg, log, wait=shard is None)
+    with file_lock(lock, log, f"the '{split}' split"):
+        if meta_path.exists() and read_json(meta_path).get("key") == key:
+            return True                               # another shard merged first
+        waiting = [p.i for p in parts if not p.done()]
+        if waiting:
+            log.info(f"{split}: shard(s) {waiting} of {n} not finished; the last one (or `make features`) merges")
+            return False
+        _merge(out, split, clips, key, params, prev if reused.any() else None, parts, log)
+        _sweep(out, split, log)
+    return True
+
+
+def build_cache(cfg, ds=None, log=None, shard=None) -> Path:
+    """Bring every split of the cache up to date (shard (i, n): extract only this shard's share, merging the splits
+    whose parts it completes); return the cache folder."""
     ds = ds or dataset(cfg, check_audio=True)
     out = cache_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     log = log or get_logger(folder=out)
     params = feature_params(cfg)
     atomic_write_json(out / "params.json", {"params": params, "root": str(Path(cfg.data.root).resolve())})
-    did = []
+    did, pending = [], []
     for split in ("noisy", "curated", "test"):
-        df = ds.split(split)
-        if len(df) == 0:
+        clips = clip_table(ds, split)
+        if len(clips) == 0:
             continue
-        key = split_key(params, df["fname"])
         meta = out / f"{split}.json"
-        if meta.exists() and read_json(meta).get("key") == key:
-            continue
-        if meta.exists():
-            meta.unlink()  # stale: it no longer marks the split valid while we rebuild it
-        paths = [ds.wav_dirs[split] / f for f in df["fname"]]
-        log.info(f"extracting {split}: {len(paths)} clips with {cfg.run.workers} process(es)")
-        record = extract_split(paths, list(df["fname"]), out, split, params, cfg.run.workers,
-                               show=cfg.run.progress, log=log)
-        atomic_write_json(meta, {**record, "key": key})  # the completion mark, written last
-        did.append(split)
+        was = read_json(meta).get("key") if meta.exists() else None
+        if not build_split(out, split, clips, params, cfg, shard, log):
+            pending.append(split)
+        elif was != read_json(meta).get("key"):
+            did.append(split)
     save_config(cfg, out)
-    log.info(f"feature cache {out}: " + (f"built {', '.join(did)}" if did else "up to date, nothing to do"))
+    state = f"built {', '.join(did)}" if did else "nothing to merge" if pending else "up to date, nothing to do"
+    log.info(f"feature cache {out}: {state}" + (f"; {', '.join(pending)} wait(s) for other shards" if pending else ""))
     return out
 
 
@@ -277,12 +546,9 @@ class FeatureCache:
 
     def __init__(self, folder, split: str, mean=0.0, std=1.0):
         folder = Path(folder)
-        meta_path = folder / f"{split}.json"
-        if not meta_path.exists():
-            raise FileNotFoundError(f"{meta_path}: no completed '{split}' features here; run `make features`")
-        self.meta = read_json(meta_path)
+        self.meta = read_meta(folder / f"{split}.json")
         self.folder, self.split = folder, split
-        self.index = pd.read_csv(folder / f"{split}.index.csv", dtype={"fname": str}, keep_default_na=False)
+        self.index = _read_index(folder / f"{split}.index.csv")
         self.fnames = self.index["fname"].tolist()
         self.offsets = self.index["offset"].to_numpy()
         self.frames = self.index["frames"].to_numpy()
@@ -332,17 +598,27 @@ def norm_stats(cfg, folder=None):
         path = folder / "curated.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no statistics for features.norm_split={split}; run `make features`")
-    m = read_json(path)
+    m = read_meta(path)
     mean = m["sum"] / m["count"]
     std = max(np.sqrt(max(m["sumsq"] / m["count"] - mean ** 2, 0.0)), 1e-6)
     return mean, std
 
 
-def main(cfg) -> Path:
+def main(cfg, shard=None) -> Path:
+    """Build the cache; shard (i, n) (parse_shard) extracts only shard i's share of each split."""
     if cfg.features.norm_split not in ("none", *SPLITS):
         raise ValueError(f"features.norm_split must be none or one of {list(SPLITS)}, got {cfg.features.norm_split}")
-    return build_cache(cfg)
+    return build_cache(cfg, shard=shard)
+
+
+def _shard_arg(ap):
+    ap.add_argument("--shard", default=None, metavar="i/n|auto",
+                    help="extract only shard i of n (from 0) of each split; the last shard to finish merges. auto: "
+                         "torchrun's RANK / WORLD_SIZE or a SLURM array's SLURM_ARRAY_TASK_ID / _COUNT (a torchrun "
+                         "launch shards by its ranks without this flag)")
 
 
 if __name__ == "__main__":
-    cli("features", "Build the log-mel feature cache.", main=main)
+    _cfg, _args = cli("features", "Build the log-mel feature cache.", extra=_shard_arg)
+    with user_errors("features"):
+        main(_cfg, parse_shard(_args.shard))

@@ -140,3 +140,130 @@ def test_stale_temporary_files_of_a_killed_build_are_removed(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_bytes(b"ok")
     assert target.read_bytes() == b"ok" and remove_stale_temps(target) == 0
+
+
+# --------------------------------------------------------------------------- shards and incremental builds
+def _files(out):
+    """Every file a finished cache holds per split, as bytes (params.json and the logs aside)."""
+    return {f"{s}{ext}": (out / f"{s}{ext}").read_bytes()
+            for s in ("noisy", "curated", "test") for ext in (".f16", ".index.csv", ".json")}
+
+
+def _count_extracted(monkeypatch):
+    """Patch the per-chunk worker to count the clips it extracts (run.workers=1 runs it in this process)."""
+    seen = []
+    real = features._work
+
+    def counting(paths):
+        seen.extend(p.name for p in paths)
+        return real(paths)
+    monkeypatch.setattr(features, "_work", counting)
+    return seen
+
+
+def test_three_shards_equal_unsharded_bytes(dataset, cfg_for, tmp_path):
+    whole = build_cache(cfg_for(dataset))
+    cfg = cfg_for(dataset, f"features.cache_dir={tmp_path / 'sharded'}")
+    out = cache_dir(cfg)
+    build_cache(cfg, shard=(1, 3))
+    build_cache(cfg, shard=(0, 3))
+    assert not (out / "curated.json").exists()              # two of three shards: nothing merged yet
+    with pytest.raises(FileNotFoundError, match="no completed"):
+        FeatureCache(out, "curated")
+    assert len(list(out.glob("curated.*.part*of3.json"))) == 2
+    build_cache(cfg, shard=(2, 3))                          # the last one merges
+    assert _files(out) == _files(whole)
+    assert not list(out.glob("*.part*")) and not list(out.glob(".*"))   # parts and temporaries gone
+    assert norm_stats(cfg, out) == norm_stats(cfg_for(dataset), whole)
+
+
+def test_unsharded_run_completes_a_sharded_build(dataset, cfg_for, tmp_path, monkeypatch):
+    """`make features` after a shard was killed extracts the missing shard only, then merges."""
+    whole = _files(build_cache(cfg_for(dataset)))
+    cfg = cfg_for(dataset, f"features.cache_dir={tmp_path / 'sharded'}")
+    build_cache(cfg, shard=(0, 2))
+    seen = _count_extracted(monkeypatch)
+    out = build_cache(cfg)
+    assert _files(out) == whole
+    assert 0 < len(seen) < 38 and len(seen) == len(set(seen))   # shard 1's clips only (38 clips in all)
+
+
+def test_adding_and_changing_clips_extracts_only_those(dataset, cfg_for, tmp_path, monkeypatch):
+    cfg = cfg_for(dataset)
+    out = build_cache(cfg)
+    cur = pd.read_csv(dataset / "train_curated.csv")
+    y, sr = sf.read(dataset / "train_curated" / cur["fname"][0])
+    sf.write(dataset / "train_curated" / "new_clip.wav", y[: sr // 2], sr, subtype="PCM_16")       # one new clip
+    sf.write(dataset / "train_curated" / cur["fname"][3], y[: sr // 3], sr, subtype="PCM_16")   # one changed
+    cur = pd.concat([cur.drop(index=5), pd.DataFrame({"fname": ["new_clip.wav"], "labels": [cur["labels"][0]]})])
+    cur.to_csv(dataset / "train_curated.csv", index=False)                                      # one removed
+    seen = _count_extracted(monkeypatch)
+    build_cache(cfg)
+    assert sorted(seen) == sorted(["new_clip.wav", cur["fname"].iloc[3]])
+    assert "curated: 2 of 20 clips to extract, 18 reused" in (out / "log.txt").read_text()
+    fresh = build_cache(cfg_for(dataset, f"features.cache_dir={tmp_path / 'fresh'}"))
+    assert _files(out) == _files(fresh)                       # reuse gives the bytes of a fresh build
+    assert FeatureCache(out, "curated").fnames == cur["fname"].tolist()
+    seen.clear()
+    build_cache(cfg)                                           # up to date: nothing extracted
+    assert seen == []
+
+
+def test_stale_split_refused_while_shards_rebuild_it(dataset, cfg_for):
+    cfg = cfg_for(dataset)
+    out = build_cache(cfg)
+    name = pd.read_csv(dataset / "train_curated.csv")["fname"][2]
+    y, sr = sf.read(dataset / "train_curated" / name)
+    sf.write(dataset / "train_curated" / name, y[: sr // 4], sr, subtype="PCM_16")
+    build_cache(cfg, shard=(0, 2))
+    with pytest.raises(FileNotFoundError, match="being rebuilt"):
+        FeatureCache(out, "curated")
+    with pytest.raises(FileNotFoundError, match="being rebuilt"):
+        norm_stats(cfg_for(dataset, "features.norm_split=curated"), out)
+    assert len(FeatureCache(out, "noisy")) == 10               # the unchanged splits stay readable
+    build_cache(cfg, shard=(1, 2))
+    assert len(FeatureCache(out, "curated")) == 20
+
+
+def test_killed_shards_leave_nothing_behind(dataset, cfg_for, tmp_path):
+    cfg = cfg_for(dataset, f"features.cache_dir={tmp_path / 'sharded'}")
+    out = cache_dir(cfg)
+    build_cache(cfg, shard=(0, 3))
+    plan = next(out.glob("curated.*.part0of3.json")).name.split(".")[1]
+    killed = out / f".curated.{plan}.part1of3.deadbeef.f16"      # shard 1 killed with -9 mid-write
+    older = out / ".curated.0123456789ab.part0of2.cafe.f16"       # a shard of an earlier plan, killed
+    stray = out / "curated.0123456789ab.part1of2.f16"
+    for p in (killed, older, stray):
+        p.write_bytes(b"\0" * 64)
+    build_cache(cfg, shard=(1, 3))
+    assert not killed.exists() and older.exists()              # shard 1 reclaims its own temporary
+    build_cache(cfg, shard=(2, 3))
+    assert not older.exists() and not stray.exists()           # the merge sweeps the rest
+    assert not list(out.glob(".*")) and not list(out.glob("*.part*"))
+
+
+def test_parse_shard_flags_and_environment():
+    from pipeline.features import parse_shard
+    from pipeline.utils import UserError
+    assert parse_shard(None, {}) is None and parse_shard(None, {"WORLD_SIZE": "1", "RANK": "0"}) is None
+    assert parse_shard("2/4", {}) == (2, 4)
+    assert parse_shard(None, {"WORLD_SIZE": "4", "RANK": "3"}) == (3, 4)             # torchrun
+    assert parse_shard("auto", {"RANK": "1", "WORLD_SIZE": "2"}) == (1, 2)
+    slurm = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "3"}
+    assert parse_shard("auto", slurm) == (2, 4)
+    for text, env, match in [("4/4", {}, "outside 0..3"), ("1-3", {}, "expected i/n"), ("auto", {}, "neither"),
+                             ("auto", {**slurm, "SLURM_ARRAY_TASK_ID": "9"}, "outside 0..3"),
+                             ("auto", {"RANK": "x", "WORLD_SIZE": "2"}, "not integers")]:
+        with pytest.raises(UserError, match=match):
+            parse_shard(text, env)
+
+
+def test_bad_shard_flag_is_one_line_error(dataset):
+    import subprocess
+    import sys
+    from pipeline.utils import ROOT
+    run = subprocess.run([sys.executable, "-m", "pipeline.features", f"data.root={dataset}", "--shard", "3/3"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2
+    assert run.stderr.strip() == "fattag features: error: --shard 3/3: shard 3 of 3 is outside 0..2 (shards are " \
+                                 "counted from 0; a SLURM array with gaps needs --shard i/n)"

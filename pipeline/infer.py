@@ -22,7 +22,7 @@ from pipeline.data import dataset
 from pipeline.engine import load_checkpoint, save_checkpoint
 from pipeline.features import FeatureCache
 from pipeline.folds import read_folds
-from pipeline.predict import predict_clips
+from pipeline.predict import predict_settings, predict_with
 from pipeline.utils import atomic_to_csv, get_device, get_logger, is_done, mark_done, progress, run_dir
 
 
@@ -45,13 +45,9 @@ def export(best_path: Path, out_path: Path):
     return small
 
 
-def predict_frame(model, cfg, cache, fnames, classes, device, seed) -> pd.DataFrame:
-    inf = cfg.infer
-    p = predict_clips(model, cache, fnames, cfg.train.frames, inf.hop, len(classes), batch_size=inf.batch_size,
-                      device=device, tta_counts=list(inf.tta_counts) if inf.tta else None,
-                      reversal=inf.reversal and model.n_out == 2 * len(classes), mean=inf.mean,
-                      aug_cfg=cfg.augment, seed=seed, tta_count_windows=inf.tta_count_windows, amp=cfg.train.amp,
-                      progress=(lambda it: progress(it, cfg.run.progress, leave=False, desc="windows")))
+def predict_frame(model, cfg, cache, fnames, classes, device) -> pd.DataFrame:
+    p = predict_with(model, cache, fnames, len(classes), predict_settings(cfg), device,
+                     progress=(lambda it: progress(it, cfg.run.progress, leave=False, desc="windows")))
     df = pd.DataFrame(p, columns=classes)
     df.insert(0, "fname", list(fnames))
     return df
@@ -66,7 +62,8 @@ def main(cfg, ensemble=True) -> dict:
         raise ValueError(f"data.single_label_csv is set: single-label datasets have no test split to predict; they are "
                          f"scored by cross-validation (runs/{cfg.run.name}/train/summary.json, `make train`)")
     device = get_device(cfg)
-    log.info(f"inference on {device} (train.amp={cfg.train.amp}; float32 on the CPU)")
+    log.info(f"inference on {device} (train.amp={cfg.train.amp}; float32 on the CPU; "
+             f"{'channels_last' if cfg.train.channels_last else 'NCHW'})")
     test_cache, cur_cache = FeatureCache.open(cfg, "test"), FeatureCache.open(cfg, "curated")
     folds = read_folds(cfg).set_index("fname")["fold"]
     key_base = config_hash(cfg, ("infer", "features", "augment")) + f"-f{cfg.train.frames}-s{cfg.run.seed}"
@@ -80,12 +77,12 @@ def main(cfg, ensemble=True) -> dict:
             model = export(best, odir / "model.pt").to(device)
             log.info(f"{name}: predicting {len(test_cache)} test clips")
             with torch.no_grad():
-                atomic_to_csv(predict_frame(model, cfg, test_cache, test_cache.fnames, ds.classes, device,
-                                            cfg.run.seed), odir / "test.csv", index=False)
+                atomic_to_csv(predict_frame(model, cfg, test_cache, test_cache.fnames, ds.classes, device),
+                              odir / "test.csv", index=False)
                 if name != "fold_full":
                     k = int(name.split("_")[1])
                     held = [f for f in ds.curated["fname"] if folds[f] == k]
-                    atomic_to_csv(predict_frame(model, cfg, cur_cache, held, ds.classes, device, cfg.run.seed),
+                    atomic_to_csv(predict_frame(model, cfg, cur_cache, held, ds.classes, device),
                                   odir / "oof.csv", index=False)
             mark_done(odir, key, source=str(best))
         written.append(odir)

@@ -8,8 +8,11 @@ paper, k counts the hop-spaced windows without the end-aligned one (tta_count_wi
 with time-reversal classes), a window's prediction is the mean of sigmoid(original-class outputs) of the window and
 sigmoid(reversed-class outputs) of the time-reversed window. A clip's prediction is the arithmetic or geometric mean
 of its window predictions. Single-label models (softmax=True) give softmax probabilities instead of sigmoids.
+With channels_last, the model and the batches run in NHWC memory format, as training does (train.channels_last).
 
     p = predict_clips(model, cache, fnames, frames=192, hop=16, n_classes=80)      # (N, C) float32 in [0, 1]
+    s = predict_settings(cfg)          # the config's inference settings as a plain dict (a bundle's manifest keeps it)
+    p = predict_with(model, cache, fnames, n_classes=80, settings=s, device="cpu")  # what infer and predict_dir run
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ def window_starts(n: int, frames: int, hop: int) -> list[int]:
     return starts
 
 
-TTA_COUNT_WINDOWS = ("paper", "all")      # choices of infer.tta_count_windows
+TTA_COUNT_WINDOWS = ("paper", "all")
+AUG_KEYS = ("freq_masks", "time_masks", "freq_width", "time_width")    # the augment keys TTA's SpecAugment takes      # choices of infer.tta_count_windows
 
 
 def _check_count_windows(mode: str):
@@ -97,10 +101,14 @@ def window_probs(logits: torch.Tensor, logits_rev: torch.Tensor | None, n_classe
 @torch.no_grad()
 def predict_clips(model, cache, fnames, frames: int, hop: int, n_classes: int, batch_size=128, device="cpu",
                   tta_counts=None, reversal=False, mean="arithmetic", aug_cfg=None, seed=0, head="h",
-                  progress=None, softmax=False, tta_count_windows="paper", amp="off") -> np.ndarray:
-    """(N, C) clip probabilities for `fnames` of a FeatureCache. Model in eval mode; TTA masks seeded by `seed`;
+                  progress=None, softmax=False, tta_count_windows="paper", amp="off",
+                  channels_last=False) -> np.ndarray:
+    """(N, C) clip probabilities for `fnames` of a FeatureCache (anything with its position / frames / get).
+    Model in eval mode; TTA masks seeded by `seed` (they depend on batch_size: the windows are drawn per batch);
+    aug_cfg: a mapping with freq_masks, time_masks, freq_width, time_width (the augment section);
     tta_count_windows (paper | all) picks the window count that looks up tta_counts (see tta_windows); amp
-    (train.amp: bf16 | fp16 | off) runs the network under autocast on CUDA, as training does."""
+    (train.amp: bf16 | fp16 | off) runs the network under autocast on CUDA, as training does; channels_last
+    converts the model (in place) and every batch to NHWC memory format."""
     from pipeline.utils import amp_dtype
     dtype = amp_dtype(amp, torch.device(device))
     if mean not in ("arithmetic", "geometric"):
@@ -113,8 +121,9 @@ def predict_clips(model, cache, fnames, frames: int, hop: int, n_classes: int, b
     gen = torch.Generator().manual_seed(seed)
     acc = torch.zeros(len(fnames), n_classes, dtype=torch.float64)
     count = torch.zeros(len(fnames), 1, dtype=torch.float64)
-    aug_kw = {} if aug_cfg is None else dict(freq_masks=aug_cfg.freq_masks, time_masks=aug_cfg.time_masks,
-                                             freq_width=aug_cfg.freq_width, time_width=aug_cfg.time_width)
+    aug_kw = {} if aug_cfg is None else {k: aug_cfg[k] for k in AUG_KEYS}
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     steps = range(0, len(clip), batch_size)
     for b in (progress(steps) if progress else steps):
         sl = slice(b, b + batch_size)
@@ -124,6 +133,8 @@ def predict_clips(model, cache, fnames, frames: int, hop: int, n_classes: int, b
             masked = spec_augment(x, generator=gen, **aug_kw)
             x = torch.where(torch.from_numpy(aug[sl])[:, None, None, None], masked, x)
         x = x.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
             logits = model(x, heads=[head])[head]
             logits_rev = model(x.flip(-1), heads=[head])[head] if reversal else None
@@ -138,3 +149,26 @@ def predict_clips(model, cache, fnames, frames: int, hop: int, n_classes: int, b
         out = out.exp()
     model.train(was_training)
     return out.float().numpy()
+
+
+def predict_settings(cfg) -> dict:
+    """Everything predict_with needs from a config besides the model, as plain JSON-able values: window length
+    (train.frames), the infer section's hop, batch size, TTA, reversal and window mean, TTA's SpecAugment keys,
+    the TTA seed (run.seed), precision (train.amp) and memory format (train.channels_last)."""
+    inf = cfg.infer
+    return {"frames": int(cfg.train.frames), "hop": int(inf.hop), "batch_size": int(inf.batch_size),
+            "tta": bool(inf.tta), "tta_counts": [int(c) for c in inf.tta_counts],
+            "tta_count_windows": inf.tta_count_windows, "reversal": bool(inf.reversal), "mean": inf.mean,
+            "augment": {k: cfg.augment[k] for k in AUG_KEYS}, "seed": int(cfg.run.seed), "amp": cfg.train.amp,
+            "channels_last": bool(cfg.train.channels_last)}
+
+
+def predict_with(model, cache, fnames, n_classes: int, settings: dict, device="cpu", progress=None) -> np.ndarray:
+    """predict_clips with the settings of predict_settings (reversal only for a model with reversed classes):
+    (N, C) clip probabilities. infer and predict_dir both predict through here, so they agree."""
+    s = settings
+    return predict_clips(model, cache, fnames, s["frames"], s["hop"], n_classes, batch_size=s["batch_size"],
+                         device=device, tta_counts=list(s["tta_counts"]) if s["tta"] else None,
+                         reversal=s["reversal"] and model.n_out == 2 * n_classes, mean=s["mean"],
+                         aug_cfg=s["augment"], seed=s["seed"], tta_count_windows=s["tta_count_windows"],
+                         amp=s["amp"], channels_last=s["channels_last"], progress=progress)

@@ -131,10 +131,27 @@ def test_infer_threads_tta_count_windows():
     cfg = load_config(None, ["train.frames=192", "infer.hop=16", "infer.reversal=false", "run.progress=false"])
     assert cfg.infer.tta_count_windows == "paper" and cfg.infer.tta
     model = CountingModel()
-    predict_frame(model, cfg, cache, cache.fnames, ["a", "b", "c", "d"], "cpu", seed=0)
+    predict_frame(model, cfg, cache, cache.fnames, ["a", "b", "c", "d"], "cpu")
     assert model.rows == 2 * (1 + 9)
     cfg = load_config(None, ["train.frames=192", "infer.hop=16", "infer.reversal=false", "run.progress=false",
                              "infer.tta_count_windows=all"])
     model = CountingModel()
-    predict_frame(model, cfg, cache, cache.fnames, ["a", "b", "c", "d"], "cpu", seed=0)
+    predict_frame(model, cfg, cache, cache.fnames, ["a", "b", "c", "d"], "cpu")
     assert model.rows == 2 * (1 + 5)
+
+
+def test_channels_last_inference_matches_nchw_and_feeds_nhwc():
+    from models import create_model
+    seen = []
+    torch.manual_seed(0)
+    model = create_model("vgg8", 4, width=0.125)
+    cache = FakeCache([40, 90])
+    kw = dict(frames=32, hop=16, n_classes=4, reversal=True)
+    p = predict_clips(model, cache, cache.fnames, **kw)
+    model.backbone.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    pc = predict_clips(model, cache, cache.fnames, channels_last=True, **kw)
+    assert seen and all(seen)                 # every batch reached the network as NHWC (with 1 channel, also NCHW)
+    conv = [p for p in model.parameters() if p.dim() == 4][-1]           # the first conv has 1 input channel
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    np.testing.assert_allclose(pc, p, atol=1e-5)

@@ -24,14 +24,15 @@ from pipeline.utils import atomic_to_csv, atomic_write_json, get_logger, git_com
 SUBMISSIONS = Path("submissions")
 
 
-def average(frames: list[pd.DataFrame], classes, mean="arithmetic") -> pd.DataFrame:
-    """Average fname-indexed prediction frames (rows aligned by fname, in the first frame's order)."""
+def average(frames: list[pd.DataFrame], classes, mean="arithmetic", weights=None) -> pd.DataFrame:
+    """Average fname-indexed prediction frames (rows aligned by fname, in the first frame's order); weights: one
+    per frame (None: equal), as a bundle's manifest gives them."""
     fnames = frames[0]["fname"]
     stack = np.stack([f.set_index("fname").loc[fnames, classes].to_numpy(np.float64) for f in frames])
     if mean == "geometric":
-        avg = np.exp(np.log(np.clip(stack, 1e-7, 1.0)).mean(0))
+        avg = np.exp(np.average(np.log(np.clip(stack, 1e-7, 1.0)), 0, weights))
     elif mean == "arithmetic":
-        avg = stack.mean(0)
+        avg = np.average(stack, 0, weights)
     else:
         raise ValueError(f"ensemble.mean must be arithmetic or geometric, got {mean!r}")
     out = pd.DataFrame(np.clip(avg, 0.0, 1.0), columns=classes)

@@ -1,0 +1,238 @@
+"""Bundle: everything a submission needs, in one folder that predicts offline (a Kaggle notebook, another machine).
+
+    make bundle CONFIG=configs/demo.yaml [BUNDLE_FLAGS="--wheels"]
+    python -m pipeline.bundle --config FILE [--wheels [--pip-args "..."]] [key=value ...]
+
+Writes bundles/<run.name>/ (built in a temporary folder, then renamed into place):
+    manifest.json          what prediction needs: classes in order, feature parameters (features.*) and the
+                           normalisation statistics of the feature cache, the inference settings
+                           (pipeline.predict.predict_settings: window length train.frames, infer.hop, batch size, TTA
+                           table and window count, reversal, window mean, TTA's SpecAugment keys and seed, train.amp,
+                           train.channels_last), the ensemble's mean and one weight per model, config hashes, the
+                           git commit, and each model file's sha256
+    weights/<run>/fold_<k>.pt   every inference model (backbone + head h; no g, no ArcFace weights: infer.export) of
+                           this run and of infer.runs, from runs/<run>/train/fold_*/best.pt, as `make infer` uses them
+    pipeline/ models/      a copy of the project's code (no data, no caches, no runs)
+    requirements.txt       the pinned requirements prediction imports
+    config.yaml            the resolved config it was built from
+    README.md              how to predict, with the notebook cell
+    wheels/                (--wheels) those requirements' wheels, for `pip install --no-index --find-links wheels`
+
+Then `python -m pipeline.predict_dir --bundle bundles/<run> --audio DIR --out submission.csv` (run from the bundle
+folder, or anywhere with the bundle on PYTHONPATH) predicts a folder of clips from the bundle alone.
+"""
+from __future__ import annotations
+
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline.config import cli, config_hash, load_config, save_config
+from pipeline.data import dataset
+from pipeline.features import feature_params, norm_stats
+from pipeline.infer import export, fold_dirs
+from pipeline.predict import predict_settings
+from pipeline.predict_dir import FORMAT, MANIFEST, sha256
+from pipeline.utils import (ROOT, UserError, atomic_write_json, atomic_write_text, get_logger, git_commit, run_dir,
+                            user_errors)
+
+BUNDLES = Path("bundles")
+CODE = ("pipeline", "models")
+# The pinned requirements that prediction imports (torchvision and timm only for timm:<name> models).
+PREDICT_REQUIREMENTS = ("torch", "numpy", "scipy", "librosa", "soxr", "soundfile", "scikit-learn", "pandas", "tqdm",
+                        "pyyaml")
+TIMM_REQUIREMENTS = ("torchvision", "timm")
+
+
+def requirements(timm: bool) -> list[str]:
+    """The pinned lines of requirements.txt that prediction needs."""
+    wanted = PREDICT_REQUIREMENTS + (TIMM_REQUIREMENTS if timm else ())
+    lines = [ln.split("#")[0].strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()]
+    return [ln for ln in lines if ln and ln.split("==")[0].strip().lower() in wanted]
+
+
+def run_config(cfg, run: str):
+    """The config `make infer` ran with for `run` (this config for this run)."""
+    if run == cfg.run.name:
+        return cfg
+    path = Path("runs") / run / "infer" / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no inference config for run {run} (infer.runs); run `make infer` for it")
+    return load_config(path)
+
+
+def shared_settings(cfg) -> dict:
+    """What every model of a bundle must share, flat: feature parameters, normalisation, inference settings."""
+    flat = {f"features.{k}": v for k, v in feature_params(cfg).items()}
+    flat.update({f"predict.{k}": v for k, v in predict_settings(cfg).items()})
+    flat["normalisation"] = norm_stats(cfg)
+    return flat
+
+
+def check_compatible(cfg, other, run: str):
+    """Name the settings where run `run` (of infer.runs) differs from this one; a bundle has one of each."""
+    mine, theirs = shared_settings(cfg), shared_settings(other)
+    differ = [k for k in mine if mine[k] != theirs[k]]
+    if differ:
+        raise UserError(f"infer.runs: run {run} differs from run {cfg.run.name} in {differ}; a bundle holds models "
+                        f"that share one feature and inference setting")
+
+
+def export_models(cfg, runs, out: Path, classes, log) -> list[dict]:
+    """Export every fold model of `runs` into out/weights/<run>/; the manifest's model entries (equal weights,
+    as pipeline.ensemble averages every fold of every run)."""
+    from pipeline.engine import load_checkpoint
+    entries = []
+    for run in runs:
+        rcfg = run_config(cfg, run)
+        for fdir in fold_dirs(rcfg):
+            rel = Path("weights") / run / f"{fdir.name}.pt"
+            export(fdir / "best.pt", out / rel)
+            ck = load_checkpoint(out / rel)
+            if list(ck["classes"]) != list(classes):
+                raise UserError(f"{fdir / 'best.pt'}: its classes differ from {cfg.data.root}'s sample_submission.csv")
+            entries.append({"file": str(rel), "run": run, "fold": fdir.name, "source": str(fdir / "best.pt"),
+                            "model": ck["model_config"]["name"], "sha256": sha256(out / rel),
+                            "train_config_hash": config_hash(ck["cfg"])})
+            log.info(f"bundled {fdir / 'best.pt'} as {rel}")
+    for e in entries:
+        e["weight"] = 1.0 / len(entries)
+    return entries
+
+
+def download_wheels(reqs: Path, dest: Path, pip_args=(), log=None):
+    """pip download the requirements' wheels (and their dependencies) into dest; a failure is a UserError."""
+    cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--disable-pip-version-check",
+           "-r", str(reqs), "-d", str(dest), *pip_args]
+    if log:
+        log.info("downloading wheels: " + shlex.join(cmd))
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as e:
+        raise UserError(f"--wheels: cannot run pip ({e})") from None
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        tail = " | ".join([ln for ln in lines if ln.startswith("ERROR")][-2:] or lines[-3:])
+        raise UserError(f"--wheels: pip download of {reqs.name} failed (exit {done.returncode}; no bundle written): "
+                        f"{tail}")
+
+
+def readme(manifest: dict, name: str) -> str:
+    models = "\n".join(f"- `{m['file']}`: {m['model']}, weight {m['weight']:.4g}, from `{m['source']}`"
+                       for m in manifest["models"])
+    return f"""# fattag bundle `{name}`
+
+{len(manifest['models'])} model(s) of run `{manifest['run']}` ({len(manifest['classes'])} classes), code at git commit
+`{manifest['git_commit']}`, built {manifest['created']}. `manifest.json` holds the feature parameters, the
+normalisation statistics, the inference and ensemble settings and each model file's sha256.
+
+{models}
+
+## Predict a folder of clips (offline)
+
+From this folder (its `pipeline/` and `models/` are the code; nothing else of the project is needed):
+
+    python -m pipeline.predict_dir --bundle . --audio /path/to/test --out submission.csv \\
+        --sample-submission /path/to/sample_submission.csv
+
+Without `--sample-submission`, every .wav of the folder is predicted, sorted by name, with the bundle's classes.
+`--workers N` feature processes (default: all cores), `--device auto|cpu|cuda|cuda:N`, `--threads N`.
+Requirements: `requirements.txt` (pinned); with a `wheels/` folder, install them offline first:
+
+    pip install --no-index --find-links wheels -r requirements.txt
+
+## Notebook cell (Kaggle, internet off; this folder attached as a dataset)
+
+```python
+import subprocess, sys
+B = "/kaggle/input/{name}"                                  # this bundle
+# only when the notebook lacks a requirement and the bundle has wheels/:
+# subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", f"{{B}}/wheels",
+#                 "-r", f"{{B}}/requirements.txt"], check=True)
+subprocess.run([sys.executable, "-m", "pipeline.predict_dir", "--bundle", B,
+                "--audio", "/kaggle/input/freesound-audio-tagging-2019/test",
+                "--sample-submission", "/kaggle/input/freesound-audio-tagging-2019/sample_submission.csv",
+                "--out", "/kaggle/working/submission.csv"], cwd=B, check=True)
+```
+"""
+
+
+def place(tmp: Path, final: Path):
+    """Rename the finished tmp folder to final, replacing an older bundle there (removed after the swap)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{time.time_ns()}")
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def main(cfg, wheels: bool = False, pip_args=()) -> dict:
+    """Write bundles/<run.name>/ (see the module docstring); returns {"dir": Path, "manifest": dict}."""
+    log = get_logger(folder=run_dir(cfg, "bundle"))
+    save_config(cfg, run_dir(cfg, "bundle"))
+    ds = dataset(cfg)
+    if ds.single_label:
+        raise ValueError("data.single_label_csv is set: single-label datasets have no test split and no `make infer`; "
+                         "there is nothing to bundle for a submission")
+    runs = [cfg.run.name] + [r for r in cfg.infer.runs if r != cfg.run.name]
+    for run in runs[1:]:
+        check_compatible(cfg, run_config(cfg, run), run)
+    mean, std = norm_stats(cfg)
+    BUNDLES.mkdir(parents=True, exist_ok=True)
+    final = BUNDLES / cfg.run.name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cfg.run.name}.tmp-", dir=BUNDLES))
+    try:
+        models = export_models(cfg, runs, tmp, ds.classes, log)
+        for pkg in CODE:
+            shutil.copytree(ROOT / pkg, tmp / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        reqs = requirements(any(m["model"].startswith("timm:") for m in models))
+        atomic_write_text(tmp / "requirements.txt", "\n".join(reqs) + "\n")
+        save_config(cfg, tmp)
+        import torch
+        manifest = {
+            "format": FORMAT, "run": cfg.run.name, "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "git_commit": git_commit(),
+            "config_hash": {"config": config_hash(cfg), "features": config_hash(cfg, ("features",)),
+                            "infer": config_hash(cfg, ("infer", "augment"))},
+            "classes": list(ds.classes),
+            "features": feature_params(cfg),
+            "normalisation": {"split": cfg.features.norm_split, "mean": mean, "std": std},
+            "predict": predict_settings(cfg),
+            "ensemble": {"mean": cfg.ensemble.mean, "runs": runs},
+            "models": models,
+            "requirements": reqs,
+            "built_with": {"python": platform.python_version(), "torch": torch.__version__},
+        }
+        atomic_write_json(tmp / MANIFEST, manifest)
+        atomic_write_text(tmp / "README.md", readme(manifest, cfg.run.name))
+        if wheels:
+            download_wheels(tmp / "requirements.txt", tmp / "wheels", pip_args, log)
+        place(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
+    log.info(f"wrote {final}: {len(models)} model(s), {size / 1e6:.1f} MB")
+    return {"dir": final, "manifest": manifest}
+
+
+def add_args(ap):
+    ap.add_argument("--wheels", action="store_true",
+                    help="also pip download the requirements' wheels into <bundle>/wheels (needs PyPI)")
+    ap.add_argument("--pip-args", default="",
+                    help="more `pip download` arguments for --wheels, e.g. \"--platform manylinux2014_x86_64 "
+                         "--python-version 3.10\" for a notebook with another Python")
+
+
+if __name__ == "__main__":
+    cfg, args = cli("bundle", "Write bundles/<run.name>/: the run's inference models, manifest and code.",
+                    extra=add_args)
+    with user_errors("bundle"):
+        main(cfg, wheels=args.wheels, pip_args=shlex.split(args.pip_args))

@@ -19,7 +19,14 @@ are reported). They need model.time_reversal=false and no warm-up (configs/demo_
 
 Output: runs/<run.name>/train/fold_<k>/{best.pt, last.pt, metrics.csv, oof.csv, done.json}, and in train/:
 oof.csv (pooled out-of-fold predictions), summary.json (OOF lwlrap overall and per class), curves.png, config.yaml.
-A finished fold is never retrained; an interrupted one resumes from its last.pt.
+A finished fold is never retrained; an interrupted one resumes from its last.pt. The summary files are
+rebuilt from every fold folder finished for this config (pipeline/summary.py, `make summary`).
+
+Fold-parallel runs: processes that each train their own folds of one run share it, e.g. one GPU each:
+    CUDA_VISIBLE_DEVICES=0 python -m pipeline.train --config FILE train.folds=[0] &
+    CUDA_VISIBLE_DEVICES=1 python -m pipeline.train --config FILE train.folds=[1] &
+The warm-up runs once (the first process trains it, the others wait on its lock and start from its
+last.pt), and whichever process finishes last leaves oof.csv and summary.json over every finished fold.
 """
 from __future__ import annotations
 
@@ -28,15 +35,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import folds as folds_stage, warmup
+from pipeline import folds as folds_stage, summary, warmup
 from pipeline.config import cli, load_config, save_config
 from pipeline.data import dataset
 from pipeline.engine import build_model, concat_clipsets, fit, init_from_checkpoint, load_checkpoint, make_clipset, \
-    plot_curves, train_key
+    train_key
 from pipeline.features import FeatureCache
-from pipeline.metrics import accuracy, lwlrap, single_label_scores
 from pipeline.modes import mode_class
-from pipeline.utils import atomic_to_csv, atomic_write_json, get_logger, is_done, run_dir
+from pipeline.utils import atomic_to_csv, get_logger, is_done, run_dir
 
 
 def warmup_config(cfg):
@@ -103,7 +109,6 @@ def main(cfg) -> dict:
     fold = folds["fold"].to_numpy()
     init = init_path(cfg)
     key = train_key(cfg)
-    histories, oof_parts = {}, []
     for k in fold_names(cfg, int(fold.max()) + 1):
         fdir = out / f"fold_{k}"
         tr = np.ones(len(fold), bool) if k == "full" else fold != k
@@ -138,11 +143,7 @@ def main(cfg) -> dict:
             fit(cfg, fdir, model, cfg.train.mode, ds.classes, labelled, unlabelled, val, log, seed_offset, calib)
             if val is not None:
                 write_fold_oof(cfg, fdir, val, ds.classes)
-        histories[f"fold {k}"] = pd.read_csv(fdir / "metrics.csv")
-        if k != "full":
-            oof_parts.append(pd.read_csv(fdir / "oof.csv", dtype={"fname": str}))
-    plot_curves(histories, out / "curves.png", f"{cfg.run.name} train")
-    return summarise(cfg, out, ds, oof_parts, log)
+    return summary.rebuild(cfg, ds, log)   # every finished fold, whichever process trained it
 
 
 def check_single_label(cfg, mode_cls):
@@ -173,44 +174,6 @@ def write_fold_oof(cfg, fdir, val, classes):
     df = pd.DataFrame(p, columns=classes)
     df.insert(0, "fname", val.fnames)
     atomic_to_csv(df, fdir / "oof.csv", index=False)
-
-
-def summarise(cfg, out, ds, oof_parts, log) -> dict:
-    if not oof_parts:
-        return {"dir": out}
-    oof = pd.concat(oof_parts, ignore_index=True)
-    atomic_to_csv(oof, out / "oof.csv", index=False)
-    truth = ds.curated.set_index("fname").loc[oof["fname"]]
-    from pipeline.data import labels_to_matrix
-    y, p = labels_to_matrix(truth["labels"], ds.classes), oof[ds.classes].to_numpy()
-    if ds.single_label:
-        return summarise_single_label(cfg, out, ds, oof_parts, y, p, log)
-    overall, per_class = lwlrap(y, p)
-    summary = {"oof_lwlrap": overall, "n_clips": len(oof), "mode": cfg.train.mode,
-               "per_class": {c: (None if np.isnan(v) else float(v)) for c, v in zip(ds.classes, per_class)}}
-    atomic_write_json(out / "summary.json", summary)
-    log.info(f"OOF lwlrap ({len(oof)} clips, {len(oof_parts)} folds): {overall:.4f}")
-    print(f"OOF lwlrap: {overall:.4f}")
-    return {"dir": out, **summary}
-
-
-def summarise_single_label(cfg, out, ds, oof_parts, y, p, log) -> dict:
-    """Pooled OOF accuracy and weighted AUC, per-class accuracy, and the per-fold accuracies' mean and std."""
-    from pipeline.data import labels_to_matrix
-    scores = single_label_scores(y, p)
-    truth = ds.curated.set_index("fname")["labels"]
-    per_fold = [accuracy(labels_to_matrix(truth.loc[part["fname"]], ds.classes), part[ds.classes].to_numpy())
-                for part in oof_parts]
-    summary = {"oof_accuracy": scores["accuracy"], "oof_weighted_auc": scores["weighted_auc"],
-               "fold_accuracy": per_fold, "fold_accuracy_mean": float(np.mean(per_fold)),
-               "fold_accuracy_std": float(np.std(per_fold)), "n_clips": len(p), "mode": cfg.train.mode,
-               "per_class_accuracy": {c: (None if np.isnan(v) else float(v))
-                                      for c, v in zip(ds.classes, scores["per_class_accuracy"])}}
-    atomic_write_json(out / "summary.json", summary)
-    log.info(f"OOF accuracy ({len(p)} clips, {len(oof_parts)} folds): {scores['accuracy']:.4f}, weighted AUC "
-             f"{scores['weighted_auc']:.4f}; per fold {np.mean(per_fold):.4f} +- {np.std(per_fold):.4f}")
-    print(f"OOF accuracy: {scores['accuracy']:.4f}  weighted AUC: {scores['weighted_auc']:.4f}")
-    return {"dir": out, **summary}
 
 
 if __name__ == "__main__":

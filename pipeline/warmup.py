@@ -6,17 +6,36 @@ The `warmup` config section overlays `train` for this stage (reference: 100 epoc
 train.* overrides on the command line win (train.epochs=1 shortens it). Validation lwlrap is measured on the whole
 curated set, which this stage never trains on. Output: runs/<run.name>/warmup/{last.pt, best.pt, metrics.csv,
 curves.png, config.yaml, done.json}; `train.init_from: warmup` starts the folds from last.pt.
+It runs once per run: processes that need it together (fold-parallel runs) wait on warmup/.lock for the one
+that trains it.
 """
 from __future__ import annotations
+
+import os
 
 from pipeline.config import cli, save_config
 from pipeline.data import dataset
 from pipeline.engine import build_model, fit, make_clipset, plot_curves, train_key
 from pipeline.features import FeatureCache
-from pipeline.utils import get_logger, is_done, run_dir
+from pipeline.utils import file_lock, get_logger, is_done, run_dir
+
+
+def lock_path(cfg):
+    return run_dir(cfg, "warmup") / ".lock"
 
 
 def main(cfg) -> dict:
+    """The warm-up, once per run: processes that share a run (fold-parallel train runs, pipeline/train.py) take
+    warmup/.lock in turn, so the first trains it and the others wait, then find it done and reuse its last.pt. The
+    ranks of one torchrun run train it together (they would wait on one another for ever), so they take no lock:
+    start fold-parallel runs of torchrun jobs after `make warmup`."""
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1:
+        return warm_up(cfg)
+    with file_lock(lock_path(cfg), get_logger(folder=run_dir(cfg, "warmup")), "the warm-up"):
+        return warm_up(cfg)
+
+
+def warm_up(cfg) -> dict:
     out = run_dir(cfg, "warmup")
     log = get_logger(folder=out)
     if is_done(out, train_key(cfg)):

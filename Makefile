@@ -12,7 +12,7 @@ OVERRIDES ?=
 STAGE = $(PY) -m pipeline.$(1) --config $(CONFIG) $(OVERRIDES)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo-data features folds warmup train infer ensemble score demo test bench clean
+.PHONY: help setup demo-data features folds warmup train infer ensemble bundle score demo test bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ infer: $(STAMP) ## predict the test set with every fold model (TTA), then ensemb
 
 ensemble: $(STAMP) ## average fold (and infer.runs) predictions into submissions/<run.name>.csv
 	$(call STAGE,ensemble)
+
+bundle: $(STAMP) ## bundles/<run.name>/: models, manifest and code that predict offline (BUNDLE_FLAGS=--wheels)
+	$(call STAGE,bundle) $(BUNDLE_FLAGS)
 
 score: $(STAMP) ## score submissions/<run.name>.csv against <data.root>/test_labels.csv
 	$(call STAGE,score)

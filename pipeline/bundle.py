@@ -118,8 +118,8 @@ def download_wheels(reqs: Path, dest: Path, pip_args=(), log=None):
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
         tail = " | ".join([ln for ln in lines if ln.startswith("ERROR")][-2:] or lines[-3:])
-        raise UserError(f"--wheels: pip download of {reqs.name} failed (exit {done.returncode}; no bundle written): "
-                        f"{tail}")
+        raise UserError(f"--wheels: pip download of {reqs.name} failed (exit {done.returncode}; the bundle was neither "
+                        f"written nor changed): {tail}")
 
 
 def readme(manifest: dict, name: str) -> str:

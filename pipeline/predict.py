@@ -32,8 +32,8 @@ def window_starts(n: int, frames: int, hop: int) -> list[int]:
     return starts
 
 
-TTA_COUNT_WINDOWS = ("paper", "all")
-AUG_KEYS = ("freq_masks", "time_masks", "freq_width", "time_width")    # the augment keys TTA's SpecAugment takes      # choices of infer.tta_count_windows
+TTA_COUNT_WINDOWS = ("paper", "all")      # choices of infer.tta_count_windows
+AUG_KEYS = ("freq_masks", "time_masks", "freq_width", "time_width")    # the augment keys TTA's SpecAugment takes
 
 
 def _check_count_windows(mode: str):

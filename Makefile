@@ -12,7 +12,7 @@ OVERRIDES ?=
 STAGE = $(PY) -m pipeline.$(1) --config $(CONFIG) $(OVERRIDES)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo-data features folds warmup train infer ensemble bundle score demo test bench clean
+.PHONY: help setup demo-data features folds warmup train summary infer ensemble bundle score demo test bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -29,8 +29,8 @@ setup: $(STAMP) ## make .venv and install the pinned requirements (redone when t
 demo-data: $(STAMP) ## build the embedded demo dataset in data/demo (DEMO_FLAGS="--preset tiny ...")
 	$(PY) -m pipeline.demo_data --out data/demo $(DEMO_FLAGS)
 
-features: $(STAMP) ## log-mel feature cache of every split (a no-op when up to date)
-	$(call STAGE,features)
+features: $(STAMP) ## log-mel feature cache of every split (a no-op when up to date; SHARD=i/n: one shard)
+	$(call STAGE,features) $(if $(SHARD),--shard $(SHARD))
 
 folds: $(STAMP) ## multi-label stratified folds of the curated set
 	$(call STAGE,folds)
@@ -40,6 +40,9 @@ warmup: $(STAMP) ## stage 1: warm up the network on the noisy set
 
 train: $(STAMP) ## K-fold training on the curated set (train.mode: supervised, teacher_student, ...)
 	$(call STAGE,train)
+
+summary: $(STAMP) ## rebuild train/oof.csv, summary.json, curves.png from every finished fold
+	$(call STAGE,summary)
 
 infer: $(STAMP) ## predict the test set with every fold model (TTA), then ensemble into submissions/
 	$(call STAGE,infer)

@@ -8,14 +8,26 @@ is decided on the STFT frames already computed, not by a second pass over the au
 
 Layout: <features.cache_dir>/<dataset>-<hash of the feature parameters and dataset path>/
     params.json, config.yaml, log.txt
-    <split>.f16          float16 (total_frames, n_mels), clips one after another
-    <split>.index.csv    fname, offset, frames, note      (note: why a clip was kept untrimmed or padded)
-    <split>.json         shape, sums for the normalisation statistics, and the completion key (written last)
+    <split>.f16          float16 (total_frames, n_mels), clips one after another in the CSV's order
+    <split>.index.csv    fname, offset, frames, note (why a clip was kept untrimmed or padded), the wav's size and
+                         mtime_ns, and the clip's log-mel sum and sum of squares
+    <split>.json         shape, sums for the normalisation statistics, the parameters, and the completion key
+                         (written last; "stale": true while the split is rebuilt, and then it is refused)
+    <split>.lock         the file lock of the split's merges
 
-A split is valid only when its <split>.json holds the key for these parameters and these fnames; everything is
-written under temporary names first, so an interrupted run leaves nothing read as valid, and a rerun with the same
-parameters does nothing. Work runs in `run.workers` processes with a bounded number of clips in flight, so memory
-does not grow with the dataset.
+A split is valid only when its <split>.json holds the key for these parameters and these clips (fnames, sizes,
+mtimes); everything is written under temporary names first, so an interrupted run leaves nothing read as valid, and
+a rerun with the same parameters does nothing. Work runs in `run.workers` processes with a bounded number of clips in
+flight, so memory does not grow with the dataset.
+
+Incremental and sharded builds: a rebuild reuses the previous build's rows of every clip whose fname, size and
+mtime are unchanged and extracts only the others (new or changed clips). Those are extracted into parts,
+<split>.<plan>.part<i>of<n>.{f16,index.csv,json,lock} (plan: a hash of what is reused and what is extracted, so
+shards that saw different data never mix): one part in a plain build, shard i's share with `--shard i/n`
+(python -m pipeline.features --shard i/n | auto, parse_shard). The process that completes the last part merges the
+reused rows and the parts into the split's files in the CSV's order, the same bytes as a one-process build of every
+clip, then removes the parts and what killed shards left; a plain build after a sharded one extracts only the parts
+still missing.
 
     cache = FeatureCache.open(cfg, "curated")       # normalised (F, T) float32 arrays by fname
     cache.get("0a1b2c3d.wav"), cache.frames, cache.fnames

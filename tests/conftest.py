@@ -120,3 +120,26 @@ def fake_clips():
         df = pd.DataFrame({"fname": [str(i) for i in range(len(labels))], "labels": list(labels)})
         return make_clipset(FakeCache(len(labels)), df, classes)
     return make
+
+
+BROWSERS = ("chromium-headless-shell", "chromium")
+
+
+@pytest.fixture
+def browser_dom():
+    """browser_dom(html_path) -> the page's DOM after load, as Debian's headless Chromium renders it (scripts run).
+    Skipped where no Chromium is installed, except in CI (CI=true), where `make test` installs it."""
+    import shutil
+    import subprocess
+    exe = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("no headless Chromium: `make test` installs chromium-headless-shell with apt-get (as root)")
+        pytest.skip("no headless Chromium (apt-get install chromium-headless-shell)")
+
+    def dom(path) -> str:
+        run = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                              "--dump-dom", Path(path).resolve().as_uri()], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return run.stdout
+    return dom

@@ -1,5 +1,6 @@
 """The whole chain on the tiny demo preset, as `make demo` runs it, with one-epoch overrides."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import demo_data, features, folds, infer, train, warmup
+from pipeline import demo_data, features, folds, infer, report, train, warmup
 from pipeline.config import CONFIG_DIR, load_config
 from pipeline.utils import ROOT
 
@@ -18,7 +19,7 @@ def tiny(tmp_path_factory):
 
 
 @pytest.mark.e2e
-def test_whole_chain_on_tiny_demo(tiny, tmp_path, capsys):
+def test_whole_chain_on_tiny_demo(tiny, tmp_path, capsys, browser_dom):
     root = tiny
     ov = [f"data.root={root}", f"features.cache_dir={tmp_path / 'cache'}", "run.name=e2e", "run.progress=false",
           "train.epochs=1", "train.full=true", "model.params={width: 0.125}", "train.batch_size=16",
@@ -51,6 +52,12 @@ def test_whole_chain_on_tiny_demo(tiny, tmp_path, capsys):
     assert run.returncode == 0, run.stderr
     last = run.stdout.strip().splitlines()[-1]
     assert last.startswith("lwlrap: ") and abs(float(last.split()[1]) - meta["test_lwlrap"]) < 1e-4
+    # the report: every section on the page, every inline image decoded by the browser
+    page = browser_dom(report.main(cfg("report")))
+    assert re.search(r'<body data-sections="6" data-images="(\d+)" data-images-ok="\1"', page), page[:300]
+    for sid in report.SECTIONS:
+        assert re.search(rf'<section id="{sid}"><h2>[^<]+</h2>\s*(<img|<table|<p|<div)', page), sid
+    assert "test lwlrap</th><td>0." in page                    # the submission scored against test_labels.csv
     # a rerun of every stage is a no-op
     before = {p: p.stat().st_mtime_ns for p in Path("runs/e2e").rglob("*.pt")}
     features.main(cfg("features"))

@@ -12,7 +12,7 @@ OVERRIDES ?=
 STAGE = $(PY) -m pipeline.$(1) --config $(CONFIG) $(OVERRIDES)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo-data features folds warmup train summary infer ensemble bundle score demo test bench clean
+.PHONY: help setup demo-data features folds warmup train summary infer ensemble bundle score report demo test browser bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -60,7 +60,17 @@ demo: $(STAMP) ## the whole chain on the embedded demo set, printing the test lw
 	$(MAKE) demo-data
 	$(MAKE) features folds warmup train infer score CONFIG=configs/demo.yaml OVERRIDES="$(OVERRIDES)"
 
-test: $(STAMP) ## the test suite (unit tests and one end-to-end run on tiny data)
+report: $(STAMP) ## runs/<run.name>/report.html: per-class scores, curves, pseudo-labels, hardest clips
+	$(call STAGE,report)
+
+browser: ## Debian's headless Chromium, for the report's browser test (apt-get when root; skipped otherwise)
+	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell) \
+	      >/dev/null; \
+	  else echo "no headless Chromium and no root to install it: the report's browser check will be skipped"; fi
+
+test: $(STAMP) browser ## the test suite (unit tests and one end-to-end run on tiny data)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP) ## throughput and memory: bench/features.py, bench/train_step.py (~10 min; docs/benchmarks.md)

@@ -272,7 +272,10 @@ def parse_shard(text: str | None, env=None) -> tuple[int, int] | None:
     (WORLD_SIZE > 1) shards by its ranks, anything else builds whole splits (None)."""
     env = os.environ if env is None else env
     if text is None:
-        if int(env.get("WORLD_SIZE", "1") or 1) <= 1:
+        world = env.get("WORLD_SIZE", "") or "1"
+        if not world.isdigit():
+            raise UserError(f"WORLD_SIZE={world!r} in the environment is not an integer (torchrun sets it)")
+        if int(world) <= 1:
             return None
         text = "auto"
     if text == "auto":
@@ -516,7 +519,8 @@ def build_split(out: Path, split: str, clips: pd.DataFrame, params: dict, cfg, s
         _extract_part(part, todo, params, cfg, log, wait=shard is None)
     with file_lock(lock, log, f"the '{split}' split"):
         if meta_path.exists() and read_json(meta_path).get("key") == key:
-            return True                               # another shard merged first
+            _sweep(out, split, log)                   # another shard merged first: a part it could not sweep
+            return True
         waiting = [p.i for p in parts if not p.done()]
         if waiting:
             log.info(f"{split}: shard(s) {waiting} of {n} not finished; the last one (or `make features`) merges")

@@ -253,7 +253,8 @@ def test_parse_shard_flags_and_environment():
     assert parse_shard("auto", slurm) == (2, 4)
     for text, env, match in [("4/4", {}, "outside 0..3"), ("1-3", {}, "expected i/n"), ("auto", {}, "neither"),
                              ("auto", {**slurm, "SLURM_ARRAY_TASK_ID": "9"}, "outside 0..3"),
-                             ("auto", {"RANK": "x", "WORLD_SIZE": "2"}, "not integers")]:
+                             ("auto", {"RANK": "x", "WORLD_SIZE": "2"}, "not integers"),
+                             (None, {"WORLD_SIZE": "two"}, "WORLD_SIZE='two'")]:
         with pytest.raises(UserError, match=match):
             parse_shard(text, env)
 
@@ -267,3 +268,26 @@ def test_bad_shard_flag_is_one_line_error(dataset):
     assert run.returncode == 2
     assert run.stderr.strip() == "fattag features: error: --shard 3/3: shard 3 of 3 is outside 0..2 (shards are " \
                                  "counted from 0; a SLURM array with gaps needs --shard i/n)"
+
+
+def test_two_shard_processes_at_once_merge_once(dataset, cfg_for, tmp_path):
+    """`python -m pipeline.features --shard i/2` started together: one of them merges, and the cache is a whole
+    build's, byte for byte (as torchrun would start them: RANK / WORLD_SIZE)."""
+    import os
+    import subprocess
+    import sys
+    from pipeline.utils import ROOT
+    whole = _files(build_cache(cfg_for(dataset)))
+    cache = tmp_path / "sharded"
+    cmd = [sys.executable, "-m", "pipeline.features", "--config", str(ROOT / "configs" / "base.yaml"),
+           f"data.root={dataset}", f"features.cache_dir={cache}", "run.workers=1", "run.progress=false",
+           "features.n_mels=32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "WORLD_SIZE": "2"}
+    procs = [subprocess.Popen(cmd, env={**env, "RANK": str(i)}, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+             for i in (0, 1)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    out = cache_dir(cfg_for(dataset, f"features.cache_dir={cache}"))
+    assert _files(out) == whole
+    assert not list(out.glob("*.part*")) and not list(out.glob(".*"))
+    assert sum("shard 0/2" in e for e in errs) == 1 and sum("shard 1/2" in e for e in errs) == 1

@@ -281,8 +281,8 @@ def parse_shard(text: str | None, env=None) -> tuple[int, int] | None:
     if text == "auto":
         for rank, size in SHARD_ENV:
             if env.get(size):
-                first = int(env.get("SLURM_ARRAY_TASK_MIN", 0) or 0) if rank.startswith("SLURM") else 0
                 try:
+                    first = int(env.get("SLURM_ARRAY_TASK_MIN") or 0) if rank.startswith("SLURM") else 0
                     i, n = int(env[rank]) - first, int(env[size])
                 except (KeyError, ValueError):
                     raise UserError(f"--shard auto: {rank}={env.get(rank)!r} / {size}={env[size]!r} are not "
@@ -398,13 +398,14 @@ def _complete_count(out: Path, split: str, plan: str) -> int:
     return max(counts, key=counts.get) if counts else 1
 
 
-def _extract_part(part: Part, todo: pd.DataFrame, params: dict, cfg, log, wait: bool) -> bool:
-    """Extract the part's share of `todo` unless done; False when it is left to another process (wait=False)."""
+def _extract_part(part: Part, todo: pd.DataFrame, params: dict, cfg, log, wait: bool):
+    """Extract the part's share of `todo` unless it is done. Another process writing it: wait=True waits for it,
+    wait=False (an explicit --shard: the same shard started twice) is a UserError naming the lock file."""
     if part.done():
-        return True
+        return
     with file_lock(part.path("lock"), log, f"shard {part.i}/{part.n} of {part.stem.split('.')[0]}", wait=wait):
         if part.done():                              # finished by the process we waited for
-            return True
+            return
         m = len(todo)
         share = todo.iloc[part.i * m // part.n:(part.i + 1) * m // part.n]
         log.info(f"extracting {part.stem}: {len(share)} of the {m} clips to extract with {cfg.run.workers} "
@@ -413,7 +414,6 @@ def _extract_part(part: Part, todo: pd.DataFrame, params: dict, cfg, log, wait: 
                                cfg.run.workers, show=cfg.run.progress, log=log)
         atomic_write_json(part.path("json"), {"clips": record["clips"], "frames": record["shape"][0],
                                               "shard": [part.i, part.n]})
-    return True
 
 
 def _merge(out: Path, split: str, clips: pd.DataFrame, key: str, params: dict, prev, parts: list, log) -> dict:
@@ -498,6 +498,8 @@ def build_split(out: Path, split: str, clips: pd.DataFrame, params: dict, cfg, s
     with file_lock(lock, log, f"the '{split}' split"):
         meta = read_json(meta_path) if meta_path.exists() else {}
         if meta.get("key") == key:
+            if meta.get("stale"):                     # the data went back to what these files hold
+                atomic_write_json(meta_path, {k: v for k, v in meta.items() if k != "stale"})
             return True
         prev = _previous(out, split, params, log)
         if meta and not meta.get("stale"):           # readers stop trusting it; its rows stay for reuse

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -212,17 +214,24 @@ def test_adding_and_changing_clips_extracts_only_those(dataset, cfg_for, tmp_pat
 def test_stale_split_refused_while_shards_rebuild_it(dataset, cfg_for):
     cfg = cfg_for(dataset)
     out = build_cache(cfg)
-    name = pd.read_csv(dataset / "train_curated.csv")["fname"][2]
-    y, sr = sf.read(dataset / "train_curated" / name)
-    sf.write(dataset / "train_curated" / name, y[: sr // 4], sr, subtype="PCM_16")
+    wav = dataset / "train_curated" / pd.read_csv(dataset / "train_curated.csv")["fname"][2]
+    original, st = wav.read_bytes(), wav.stat()
+    y, sr = sf.read(wav)
+    sf.write(wav, y[: sr // 4], sr, subtype="PCM_16")
     build_cache(cfg, shard=(0, 2))
     with pytest.raises(FileNotFoundError, match="being rebuilt"):
         FeatureCache(out, "curated")
     with pytest.raises(FileNotFoundError, match="being rebuilt"):
         norm_stats(cfg_for(dataset, "features.norm_split=curated"), out)
     assert len(FeatureCache(out, "noisy")) == 10               # the unchanged splits stay readable
-    build_cache(cfg, shard=(1, 2))
+    wav.write_bytes(original)                                  # the change undone: the old files are valid again
+    os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns))
+    build_cache(cfg)
     assert len(FeatureCache(out, "curated")) == 20
+    sf.write(wav, y[: sr // 4], sr, subtype="PCM_16")
+    build_cache(cfg, shard=(0, 2))
+    build_cache(cfg, shard=(1, 2))
+    assert FeatureCache(out, "curated").frames[2] < 20         # a quarter of a second
 
 
 def test_killed_shards_leave_nothing_behind(dataset, cfg_for, tmp_path):
@@ -273,7 +282,6 @@ def test_bad_shard_flag_is_one_line_error(dataset):
 def test_two_shard_processes_at_once_merge_once(dataset, cfg_for, tmp_path):
     """`python -m pipeline.features --shard i/2` started together: one of them merges, and the cache is a whole
     build's, byte for byte (as torchrun would start them: RANK / WORLD_SIZE)."""
-    import os
     import subprocess
     import sys
     from pipeline.utils import ROOT

@@ -299,3 +299,17 @@ def test_two_shard_processes_at_once_merge_once(dataset, cfg_for, tmp_path):
     assert _files(out) == whole
     assert not list(out.glob("*.part*")) and not list(out.glob(".*"))
     assert sum("shard 0/2" in e for e in errs) == 1 and sum("shard 1/2" in e for e in errs) == 1
+
+
+def test_same_shard_started_twice_is_an_error(dataset, cfg_for):
+    from pipeline.data import dataset as load_dataset
+    from pipeline.utils import UserError, file_lock
+    cfg = cfg_for(dataset)
+    clips = features.clip_table(load_dataset(cfg), "noisy")
+    plan = features._plan(features.split_key(features.feature_params(cfg), clips), None, clips)
+    lock = cache_dir(cfg) / f"noisy.{plan}.part0of2.lock"
+    with file_lock(lock):                                   # shard 0/2 running in another process
+        with pytest.raises(UserError, match=r"part0of2.lock: shard 0/2 of noisy is held by another process"):
+            build_cache(cfg, shard=(0, 2))
+    build_cache(cfg, shard=(0, 2))
+    assert (cache_dir(cfg) / f"noisy.{plan}.part0of2.json").exists()

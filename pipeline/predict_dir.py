@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.features import CHUNK, Extractor, FeatureCache, FeatureError, _chunked, _init_worker, _work
-from pipeline.utils import UserError, atomic_to_csv, get_device, progress, read_json, user_errors
+from pipeline.utils import (UserError, atomic_to_csv, get_device, keep_freed_memory, progress, read_json,
+                            user_errors)
 
 MANIFEST = "manifest.json"
 FORMAT = 1            # manifest.json's layout version; bumped when a reader of the old one would misread it
@@ -233,14 +235,17 @@ def run(args) -> pd.DataFrame:
         torch.set_num_threads(args.threads)
     device = get_device(SimpleNamespace(run=SimpleNamespace(device=check_device(args.device))))
     show = not args.quiet
+    t0 = time.perf_counter()
     cache = extract(paths, fnames, bundle, args.workers, show)      # before any torch work: the workers fork
+    t1 = time.perf_counter()
+    keep_freed_memory()          # batches of activations reuse freed memory: 2-4x the network's speed (benchmarks.md)
     sub = predict_bundle(bundle, cache, fnames, device, settings=settings, show=show)
+    t2 = time.perf_counter()
     sub = sub[["fname", *out_classes]]
     check_submission(sub, fnames, out_classes, source=f"predictions of {args.bundle}")
     atomic_to_csv(sub, args.out, index=False, float_format="%.6f")
-    if show:
-        print(f"wrote {args.out}: {len(sub)} clips x {len(out_classes)} classes, {len(bundle['models'])} model(s) "
-              f"on {device}")
+    print(f"wrote {args.out}: {len(sub)} clips x {len(out_classes)} classes, {len(bundle['models'])} model(s) "
+          f"on {device}; log-mels {t1 - t0:.2f} s, networks {t2 - t1:.2f} s")
     return sub
 
 

@@ -17,6 +17,7 @@ from pipeline.config import load_config
 from pipeline.engine import build_model, fit, init_from_checkpoint, load_checkpoint, lr_factor, make_clipset
 from pipeline.data import load_dataset
 from pipeline.features import FeatureCache
+from pipeline.utils import UserError
 from pipeline.utils import ROOT
 
 
@@ -78,7 +79,7 @@ def test_checkpoint_is_self_describing(prepared, tmp_path):
 
 def test_corrupt_checkpoint_named(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"junk")
-    with pytest.raises(RuntimeError, match="x.pt"):
+    with pytest.raises(UserError, match="x.pt: not a readable checkpoint"):     # a user's file: exit 2, one line
         load_checkpoint(tmp_path / "x.pt")
 
 

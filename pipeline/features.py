@@ -458,8 +458,24 @@ def _merge(out: Path, split: str, clips: pd.DataFrame, key: str, params: dict, p
     record = {"split": split, "shape": [total, n_mels], "dtype": "float16", "clips": len(rows),
               "sum": math.fsum(rows["sum"]), "sumsq": math.fsum(rows["sumsq"]), "count": total * n_mels,
               "params": params, "key": key}
+    counts = note_counts(rows["note"])
+    if counts:
+        record["notes"] = counts
+        if log:
+            log.info(f"{split}: " + ", ".join(f"{n} clip(s) {what}" for what, n in counts.items()))
     atomic_write_json(out / f"{split}.json", record)   # the completion mark, written last
     return record
+
+
+NOTE_KINDS = {"non-finite samples": "with non-finite samples (set to 0)",
+              "shorter than one frame": "shorter than one FFT frame (zero-padded)",
+              "silent": "silent (kept untrimmed)"}
+
+
+def note_counts(notes) -> dict:
+    """How many clips of a split each kind of extraction note concerns (an all-NaN clip is non-finite and silent)."""
+    counts = {what: sum(key in str(n) for n in notes) for key, what in NOTE_KINDS.items()}
+    return {what: n for what, n in counts.items() if n}
 
 
 def _sweep(out: Path, split: str, log=None):

@@ -95,13 +95,20 @@ def test_stereo_other_rate_short_and_silent_clips(dataset, cfg_for):
     sf.write(d / names[0], rng.standard_normal((22050, 2)) * 0.1, 22050)          # stereo at 22.05 kHz
     sf.write(d / names[1], rng.standard_normal(100) * 0.1, 44100)                 # shorter than one frame
     sf.write(d / names[2], np.zeros(44100), 44100)                                # all silent
+    sf.write(d / names[3], np.full(44100, np.nan, np.float32), 44100, subtype="FLOAT")   # all NaN
     cfg = cfg_for(dataset)
     cache = FeatureCache(build_cache(cfg), "curated")
     assert abs(cache.frames[0] - 64) <= 2           # 1 s at 64 frames/s
     notes = cache.index.set_index("fname")["note"]
     assert "shorter than one frame" in notes[names[1]] and "silent" in notes[names[2]]
-    assert np.isfinite(cache.get(names[2])).all()
-    assert "silent" in (cache_dir(cfg) / "log.txt").read_text()
+    assert "32000 non-finite samples set to 0" in notes[names[3]]           # counted at 32 kHz and "silent" in notes[names[3]]
+    assert np.isfinite(cache.get(names[2])).all() and np.isfinite(cache.get(names[3])).all()
+    # the split's count of each kind, in its json and in one log line (what was done with them)
+    assert cache.meta["notes"] == {"with non-finite samples (set to 0)": 1,
+                                   "shorter than one FFT frame (zero-padded)": 1, "silent (kept untrimmed)": 2}
+    log = (cache_dir(cfg) / "log.txt").read_text()
+    assert ("curated: 1 clip(s) with non-finite samples (set to 0), 1 clip(s) shorter than one FFT frame "
+            "(zero-padded), 2 clip(s) silent (kept untrimmed)") in log
 
 
 def test_unreadable_file_named(dataset, cfg_for):

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline import distributed
 from pipeline.augment import build_albu, build_batch_augment, crop_or_pad
 from pipeline.config import config_hash, to_plain
 from pipeline.data import is_single_label
@@ -29,8 +30,8 @@ from pipeline.losses import build_loss
 from pipeline.metrics import accuracy, lwlrap
 from pipeline.modes import TrainContext, create_mode
 from pipeline.predict import predict_clips
-from pipeline.utils import (amp_dtype, atomic_path, atomic_to_csv, get_device, keep_freed_memory, make_scaler,
-                            mark_done, progress)
+from pipeline.utils import (UserError, amp_dtype, atomic_path, atomic_to_csv, get_device, keep_freed_memory,
+                            make_scaler, mark_done, progress)
 
 # Sections that decide what a training stage computes (progress bars, workers, inference do not).
 TRAIN_SECTIONS = ("data", "features", "folds", "model", "loss", "augment", "train", "teacher_student", "ssl")
@@ -39,12 +40,15 @@ TRAIN_SECTIONS = ("data", "features", "folds", "model", "loss", "augment", "trai
 # train.* keys that change how fast a fold trains or how often it is looked at, not what it learns: a run resumes
 # across a change of them.
 PERFORMANCE_KEYS = ("threads", "amp", "channels_last", "compile", "eval_every")
+# train.* keys of how a run is spread over processes (pipeline/distributed.py; the number of processes is no config
+# key either): a run resumes across a change of them.
+PARALLEL_KEYS = ("sync_bn",)
 
 
 def _key_sections(cfg) -> dict:
     """The train sections as plain dicts, less the choice of folds and the performance knobs."""
     plain = {k: to_plain(cfg[k]) for k in TRAIN_SECTIONS if k in cfg}
-    for k in ("folds", "full", *PERFORMANCE_KEYS):
+    for k in ("folds", "full", *PERFORMANCE_KEYS, *PARALLEL_KEYS):
         plain.get("train", {}).pop(k, None)
     return plain
 
@@ -102,14 +106,22 @@ def concat_clipsets(a: ClipSet, b: ClipSet) -> ClipSet:
                    np.concatenate([a.y, b.y]), truth, (a.fnames or []) + (b.fnames or []))
 
 
-def batch_stream(clips: ClipSet, batch_size: int, steps: int, frames: int, rng: np.random.Generator, albu=None):
+def batch_stream(clips: ClipSet, batch_size: int, steps: int, frames: int, rng: np.random.Generator, albu=None,
+                 shard: tuple = (0, 1)):
     """Yield `steps` batches (x (B, 1, F, frames) float32, y (B, C), rows (B,)) from shuffled passes over the clips,
-    a random crop (or repeat-pad) per clip. Prepared one batch ahead in a thread."""
+    a random crop (or repeat-pad) per clip. Prepared one batch ahead in a thread.
+    shard (rank, size) of a data-parallel run: rng, the same on every rank, draws one shared order; this rank yields
+    its share (distributed.share) of each global batch of batch_size clips, B = batch_size / size, and crops them
+    with a generator of its own drawn from rng."""
     n = len(clips)
     order = np.concatenate([rng.permutation(n) for _ in range(-(-steps * batch_size // n))])
+    rank, size = shard
+    part = distributed.share(batch_size, rank, size)
+    if size > 1:
+        rng = np.random.default_rng(rng.integers(0, 2**63, size=size)[rank])
 
     def make(s):
-        rows = order[s * batch_size:(s + 1) * batch_size]
+        rows = order[s * batch_size:(s + 1) * batch_size][part]
         xs = []
         for r in rows:
             spec = crop_or_pad(clips.get(r), frames, rng)
@@ -246,48 +258,70 @@ def val_metric(cfg) -> str:
     return "accuracy" if is_single_label(cfg) else "lwlrap"
 
 
+def predict_set(model, cfg, clips: ClipSet, device, n_classes, **kw) -> np.ndarray:
+    """(N, C) sliding-window predictions (train.frames, train.eval_hop) of a one-split ClipSet's whole clips; in a
+    data-parallel run each rank predicts its share of the clips and every rank gets all of them."""
+    return distributed.sharded(lambda names: predict_clips(model, clips.cache, names, cfg.train.frames,
+                                                           cfg.train.eval_hop, n_classes, batch_size=cfg.infer.batch_size,
+                                                           device=device, **kw), clips.fnames)
+
+
 def validate(model, cfg, val: ClipSet, device, n_classes):
-    """(validation metric, (N, C) clip probabilities) of sliding-window predictions over the whole clips."""
+    """(validation metric, (N, C) clip probabilities) of sliding-window predictions over the whole clips (every
+    rank of a data-parallel run predicts its share; all get the gathered result)."""
     single = is_single_label(cfg)
-    p = predict_clips(model, val.cache, val.fnames, cfg.train.frames, cfg.train.eval_hop, n_classes,
-                      batch_size=cfg.infer.batch_size, device=device, softmax=single, amp=cfg.train.amp)
+    p = predict_set(model, cfg, val, device, n_classes, softmax=single, amp=cfg.train.amp)
     return (accuracy(val.y, p) if single else lwlrap(val.y, p)[0]), p
 
 
-def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabelled: ClipSet | None = None,
-        val: ClipSet | None = None, log=None, seed_offset: int = 0, calib: ClipSet | None = None) -> dict:
-    """Train `model` with `mode_name`; resume from out_dir/last.pt when it was written for this config.
-    calib: held-out labelled clips whose predictions set a mode's pseudo-label thresholds at each epoch start
-    (rule class_threshold; pipeline/modes/pseudo.py)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = get_device(cfg)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    keep_freed_memory()
-    seed = cfg.run.seed + seed_offset
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    n_classes = len(classes)
-    key = train_key(cfg)
-    model.to(device)
-    if cfg.train.channels_last:
-        model.to(memory_format=torch.channels_last)
-
+def build_mode(cfg, model, mode_name: str, n_classes: int, device, gen, log=None, cardinality: float = 1.0):
+    """The training mode `mode_name` over `model` (on `device`): its TrainContext with the configured loss and batch
+    augmentation, random draws from `gen`; cardinality: the labelled clips' mean label count (rule topk)."""
     single = is_single_label(cfg)
     if single and model.n_out != n_classes:
         raise ValueError("data.single_label_csv is set: single-label (softmax) training needs model.time_reversal "
                          "false (reversed clips as new classes are a multi-label device)")
     ctx = TrainContext(cfg, model, build_loss(cfg.loss, single), build_batch_augment(cfg.augment, n_classes,
                        model.n_out != n_classes), n_classes, device, gen, log=log, single_label=single,
-                       extra={"cardinality": float(labelled.y[:, :n_classes].sum(1).mean()) if len(labelled) else 1.0})
-    mode = create_mode(mode_name, ctx)
+                       extra={"cardinality": cardinality})
+    return create_mode(mode_name, ctx)
+
+
+def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabelled: ClipSet | None = None,
+        val: ClipSet | None = None, log=None, seed_offset: int = 0, calib: ClipSet | None = None) -> dict:
+    """Train `model` with `mode_name`; resume from out_dir/last.pt when it was written for this config.
+    calib: held-out labelled clips whose predictions set a mode's pseudo-label thresholds at each epoch start
+    (rule class_threshold; pipeline/modes/pseudo.py).
+    Under torchrun (pipeline/distributed.py) every rank calls fit alike: each trains on its share of every batch,
+    rank 0 alone writes into out_dir, and `log` should be distributed.logger()'s."""
+    out_dir = Path(out_dir)
+    world = distributed.setup(cfg)
+    if world.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    device = get_device(cfg)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    keep_freed_memory()
+    seed = cfg.run.seed + seed_offset
+    torch.manual_seed(distributed.rank_seed(seed, world.rank))    # dropout: each rank its own draws
+    rng = np.random.default_rng(seed)                              # epoch orders: the same on every rank
+    gen = torch.Generator(device=device).manual_seed(distributed.rank_seed(seed, world.rank))
+    n_classes = len(classes)
+    key = train_key(cfg)
+    model.to(device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    mode = build_mode(cfg, model, mode_name, n_classes, device, gen, log,
+                      float(labelled.y[:, :n_classes].sum(1).mean()) if len(labelled) else 1.0)
     if mode.uses_unlabelled and (unlabelled is None or len(unlabelled) == 0):
         raise ValueError(f"train.mode={mode_name} needs unlabelled (or noisy) clips and there are none")
     b_lab, b_unl = mode.batch_sizes()
+    if world.parallel:
+        distributed.check_batch_sizes(batch_keys(mode_name, b_lab, b_unl), world.size)
+    average_bn = distributed.prepare(mode, device, cfg.train.sync_bn, log)
     steps = cfg.train.steps_per_epoch or max(1, round(len(labelled) / b_lab))
-    ctx.total_steps = steps * cfg.train.epochs
+    mode.ctx.total_steps = steps * cfg.train.epochs
     opt = build_optimizer(cfg, mode.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, cfg))
     albu = build_albu(list(cfg.augment.albumentations))
@@ -299,8 +333,14 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
 
     history, best, start = [], -1.0, 0
     last = out_dir / "last.pt"
-    if last.exists():
-        ck = load_checkpoint(last)
+    ck = load_checkpoint(last) if last.exists() else None
+    if world.parallel:        # every rank reads last.pt before rank 0 may move it; they must have read the same one
+        seen = distributed.all_gather(None if ck is None else (ck.get("key"), ck.get("epoch")))
+        if len(set(seen)) > 1:
+            raise UserError(f"{last}: the ranks read different checkpoints ({seen}); a run of several machines "
+                            f"needs its runs/ folder on a file system they all share")
+        distributed.barrier()
+    if ck is not None:
         if ck.get("key") == key:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
@@ -311,32 +351,34 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
             rng.bit_generator.state = ck["rng"]["numpy"]
             torch.set_rng_state(ck["rng"]["torch"])
             gen.set_state(ck["rng"]["gen"])
+            if world.parallel:
+                resume_rank_rng(ck, world, seed, gen, log)
             history, best, start = ck["history"], ck["best"], ck["epoch"]
             if log:
                 log.info(f"resuming {out_dir} from epoch {start}/{cfg.train.epochs}")
-        else:                 # keep the old run's checkpoint beside the new one, and say what changed
+        elif world.main:      # keep the old run's checkpoint beside the new one, and say what changed
             kept = out_dir / f"last.{str(ck.get('key', 'old')).split('-')[0][:12]}.pt"
             os.replace(last, kept)
             if log:
                 log.info(f"{last} was written for another config (changed: "
                          f"{', '.join(changed_keys(ck.get('cfg'), cfg)) or 'the seed'}): kept as {kept.name}, "
                          f"training from the start")
+    del ck
 
     for epoch in range(start, cfg.train.epochs):
         t0, wait = time.time(), 0.0
         if calib is not None and len(calib):
             net, head = mode.calibration_model()
-            p = predict_clips(net, calib.cache, calib.fnames, cfg.train.frames, cfg.train.eval_hop, n_classes,
-                              batch_size=cfg.infer.batch_size, device=device, head=head)
-            mode.calibrate(p, calib.y)
+            mode.calibrate(predict_set(net, cfg, calib, device, n_classes, head=head), calib.y)
         model.train()
         s_lab, s_unl = rng.integers(0, 2**63, size=2)  # one generator per stream: threads never share one
-        lab = batch_stream(labelled, b_lab, steps, cfg.train.frames, np.random.default_rng(s_lab), albu)
-        unl = (batch_stream(unlabelled, b_unl, steps, cfg.train.frames, np.random.default_rng(s_unl))
+        shard = (world.rank, world.size)
+        lab = batch_stream(labelled, b_lab, steps, cfg.train.frames, np.random.default_rng(s_lab), albu, shard)
+        unl = (batch_stream(unlabelled, b_unl, steps, cfg.train.frames, np.random.default_rng(s_unl), shard=shard)
                if b_unl else None)
         sums: dict = {}
-        bar = progress(range(steps), enabled=cfg.run.progress, desc=f"{out_dir.parent.name}/{out_dir.name} "
-                       f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False)
+        bar = progress(range(steps), enabled=cfg.run.progress and world.main, leave=False,
+                       desc=f"{out_dir.parent.name}/{out_dir.name} epoch {epoch + 1}/{cfg.train.epochs}")
         for s in bar:
             tw = time.time()
             x, y, rows = next(lab)
@@ -352,7 +394,7 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
                         batch[k] = batch[k].contiguous(memory_format=torch.channels_last)
             wait += time.time() - tw
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss, logs = step_fn(batch, (epoch * steps + s) / ctx.total_steps)
+                loss, logs = step_fn(batch, (epoch * steps + s) / mode.ctx.total_steps)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{out_dir}: non-finite loss at epoch {epoch + 1} step {s + 1}")
             opt.zero_grad(set_to_none=True)
@@ -360,6 +402,8 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
             scaler.step(opt)
             scaler.update()
             sched.step()
+            if average_bn:
+                distributed.average_buffers(mode.networks())
             mode.after_step()
             for k, v in {"loss": loss.detach(), **logs}.items():   # tensors stay on the device: no sync per step
                 sums[k] = sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
@@ -369,6 +413,7 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
         for it in (lab, unl):
             if it is not None:
                 it.close()
+        sums = distributed.mean_values(sums)           # data-parallel: the mean over the ranks' shares
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: float(v) / steps for k, v in sums.items()},
                **mode.epoch_logs(), "data_wait_share": wait / max(time.time() - t0, 1e-9)}
         improved, metric = False, "val_" + val_metric(cfg)
@@ -380,20 +425,51 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
             improved = True
         row["seconds"] = time.time() - t0
         history.append(row)
-        if improved:
-            save_checkpoint(out_dir / "best.pt", mode.eval_model(), cfg, classes, epoch=epoch + 1, key=key,
-                            **{metric: row.get(metric)})
-        atomic_to_csv(pd.DataFrame(history), out_dir / "metrics.csv", index=False)
-        save_checkpoint(last, model, cfg, classes, epoch=epoch + 1, key=key, optimizer=opt.state_dict(),
-                        scheduler=sched.state_dict(), scaler=scaler.state_dict(), mode=mode.state_dict(),
-                        history=history, best=best,
-                        rng={"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
-                             "gen": gen.get_state()})
+        rng_state = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "gen": gen.get_state()}
+        if world.parallel:    # each rank's own streams (dropout, masks, mixup), for an exact resume
+            rng_state["ranks"] = distributed.all_gather({"torch": rng_state["torch"], "gen": rng_state["gen"]})
+        if world.main:
+            if improved:
+                save_checkpoint(out_dir / "best.pt", mode.eval_model(), cfg, classes, epoch=epoch + 1, key=key,
+                                **{metric: row.get(metric)})
+            atomic_to_csv(pd.DataFrame(history), out_dir / "metrics.csv", index=False)
+            save_checkpoint(last, model, cfg, classes, epoch=epoch + 1, key=key, optimizer=opt.state_dict(),
+                            scheduler=sched.state_dict(), scaler=scaler.state_dict(), mode=mode.state_dict(),
+                            history=history, best=best, rng=rng_state)
         if log:
             log.info(f"{out_dir} epoch {epoch + 1}/{cfg.train.epochs} " + " ".join(
                 f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch",) and isinstance(v, float)))
-    mark_done(out_dir, key, best=best, epochs=cfg.train.epochs)
+    if world.main:
+        mark_done(out_dir, key, best=best, epochs=cfg.train.epochs)
+    distributed.barrier()     # the other ranks leave once rank 0's files are complete (done.json included)
     return {"best": best, "history": pd.DataFrame(history)}
+
+
+def batch_keys(mode_name: str, b_lab: int, b_unl: int) -> dict:
+    """{the config key that sets it: clips per step} of a mode's labelled and unlabelled streams."""
+    if mode_name == "teacher_student":
+        return {"teacher_student.n_curated": b_lab, "teacher_student.n_noisy": b_unl}
+    keys = {"train.batch_size": b_lab}
+    if b_unl:
+        keys[f"train.batch_size x ssl.{mode_name}.mu"] = b_unl
+    return keys
+
+
+def resume_rank_rng(ck: dict, world, seed: int, gen, log=None):
+    """A data-parallel rank's own random streams from last.pt (rank 0's are the checkpoint's torch and gen). A
+    checkpoint written by another number of processes has none for this rank: it draws fresh ones from (seed,
+    rank, epoch), so the resumed run goes on but is not the run an uninterrupted one would have been."""
+    ranks = ck["rng"].get("ranks") or []
+    if len(ranks) == world.size:
+        torch.set_rng_state(ranks[world.rank]["torch"])
+        gen.set_state(ranks[world.rank]["gen"])
+    elif world.rank > 0:
+        s = distributed.rank_seed(seed + 7919 * int(ck["epoch"]), world.rank)
+        torch.manual_seed(s)
+        gen.manual_seed(s)
+    elif log:
+        log.warning(f"last.pt was written by {len(ranks) or 1} process(es), this run has {world.size}: the ranks' "
+                    f"random streams restart (the run goes on, not bit for bit as an uninterrupted one)")
 
 
 def build_model(cfg, n_classes: int, heads=("h",), seed: int | None = None, dropout: float | None = None,

@@ -196,6 +196,7 @@ RULES: dict[str, Rule] = {
     "train.channels_last": flag(),
     "train.compile": flag(),
     "train.threads": integer(0),
+    "train.sync_bn": flag(),
     "teacher_student.n_curated": integer(1),
     "teacher_student.n_noisy": integer(1),
     "teacher_student.eta": PROB,

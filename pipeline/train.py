@@ -27,6 +27,9 @@ Fold-parallel runs: processes that each train their own folds of one run share i
     CUDA_VISIBLE_DEVICES=1 python -m pipeline.train --config FILE train.folds=[1] &
 The warm-up runs once (the first process trains it, the others wait on its lock and start from its
 last.pt), and whichever process finishes last leaves oof.csv and summary.json over every finished fold.
+
+Data-parallel (pipeline/distributed.py): `torchrun --nproc_per_node=N -m pipeline.train ...` or `make train NPROC=N`
+trains each fold (and the warm-up it needs) on N processes; rank 0 writes the folds and every file here.
 """
 from __future__ import annotations
 
@@ -35,14 +38,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import folds as folds_stage, summary, warmup
+from pipeline import distributed, folds as folds_stage, summary, warmup
 from pipeline.config import cli, load_config, save_config
 from pipeline.data import dataset
 from pipeline.engine import build_model, concat_clipsets, fit, init_from_checkpoint, load_checkpoint, make_clipset, \
     train_key
 from pipeline.features import FeatureCache
 from pipeline.modes import mode_class
-from pipeline.utils import atomic_to_csv, get_logger, is_done, run_dir
+from pipeline.utils import atomic_to_csv, is_done, run_dir
 
 
 def warmup_config(cfg):
@@ -99,11 +102,14 @@ def main(cfg) -> dict:
         raise ValueError("teacher_student.rule=noisy_aware keeps the noisy clips' given labels, and "
                          "data.labelled_fraction < 1 makes the unlabelled clips curated ones without labels: use "
                          "another rule (threshold, class_threshold, topk) or data.labelled_fraction=1")
-    folds = folds_stage.main(cfg)              # stages run in order: each is a no-op when already done
+    world = distributed.setup(cfg)
+    # stages run in order: each is a no-op when already done (rank 0 writes the folds, the other ranks read them)
+    folds = distributed.on_main(lambda: folds_stage.main(cfg), lambda: folds_stage.read_folds(cfg))
     if cfg.train.init_from == "warmup":
         warmup.main(warmup_config(cfg))
-    log = get_logger(folder=out)
-    save_config(cfg, out)
+    log = distributed.logger(out)
+    if world.main:
+        save_config(cfg, out)
     curated_cache = FeatureCache.open(cfg, "curated")
     noisy_cache = FeatureCache.open(cfg, "noisy") if len(ds.noisy) else None
     fold = folds["fold"].to_numpy()
@@ -143,6 +149,8 @@ def main(cfg) -> dict:
             fit(cfg, fdir, model, cfg.train.mode, ds.classes, labelled, unlabelled, val, log, seed_offset, calib)
             if val is not None:
                 write_fold_oof(cfg, fdir, val, ds.classes)
+    if not world.main:
+        return {"dir": out}
     return summary.rebuild(cfg, ds, log)   # every finished fold, whichever process trained it
 
 
@@ -162,7 +170,8 @@ def check_single_label(cfg, mode_cls):
 
 
 def write_fold_oof(cfg, fdir, val, classes):
-    """Predictions of the fold's best model on its held-out clips, as fdir/oof.csv."""
+    """Predictions of the fold's best model on its held-out clips, as fdir/oof.csv (data-parallel: every rank
+    predicts its share, rank 0 writes)."""
     from models import create_model
     from pipeline.engine import validate
     from pipeline.utils import get_device
@@ -171,6 +180,8 @@ def write_fold_oof(cfg, fdir, val, classes):
     model.load_state_dict(ck["model"])
     device = get_device(cfg)
     _, p = validate(model.to(device), cfg, val, device, len(classes))
+    if not distributed.world().main:
+        return
     df = pd.DataFrame(p, columns=classes)
     df.insert(0, "fname", val.fnames)
     atomic_to_csv(df, fdir / "oof.csv", index=False)

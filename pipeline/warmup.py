@@ -8,11 +8,13 @@ curated set, which this stage never trains on. Output: runs/<run.name>/warmup/{l
 curves.png, config.yaml, done.json}; `train.init_from: warmup` starts the folds from last.pt.
 It runs once per run: processes that need it together (fold-parallel runs) wait on warmup/.lock for the one
 that trains it.
+Data-parallel: `torchrun --nproc_per_node=N -m pipeline.warmup ...` or `make warmup NPROC=N` (pipeline/distributed.py).
 """
 from __future__ import annotations
 
 import os
 
+from pipeline import distributed
 from pipeline.config import cli, save_config
 from pipeline.data import dataset
 from pipeline.engine import build_model, fit, make_clipset, plot_curves, train_key
@@ -37,7 +39,8 @@ def main(cfg) -> dict:
 
 def warm_up(cfg) -> dict:
     out = run_dir(cfg, "warmup")
-    log = get_logger(folder=out)
+    world = distributed.setup(cfg)
+    log = distributed.logger(out)               # rank 0 alone writes log.txt (and every other file)
     if is_done(out, train_key(cfg)):
         log.info(f"warm-up already done for this config: {out}")
         return {"dir": out}
@@ -47,14 +50,16 @@ def warm_up(cfg) -> dict:
                          "datasets do not have; train from scratch (train.init_from=null) or from a checkpoint path")
     if len(ds.noisy) == 0:
         raise ValueError(f"{cfg.data.root}: no train_noisy.csv clips to warm up on")
-    save_config(cfg, out)
+    if world.main:
+        save_config(cfg, out)
     noisy = make_clipset(FeatureCache.open(cfg, "noisy"), ds.noisy, ds.classes)
     curated = make_clipset(FeatureCache.open(cfg, "curated"), ds.curated, ds.classes)
     model = build_model(cfg, ds.n_classes, seed=cfg.run.seed)
     log.info(f"warm-up on {len(noisy)} noisy clips, {cfg.train.epochs} epochs, model {cfg.model.name} "
              f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters)")
     result = fit(cfg, out, model, "supervised", ds.classes, noisy, val=curated, log=log)
-    plot_curves({"warmup": result["history"]}, out / "curves.png", "warm-up")
+    if world.main:
+        plot_curves({"warmup": result["history"]}, out / "curves.png", "warm-up")
     log.info(f"warm-up done: curated lwlrap {result['best']:.4f} (best epoch)")
     return {"dir": out, **result}
 

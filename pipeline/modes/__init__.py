@@ -19,6 +19,7 @@ stream also ux (Bu, 1, F, T), uy (Bu, C) (noisy labels; ignored by the semi-supe
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +88,7 @@ class Mode:
                              f"single-label modes: supervised and the semi-supervised ones")
         self.ctx, self.model = ctx, ctx.model
         self.hp = self.hyperparameters(ctx.cfg)
+        self.wrappers: dict = {}         # id(network) -> its DistributedDataParallel (pipeline/distributed.prepare)
 
     @classmethod
     def hyperparameters(cls, cfg) -> dict:
@@ -128,8 +130,24 @@ class Mode:
         """One training step's loss (a scalar tensor) and logs (floats). progress in [0, 1] over the whole run."""
         raise NotImplementedError
 
+    def networks(self) -> list:
+        """The networks the optimiser trains (each gets its own DistributedDataParallel in a data-parallel run)."""
+        return [self.model]
+
+    def unused_parameters(self, net) -> list[str]:
+        """Names of `net`'s parameters that no loss of this mode reaches (data-parallel training leaves them out of
+        the gradient averaging, which would otherwise wait for their gradients)."""
+        return []
+
     def parameters(self):
-        return self.model.parameters()
+        return itertools.chain.from_iterable(net.parameters() for net in self.networks())
+
+    def net(self, model=None):
+        """What runs a training forward of `model` (default self.model): its DistributedDataParallel wrapper in a
+        data-parallel run, so that the step's backward averages the gradients over the ranks; the model itself
+        otherwise (and for networks nobody trains: teachers)."""
+        model = self.model if model is None else model
+        return self.wrappers.get(id(model), model)
 
     def after_step(self):
         """Called after each optimiser step (EMA updates)."""
@@ -153,7 +171,7 @@ class Mode:
         """The configured loss of the augmented labelled batch: SpecAugment, reversal, mixup."""
         g = self.ctx.generator
         x2, y2 = self.ctx.aug(x, y, g)
-        out = (model or self.model)(x2, heads=[head])
+        out = self.net(model)(x2, heads=[head])
         return self.ctx.loss_fn(out, y2, head=head)
 
     def pad_targets(self, y):
@@ -203,6 +221,11 @@ class PseudoLabelStats:
             self.noisy += float(n.sum())
 
     def logs(self) -> dict:
+        """The epoch's figures (in a data-parallel run, of every rank's clips: the counts are summed first)."""
+        from pipeline.distributed import sum_values
+        names = ("clips", "entries", "used", "sel", "tp", "true", "kept", "noisy")
+        for k, v in zip(names, sum_values([getattr(self, k) for k in names])):
+            setattr(self, k, v)
         out = {}
         if self.clips:
             out["pl_pos"] = self.sel / self.clips

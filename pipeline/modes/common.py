@@ -336,7 +336,7 @@ class SSLMode(Mode):
 
     def logits(self, x, model=None) -> torch.Tensor:
         """Head h's logits of the original classes (first C outputs), float32."""
-        return (model or self.model)(x, heads=["h"])["h"][:, :self.C].float()
+        return self.net(model)(x, heads=["h"])["h"][:, :self.C].float()
 
     def strong(self, x):
         """Strong SpecAugment: hp strong_masks frequency and time masks, each up to strong_width of the axis."""

@@ -1,8 +1,6 @@
 """Deep Co-Training mode (Qiao et al., ECCV 2018), two views, multi-label: see DeepCoTraining."""
 from __future__ import annotations
 
-import itertools
-
 import torch
 
 from pipeline.modes import register_mode
@@ -49,8 +47,8 @@ class DeepCoTraining(SSLMode):
         if ctx.cfg.train.channels_last:
             self.net2.to(memory_format=torch.channels_last)
 
-    def parameters(self):
-        return itertools.chain(self.model.parameters(), self.net2.parameters())
+    def networks(self):
+        return [self.model, self.net2]
 
     def step(self, batch, progress):
         net1, net2, b, C = self.model, self.net2.train(self.model.training), len(batch["x"]), self.C

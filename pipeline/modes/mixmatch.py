@@ -26,7 +26,7 @@ class MixMatch(SSLMode):
             q = self.task.sharpen(torch.stack([self.task.probs(self.logits(u)) for u in us]).mean(0), self.hp["T"])
         self.stats.update((q >= 0.5).float(), torch.ones_like(q), batch.get("utruth"), batch.get("uy"))
         xm, tm, _ = self.mix([self.ctx.aug.spec(x, self.g), *us], [y] + [q] * len(us), alpha=self.hp["alpha"])
-        out = self.model(xm, heads=["h"])
+        out = self.net()(xm, heads=["h"])
         sup = self.ctx.loss_fn({k: v[:b] for k, v in out.items()}, tm[:b])
         unl = per_entry((self.task.probs(out["h"][b:]) - tm[b:]) ** 2, self.C)
         w = self.hp["lambda_u"] * linear_ramp(progress, self.hp["rampup"])

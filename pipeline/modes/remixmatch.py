@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from pipeline import distributed
 from pipeline.modes import register_mode
 from pipeline.modes.common import RunningMean, SSLMode, frozen_bn, linear_ramp
 
@@ -29,8 +30,8 @@ class ReMixMatch(SSLMode):
     def guess(self, y, ux):
         with torch.no_grad(), frozen_bn(self.model):
             p = self.task.probs(self.logits(ux))
-        self.pi_l.update(y.float().mean(0))
-        self.pi_u.update(p.mean(0))
+        self.pi_l.update(distributed.mean_tensor(y.float().mean(0)))      # data-parallel: the global batch's
+        self.pi_u.update(distributed.mean_tensor(p.mean(0)))              # means, the same on every rank
         return self.task.sharpen(self.task.align(p, self.pi_l.value(), self.pi_u.value()), self.hp["T"])
 
     def step(self, batch, progress):
@@ -40,7 +41,7 @@ class ReMixMatch(SSLMode):
         us = [self.strong(ux) for _ in range(int(self.hp["K"]))]
         xm, tm, _ = self.mix([self.ctx.aug.spec(x, self.g), *us], [y] + [q] * len(us), alpha=self.hp["alpha"])
         n = len(xm)
-        out = self.model(torch.cat([xm, us[0]]), heads=["h"])
+        out = self.net()(torch.cat([xm, us[0]]), heads=["h"])
         sup = self.ctx.loss_fn({k: v[:b] for k, v in out.items()}, tm[:b])
         unl = self.task.masked(out["h"][b:n], tm[b:])
         pre = self.task.masked(out["h"][n:, :self.C], q)

@@ -102,13 +102,13 @@ class TeacherStudent(Mode):
         u_mix, yu_mix = aug.mix(torch.cat([v_hat, w_hat]), torch.cat([y_v, y_w]), g)[:2]
         n_v, n_u = len(v_mix), len(u_mix)
         if self.hp["g_pass"] == "joint":
-            out = self.model(torch.cat([v_mix, u_mix]), heads=["g", "h"])
+            out = self.net()(torch.cat([v_mix, u_mix]), heads=["g", "h"])
             out_g = {k: v[:n_v] for k, v in out.items() if k.startswith("g")}
             out_h = {k: v[n_v:] for k, v in out.items() if k.startswith("h")}
         else:
             with self.g_context():
-                out_g = self.model(v_mix, heads=["g"])
-            out_h = self.model(u_mix, heads=["h"])
+                out_g = self.net()(v_mix, heads=["g"])
+            out_h = self.net()(u_mix, heads=["h"])
         loss_g = self.ctx.loss_fn(out_g, yv_mix, head="g")
         loss_h = self.ctx.loss_fn(out_h, yu_mix, head="h")
         loss = (n_v * loss_g + n_u * loss_h) / (n_v + n_u)

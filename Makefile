@@ -10,6 +10,12 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
 OVERRIDES ?=
 STAGE = $(PY) -m pipeline.$(1) --config $(CONFIG) $(OVERRIDES)
+# NPROC=N (N > 1): warmup and train run data-parallel on N processes of this machine (torchrun; a killed rank
+# restarts the group RESTARTS times, resuming from last.pt). Several machines: torchrun itself (README).
+NPROC ?= 1
+RESTARTS ?= 0
+TRAIN_STAGE = $(if $(filter-out 0 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC) \
+	--max-restarts=$(RESTARTS) -m pipeline.$(1) --config $(CONFIG) $(OVERRIDES),$(call STAGE,$(1)))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo-data features folds warmup train summary infer ensemble bundle score report demo test browser bench clean
@@ -17,6 +23,7 @@ STAGE = $(PY) -m pipeline.$(1) --config $(CONFIG) $(OVERRIDES)
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
 	@echo "  Options: CONFIG=configs/<name>.yaml (default $(CONFIG))  OVERRIDES=\"key=value ...\""
+	@echo "           NPROC=N: warmup and train on N processes (torchrun, data-parallel)  RESTARTS=n: torchrun --max-restarts"
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +43,10 @@ folds: $(STAMP) ## multi-label stratified folds of the curated set
 	$(call STAGE,folds)
 
 warmup: $(STAMP) ## stage 1: warm up the network on the noisy set
-	$(call STAGE,warmup)
+	$(call TRAIN_STAGE,warmup)
 
 train: $(STAMP) ## K-fold training on the curated set (train.mode: supervised, teacher_student, ...)
-	$(call STAGE,train)
+	$(call TRAIN_STAGE,train)
 
 summary: $(STAMP) ## rebuild train/oof.csv, summary.json, curves.png from every finished fold
 	$(call STAGE,summary)

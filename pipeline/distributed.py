@@ -89,6 +89,24 @@ def setup(cfg) -> World:
     return w
 
 
+def _local_rank(rank, size, port, fn, args):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS") or "1")
+    fn(rank, *args)
+
+
+def spawn(fn, *args, size: int = 2):
+    """Run fn(rank, *args) in `size` fresh processes of this machine, each with the environment torchrun gives a
+    rank (RANK, WORLD_SIZE, LOCAL_RANK, a free MASTER_PORT): what the tests and bench/ddp.py use instead of a
+    torchrun command line. fn must be importable (a module-level function); an error in one rank is raised here."""
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_local_rank, args=(size, port, fn, args), nprocs=size, join=True)
+
+
 def _teardown():
     if dist.is_initialized():
         dist.destroy_process_group()

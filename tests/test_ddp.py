@@ -3,7 +3,6 @@ every mode, a kill -9 during a torchrun run resumed by torchrun --max-restarts, 
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,24 +25,14 @@ MODES = ["supervised", "teacher_student", "teacher_student:frozen_stats", "teach
 N_CLASSES, SEED = 5, 3
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_entry(rank, size, port, fn, args):
-    """A spawned rank: the environment torchrun would give it, one thread, then fn(rank, *args)."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+def _one_thread(rank, fn, *args):
     torch.set_num_threads(1)
     fn(rank, *args)
 
 
-def spawn(fn, *args, size=2):
-    """Run fn(rank, *args) in `size` fresh processes joined as one torchrun-like group (an error in one fails)."""
-    import torch.multiprocessing as mp
-    mp.spawn(_rank_entry, args=(size, free_port(), fn, args), nprocs=size, join=True)
+def spawn(fn, *args):
+    """fn(rank, *args) in 2 fresh processes joined as one torchrun-like group, one thread each."""
+    distributed.spawn(_one_thread, fn, *args, size=2)
 
 
 def mode_setup(spec: str):

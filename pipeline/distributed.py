@@ -190,6 +190,12 @@ def all_gather(obj) -> list:
     return out
 
 
+def from_main(value):
+    """Rank 0's value on every rank (a decision all ranks must share, such as whether a fold is done while another
+    process may be finishing it); the value itself in a single process."""
+    return all_gather(value)[0]
+
+
 def sharded(fn, items: list) -> np.ndarray:
     """fn(items) -> (len(items), ...) rows, computed in a data-parallel run as fn(items[rank::size]) on each rank and
     gathered in items' order on every rank. A single process calls fn(items) as it is."""

@@ -399,12 +399,7 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
                 raise FloatingPointError(f"{out_dir}: non-finite loss at epoch {epoch + 1} step {s + 1}")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()               # fp16: scaled gradients, steps skipped on overflow
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            if average_bn:
-                distributed.average_buffers(mode.networks())
-            mode.after_step()
+            update(opt, sched, scaler, mode, average_bn)
             for k, v in {"loss": loss.detach(), **logs}.items():   # tensors stay on the device: no sync per step
                 sums[k] = sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
             if s % 10 == 9:
@@ -443,6 +438,17 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
         mark_done(out_dir, key, best=best, epochs=cfg.train.epochs)
     distributed.barrier()     # the other ranks leave once rank 0's files are complete (done.json included)
     return {"best": best, "history": pd.DataFrame(history)}
+
+
+def update(opt, sched, scaler, mode, average_bn: bool):
+    """What follows a step's backward in fit: the optimiser step (through the fp16 scaler), the schedule, the BN
+    statistics' average over the ranks (average_bn: distributed.prepare's answer), then the mode's own update (EMA)."""
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+    if average_bn:
+        distributed.average_buffers(mode.networks())
+    mode.after_step()
 
 
 def batch_keys(mode_name: str, b_lab: int, b_unl: int) -> dict:

@@ -118,7 +118,7 @@ def main(cfg) -> dict:
     for k in fold_names(cfg, int(fold.max()) + 1):
         fdir = out / f"fold_{k}"
         tr = np.ones(len(fold), bool) if k == "full" else fold != k
-        if not is_done(fdir, key):
+        if not distributed.from_main(is_done(fdir, key)):      # data-parallel: the ranks decide together
             lab_mask = labelled_split(ds.targets(ds.curated)[tr], cfg.data.labelled_fraction, cfg.run.seed)
             tr_df = ds.curated[tr].reset_index(drop=True)
             lab_df, calib = tr_df[lab_mask], None

@@ -41,7 +41,7 @@ def warm_up(cfg) -> dict:
     out = run_dir(cfg, "warmup")
     world = distributed.setup(cfg)
     log = distributed.logger(out)               # rank 0 alone writes log.txt (and every other file)
-    if is_done(out, train_key(cfg)):
+    if distributed.from_main(is_done(out, train_key(cfg))):
         log.info(f"warm-up already done for this config: {out}")
         return {"dir": out}
     ds = dataset(cfg)

@@ -13,9 +13,9 @@ import torch
 
 from pipeline import distributed
 from pipeline.config import load_config
-from pipeline.engine import build_mode, build_model, load_checkpoint
+from pipeline.engine import build_mode, build_model, load_checkpoint, update
 from pipeline.modes import mode_class
-from pipeline.utils import ROOT
+from pipeline.utils import ROOT, make_scaler
 
 TINY = ["model.params={width: 0.125}", "train.frames=32", "train.threads=1", "run.progress=false",
         "run.device=cpu", "teacher_student.n_curated=4", "teacher_student.n_noisy=4", "train.batch_size=4"]
@@ -85,10 +85,8 @@ def _ddp_steps(rank, out, specs):
     for spec in specs:
         mode, grads, average_bn, batch = one_step(spec, rank, 2, parallel=True)
         opt = torch.optim.SGD(mode.parameters(), lr=0.1)
-        opt.step()
-        if average_bn:
-            distributed.average_buffers(mode.networks())
-        mode.after_step()
+        update(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), make_scaler("off", torch.device("cpu")),
+               mode, average_bn)                    # the optimiser step, BN statistics' average and EMA, as fit does
         state = {f"net{i}": {k: v.clone() for k, v in net.state_dict().items()} for i, net in enumerate(mode.networks())}
         state["mode"] = copy.deepcopy(mode.state_dict())
         opt.zero_grad()

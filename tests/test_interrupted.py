@@ -1,0 +1,132 @@
+"""Interrupted = uninterrupted: each stage (features, warmup, train, infer, ensemble) killed with -9 at a random
+point of its run, then run again, leaves exactly what an uninterrupted run leaves: byte-identical caches,
+predictions and submissions, and (training on the CPU) identical weights.
+
+A reference chain runs once, uninterrupted, through the command line. Each test starts from a copy of the
+reference's inputs to its stage (the outputs of the stages before it), starts the stage's command line, and once
+the stage has started its work kills it with SIGKILL after a random share of the reference's duration of that
+stage (seeded by FATTAG_KILL_SEED; the delay is printed; a run that finished first is started again with a shorter
+delay). Then it runs the stage again to the end and compares the outputs with the reference's.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import TINY_TRAIN, make_dataset
+from pipeline.utils import ROOT
+
+STAGES = ("features", "warmup", "train", "infer", "ensemble")
+# what each stage reads from the stages before it (copied from the reference) and what it writes (compared)
+INPUTS = {"features": [], "warmup": ["cache"], "train": ["cache", "runs/t/warmup"],
+          "infer": ["cache", "runs/t/warmup", "runs/t/folds", "runs/t/train"],
+          "ensemble": ["cache", "runs/t/warmup", "runs/t/folds", "runs/t/train", "runs/t/infer"]}
+OUTPUTS = {"features": ["cache"], "warmup": ["runs/t/warmup"], "train": ["runs/t/folds", "runs/t/train"],
+           "infer": ["runs/t/infer", "submissions"], "ensemble": ["submissions"]}
+NOT_COMPARED = {"log.txt", "curves.png"}               # timestamps; a figure's bytes (its data is in metrics.csv)
+TIMING_COLUMNS = {"seconds", "data_wait_share"}
+
+
+def command(stage: str) -> list[str]:
+    return [sys.executable, "-m", f"pipeline.{stage}", "--config", "c.yaml", *TINY_TRAIN, "train.steps_per_epoch=6",
+            "train.threads=1"]
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "FATTAG_DEBUG": "1"}
+
+
+def run(stage: str, cwd: Path) -> float:
+    t = time.time()
+    out = subprocess.run(command(stage), cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return time.time() - t
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """(folder of the uninterrupted chain, seconds each stage took there)."""
+    base = tmp_path_factory.mktemp("interrupted")
+    make_dataset(base / "ds", n_curated=24, n_noisy=16, n_test=8)
+    ref = base / "ref"
+    ref.mkdir()
+    (ref / "c.yaml").write_text(f"inherit: {ROOT / 'configs' / 'base.yaml'}\n"
+                                f"run: {{name: t, workers: 1, progress: false}}\n"
+                                f"data: {{root: {base / 'ds'}}}\nfeatures: {{cache_dir: cache, n_mels: 32}}\n")
+    seconds = {stage: run(stage, ref) for stage in STAGES}
+    return ref, seconds
+
+
+def files(folder: Path, parts) -> dict:
+    out = {}
+    for part in parts:
+        for p in sorted((folder / part).rglob("*")):
+            if p.is_file() and p.name not in NOT_COMPARED and not p.name.endswith(".lock"):
+                out[str(p.relative_to(folder))] = p
+    return out
+
+
+def same_content(a: Path, b: Path) -> bool:
+    if a.suffix == ".pt":                                 # weights (and optimiser state) equal, tensor by tensor
+        x, y = (torch.load(p, map_location="cpu", weights_only=False) for p in (a, b))
+        return all(torch.equal(x["model"][k], y["model"][k]) for k in x["model"]) and x["model"].keys() == \
+            y["model"].keys() and x.get("epoch") == y.get("epoch")
+    if a.name == "metrics.csv":                           # every column but the timings
+        x, y = (pd.read_csv(p) for p in (a, b))
+        keep = [c for c in x.columns if c not in TIMING_COLUMNS]
+        return list(x.columns) == list(y.columns) and x[keep].equals(y[keep])
+    return a.read_bytes() == b.read_bytes()
+
+
+# a file that shows the stage has started its work (None: the process start)
+STARTED = {"features": "cache", "warmup": "runs/t/warmup/config.yaml", "train": "runs/t/train/config.yaml",
+           "infer": "runs/t/infer", "ensemble": None}
+
+
+def kill_while_running(stage: str, ref: Path, work: Path, seconds: float, rng: random.Random) -> float:
+    """Start the stage in a fresh copy of its inputs and SIGKILL it at a random point after it started its work;
+    a run that finished first is started again with a shorter delay. Returns the delay."""
+    for attempt in range(5):
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        shutil.copy(ref / "c.yaml", work)
+        for part in INPUTS[stage]:
+            shutil.copytree(ref / part, work / part)
+        delay = rng.uniform(0.0, 0.7) * seconds * 0.5 ** attempt
+        proc = subprocess.Popen(command(stage), cwd=work, env=env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        marker = STARTED[stage]
+        while marker and not (work / marker).exists() and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return delay
+        proc.wait()
+    pytest.fail(f"{stage} finished before every kill")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_killed_stage_rerun_equals_uninterrupted(reference, tmp_path, stage):
+    ref, seconds = reference
+    work = tmp_path / "w"
+    rng = random.Random(f"{stage}-{os.environ.get('FATTAG_KILL_SEED', '0')}")
+    delay = kill_while_running(stage, ref, work, seconds[stage], rng)
+    print(f"{stage}: killed {delay:.2f} s after it started its work (the reference took {seconds[stage]:.2f} s)")
+    run(stage, work)
+    want, got = files(ref, OUTPUTS[stage]), files(work, OUTPUTS[stage])
+    assert sorted(got) == sorted(want), set(got) ^ set(want)
+    differ = [k for k in want if not same_content(want[k], got[k])]
+    assert not differ, f"{stage}: differs from the uninterrupted run: {differ}"
+    assert not [k for k in got if Path(k).name.startswith(".")], "temporary files left"

@@ -41,8 +41,8 @@ import pandas as pd
 from pipeline import distributed, folds as folds_stage, summary, warmup
 from pipeline.config import cli, load_config, save_config
 from pipeline.data import dataset
-from pipeline.engine import build_model, concat_clipsets, fit, init_from_checkpoint, load_checkpoint, make_clipset, \
-    train_key
+from pipeline.engine import build_model, checkpoint_state, concat_clipsets, fit, init_from_checkpoint, \
+    load_checkpoint, make_clipset, train_key
 from pipeline.features import FeatureCache
 from pipeline.modes import mode_class
 from pipeline.utils import atomic_to_csv, is_done, run_dir
@@ -102,6 +102,11 @@ def main(cfg) -> dict:
         raise ValueError("teacher_student.rule=noisy_aware keeps the noisy clips' given labels, and "
                          "data.labelled_fraction < 1 makes the unlabelled clips curated ones without labels: use "
                          "another rule (threshold, class_threshold, topk) or data.labelled_fraction=1")
+    # inputs checked before anything is written: the feature cache and a given init_from checkpoint
+    curated_cache = FeatureCache.open(cfg, "curated")
+    noisy_cache = FeatureCache.open(cfg, "noisy") if len(ds.noisy) else None
+    if cfg.train.init_from not in (None, "warmup"):
+        checkpoint_state(init_path(cfg))
     world = distributed.setup(cfg)
     # stages run in order: each is a no-op when already done (rank 0 writes the folds, the other ranks read them)
     folds = distributed.on_main(lambda: folds_stage.main(cfg), lambda: folds_stage.read_folds(cfg))
@@ -110,8 +115,6 @@ def main(cfg) -> dict:
     log = distributed.logger(out)
     if world.main:
         save_config(cfg, out)
-    curated_cache = FeatureCache.open(cfg, "curated")
-    noisy_cache = FeatureCache.open(cfg, "noisy") if len(ds.noisy) else None
     fold = folds["fold"].to_numpy()
     init = init_path(cfg)
     key = train_key(cfg)

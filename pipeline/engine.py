@@ -45,11 +45,26 @@ PERFORMANCE_KEYS = ("threads", "amp", "channels_last", "compile", "eval_every")
 PARALLEL_KEYS = ("sync_bn",)
 
 
+# What the warm-up (stage 1: supervised on the noisy set, every curated clip for validation) never reads: a change
+# of them leaves a finished warm-up valid.
+WARMUP_UNUSED = {"sections": ("folds", "teacher_student", "ssl"),
+                 "train": ("mode", "init_from", "calib_fraction", "noisy_labelled"), "data": ("labelled_fraction",)}
+
+
 def _key_sections(cfg) -> dict:
-    """The train sections as plain dicts, less the choice of folds and the performance knobs."""
-    plain = {k: to_plain(cfg[k]) for k in TRAIN_SECTIONS if k in cfg}
+    """The train sections as plain dicts, less the choice of folds and the performance knobs; for the warm-up's
+    config (its `_meta.stage`), less what the warm-up does not read (WARMUP_UNUSED)."""
+    warmup = ((cfg.get("_meta") or {}).get("stage") == "warmup") if hasattr(cfg, "get") else False
+    plain = {k: to_plain(cfg[k]) for k in TRAIN_SECTIONS if k in cfg
+             and not (warmup and k in WARMUP_UNUSED["sections"])}
     for k in ("folds", "full", *PERFORMANCE_KEYS, *PARALLEL_KEYS):
         plain.get("train", {}).pop(k, None)
+    if warmup:
+        for section in ("train", "data"):
+            for k in WARMUP_UNUSED[section]:
+                plain.get(section, {}).pop(k, None)
+    elif plain.get("train", {}).get("init_from") == "warmup" and "warmup" in cfg:
+        plain["warmup"] = to_plain(cfg["warmup"])     # folds that start from the warm-up change with it
     return plain
 
 
@@ -198,13 +213,21 @@ def load_checkpoint(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a corrupt or foreign file
-        raise RuntimeError(f"{path}: not a readable checkpoint: {e}") from None
+        raise UserError(f"{path}: not a readable checkpoint: {e}") from None
+
+
+def checkpoint_state(path) -> dict:
+    """The model weights of a checkpoint (a fattag checkpoint's "model", or a plain state dict)."""
+    ck = load_checkpoint(path)
+    state = ck.get("model", ck) if isinstance(ck, dict) else None
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: holds no model weights (a fattag checkpoint or a state dict of tensors)")
+    return state
 
 
 def init_from_checkpoint(model, path, log=None):
     """Load matching weights from a checkpoint; heads missing there (e.g. g) start as copies of its head h."""
-    ck = load_checkpoint(path)
-    state = ck.get("model", ck)
+    state = checkpoint_state(path)
     own = model.state_dict()
     for k in list(own):
         if k not in state:
@@ -215,7 +238,7 @@ def init_from_checkpoint(model, path, log=None):
                         state[k] = state[src]
     loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not loaded:
-        raise RuntimeError(f"{path}: no weights match this model ({model.config.get('name')})")
+        raise UserError(f"{path}: no weights match this model ({model.config.get('name')})")
     model.load_state_dict(loaded, strict=False)
     model.init_keys = set(getattr(model, "init_keys", ())) | set(loaded)   # what a second network copies (co-training)
     if log:

@@ -21,6 +21,19 @@ def test_performance_knobs_stay_out_of_the_key():
     assert changed_keys(cfg, load_config(None, [*BASE, "train.lr=0.01", "train.threads=1"])) == ["train.lr"]
 
 
+def test_warmup_key_leaves_out_what_the_warmup_does_not_read():
+    warm = lambda *ov: train_key(load_config(None, [*BASE, *ov], stage="warmup"))
+    for unused in ("teacher_student.n_curated=7", "folds.n_splits=3", "train.mode=fixmatch", "ssl.fixmatch={tau_pos: 0.8}",
+                   "train.init_from=null", "data.labelled_fraction=0.5", "train.calib_fraction=0.3"):
+        assert warm(unused) == warm(), unused
+    for used in ("warmup.lr=0.01", "train.lr=0.01", "model.params={width: 0.25}", "augment.mixup_alpha=0.5"):
+        assert warm(used) != warm(), used
+    # folds that start from the warm-up are redone when it changes; folds from scratch are not
+    fold = lambda *ov: train_key(load_config(None, [*BASE, *ov], stage="train"))
+    assert fold("train.init_from=warmup", "warmup.epochs=5") != fold("train.init_from=warmup")
+    assert fold("train.init_from=null", "warmup.epochs=5") == fold("train.init_from=null")
+
+
 def test_knob_change_resumes_and_real_change_keeps_the_old_checkpoint(tmp_path, fake_clips, caplog):
     clips = fake_clips([["a"], ["b"]] * 4, ["a", "b"])
     log = logging.getLogger("test_resume_key")

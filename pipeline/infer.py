@@ -23,7 +23,8 @@ from pipeline.engine import load_checkpoint, save_checkpoint
 from pipeline.features import FeatureCache
 from pipeline.folds import read_folds
 from pipeline.predict import predict_settings, predict_with
-from pipeline.utils import atomic_to_csv, get_device, get_logger, is_done, mark_done, progress, run_dir
+from pipeline.utils import atomic_to_csv, get_device, get_logger, is_done, keep_freed_memory, mark_done, progress, \
+    run_dir
 
 
 def fold_dirs(cfg) -> list[Path]:
@@ -65,6 +66,7 @@ def main(cfg, ensemble=True) -> dict:
     log.info(f"inference on {device} (train.amp={cfg.train.amp}; float32 on the CPU; "
              f"{'channels_last' if cfg.train.channels_last else 'NCHW'})")
     test_cache, cur_cache = FeatureCache.open(cfg, "test"), FeatureCache.open(cfg, "curated")
+    keep_freed_memory()            # batches of activations reuse freed memory (as in training and predict_dir)
     folds = read_folds(cfg).set_index("fname")["fold"]
     key_base = config_hash(cfg, ("infer", "features", "augment")) + f"-f{cfg.train.frames}-s{cfg.run.seed}"
     written = []

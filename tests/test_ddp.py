@@ -35,6 +35,35 @@ def spawn(fn, *args):
     distributed.spawn(_one_thread, fn, *args, size=2)
 
 
+def test_ranks_share_one_epoch_order(fake_clips):
+    """batch_stream: with the same generator every rank cuts its contiguous share of the same global batches, so
+    together the ranks see exactly the batches one process would (crops aside: each rank draws its own)."""
+    import numpy as np
+    from pipeline.engine import batch_stream
+    clips = fake_clips([["a"], ["b"], ["a", "b"]] * 5, ["a", "b"])
+
+    def rows(shard):
+        return [r for _, _, r in batch_stream(clips, 6, 7, 32, np.random.default_rng(5), shard=shard)]
+    whole, r0, r1 = rows((0, 1)), rows((0, 2)), rows((1, 2))
+    assert all(len(a) == 3 and len(b) == 3 for a, b in zip(r0, r1))
+    assert [list(a) + list(b) for a, b in zip(r0, r1)] == [list(w) for w in whole]
+    assert distributed.rank_seed(42, 0) == 42 and distributed.rank_seed(42, 1) != distributed.rank_seed(42, 2)
+
+
+def test_batch_that_does_not_split_names_its_key(monkeypatch):
+    from pipeline.engine import batch_keys
+    from pipeline.utils import UserError, get_device
+    with pytest.raises(UserError, match=r"teacher_student.n_curated: 3 clips .* over 2 processes"):
+        distributed.check_batch_sizes(batch_keys("teacher_student", 3, 8), 2)
+    with pytest.raises(UserError, match=r"ssl.fixmatch.mu: 9 clips"):
+        distributed.check_batch_sizes(batch_keys("fixmatch", 4, 9), 2)
+    distributed.check_batch_sizes(batch_keys("supervised", 8, 0), 4)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(UserError, match=r"run.device=cuda:1: under torchrun each process takes cuda:LOCAL_RANK"):
+        get_device(load_config(None, ["run.device=cuda:1"]))
+
+
 def mode_setup(spec: str):
     """(config, mode name) of a MODES entry."""
     name, _, g_pass = spec.partition(":")

@@ -305,3 +305,10 @@ def test_only_rank_0_writes(demo, tmp_path):
               "runs/demo/train/summary.json", "runs/demo/train/curves.png", "runs/demo/folds/folds.csv"):
         assert f in written, (f, sorted(written))
     assert any(p.endswith("log.txt") for event, p in w0 if event == "open")
+
+
+def test_sync_bn_stays_out_of_the_resume_key():
+    """A run resumes across a change of train.sync_bn (as across the number of processes, which is no config key)."""
+    from pipeline.engine import train_key
+    assert train_key(load_config(None, ["train.sync_bn=false"])) == train_key(load_config(None, []))
+    assert train_key(load_config(None, ["train.lr=0.01"])) != train_key(load_config(None, []))

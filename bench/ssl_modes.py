@@ -1,7 +1,7 @@
 """Every training mode on the demo data with 10% of the curated set labelled, the same budget for each, over seeds.
 
-    .venv/bin/python bench/ssl_modes.py [--config demo.yaml] [--seeds 3] [--epochs N] [--steps N] [--modes a,b]
-                                        [key=value ...]
+    .venv/bin/python bench/ssl_modes.py [--config demo.yaml] [--seeds 3] [--epochs N] [--steps N] [--evals N]
+                                        [--modes a,b] [key=value ...]
     .venv/bin/python bench/ssl_modes.py --config demo_single.yaml --fraction 0.25    # single-label forms
     (needs `make demo-data features`; writes its table into docs/results.md)
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +44,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="demo.yaml")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed0", type=int, default=42, help="the first seed (processes that run other seeds side by "
+                                                          "side; a last run over all seeds reuses their runs)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--fraction", type=float, default=0.1)
+    ap.add_argument("--evals", type=int, default=0, help="validations per run (train.eval_every = epochs / evals; "
+                                                        "0: every epoch)")
     ap.add_argument("--modes", default="", help="comma-separated subset of the modes")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
+    t_start = time.time()
     base = [f"train.steps_per_epoch={a.steps}", "train.batch_size=16", "train.init_from=null", "train.folds=[0]",
             "augment.mixup_per_pair=false", "run.progress=false", *a.overrides]   # as measured on 30 Nov
     single = cfg_for(a.config, a.overrides, "train").data.single_label_csv is not None
@@ -64,12 +70,13 @@ def main():
             + [("supervised 100%", "supervised", [], a.epochs),
                (f"supervised 100%, {2 * a.epochs} epochs (plateau check)", "supervised", [], 2 * a.epochs)])
     results: dict = {}
-    for seed in [42 + i for i in range(a.seeds)]:
+    for seed in [a.seed0 + i for i in range(a.seeds)]:
         for label, mode, ov, epochs in spec:
             name = (f"s{'sl' if single else ''}_{label.split(' (')[0].replace(' ', '_').replace('%', 'pct')}"
                     f"_s{seed}").replace(",", "")
-            ovs = [f"run.name={name}", f"run.seed={seed}", f"train.epochs={epochs}", *base, f"train.mode={mode}",
-                   *ov]
+            every = [f"train.eval_every={max(1, epochs // a.evals)}"] if a.evals else []
+            ovs = [f"run.name={name}", f"run.seed={seed}", f"train.epochs={epochs}", *base, *every,
+                   f"train.mode={mode}", *ov]
             cfg = cfg_for(a.config, ovs, "train")
             try:
                 res = train.main(cfg)
@@ -89,7 +96,7 @@ def main():
             print(f"{label} seed {seed}: {r['val']:.4f} / {r['test']:.4f} ({r['seconds']:.0f} s)", flush=True)
     Path("runs").mkdir(exist_ok=True)
     Path(f"runs/s{'sl' if single else ''}_summary.json").write_text(json.dumps(results, indent=1))
-    report(a, results, single, spec[0][0])
+    report(a, results, single, spec[0][0], (time.time() - t_start) / 60)
 
 
 def gap(rs, ref) -> str:
@@ -101,7 +108,7 @@ def gap(rs, ref) -> str:
     return f"{x.mean() - y.mean():+.4f} ({(x.mean() - y.mean()) / sd:+.1f} sd)" if sd > 0 else "-"
 
 
-def report(a, results, single, ref_label):
+def report(a, results, single, ref_label, minutes):
     rows = []
     for label, rs in results.items():
         ok = [r for r in rs if "val" in r]
@@ -117,11 +124,12 @@ def report(a, results, single, ref_label):
     print(table)
     body = (f"## Semi-supervised modes{' (single-label forms)' if single else ''} at {a.fraction:.0%} labelled over "
             f"seeds (bench/ssl_modes.py)\n\n`.venv/bin/python bench/ssl_modes.py --config {a.config} --fraction "
-            f"{a.fraction} --seeds {a.seeds} --epochs {a.epochs} --steps {a.steps} {' '.join(a.overrides)}`: "
+            f"{a.fraction} --seeds {a.seeds} --epochs {a.epochs} --steps {a.steps} --evals {a.evals} "
+            f"{' '.join(a.overrides)}`: "
             f"{a.epochs} epochs of {a.steps} steps, labelled batch 16, from scratch, fold 0 held out, "
             f"{a.seeds} seeds (each also redraws the folds and the labelled share); mean +- std over the seeds. "
             f"Pseudo-label columns: last epoch, against the true labels of the unlabelled clips; '-' where a mode "
-            f"selects none.\n\n{table}\n")
+            f"selects none. The table took {minutes:.0f} minutes.\n\n{table}\n")
     write_section("ssl_single" if single else "ssl", body)
 
 

@@ -19,7 +19,7 @@ from pipeline.config import cli, config_hash
 from pipeline.data import dataset, labels_to_matrix
 from pipeline.metrics import lwlrap
 from pipeline.score import check_submission
-from pipeline.utils import atomic_to_csv, atomic_write_json, get_logger, git_commit
+from pipeline.utils import atomic_to_csv, atomic_write_json, get_logger, git_commit, remove_stale_outputs
 
 SUBMISSIONS = Path("submissions")
 
@@ -73,6 +73,7 @@ def main(cfg) -> dict:
     sub = sub.set_index("fname").loc[ds.test["fname"]].reset_index()
     check_submission(sub, ds.test["fname"], ds.classes, source=f"ensemble of {runs}")
     path = SUBMISSIONS / f"{cfg.run.name}.csv"
+    remove_stale_outputs(SUBMISSIONS, (path.name, f"{cfg.run.name}.json"), log)   # a killed run's temporaries
     atomic_to_csv(sub, path, index=False, float_format="%.6f")
     meta = {"submission": str(path), "runs": info, "n_models": len(tests), "mean": cfg.ensemble.mean,
             "config_hash": config_hash(cfg), "git_commit": git_commit()}

@@ -24,7 +24,7 @@ from pipeline.features import FeatureCache
 from pipeline.folds import read_folds
 from pipeline.predict import predict_settings, predict_with
 from pipeline.utils import atomic_to_csv, get_device, get_logger, is_done, keep_freed_memory, mark_done, progress, \
-    run_dir
+    remove_stale_outputs, run_dir
 
 
 def fold_dirs(cfg) -> list[Path]:
@@ -76,6 +76,7 @@ def main(cfg, ensemble=True) -> dict:
         best = fdir / "best.pt"
         key = f"{key_base}-{best.stat().st_mtime_ns}"
         if not is_done(odir, key):
+            remove_stale_outputs(odir, ("model.pt", "test.csv", "oof.csv", "done.json"), log)
             model = export(best, odir / "model.pt").to(device)
             log.info(f"{name}: predicting {len(test_cache)} test clips")
             with torch.no_grad():

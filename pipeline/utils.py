@@ -84,6 +84,11 @@ def remove_stale_temps(path, log=None) -> int:
     return freed
 
 
+def remove_stale_outputs(folder, names, log=None) -> int:
+    """remove_stale_temps for each of a stage's output files `names` in `folder` (the next run of the stage)."""
+    return sum(remove_stale_temps(Path(folder) / n, log) for n in names)
+
+
 @contextmanager
 def file_lock(path, log=None, what: str | None = None, wait: bool = True):
     """Hold an exclusive lock on the file `path` (made when missing) while the block runs, for processes that share

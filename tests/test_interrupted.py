@@ -130,3 +130,31 @@ def test_killed_stage_rerun_equals_uninterrupted(reference, tmp_path, stage):
     differ = [k for k in want if not same_content(want[k], got[k])]
     assert not differ, f"{stage}: differs from the uninterrupted run: {differ}"
     assert not [k for k in got if Path(k).name.startswith(".")], "temporary files left"
+
+
+# temporary names a writer killed mid-write leaves (pipeline.utils.atomic_path: .<stem>.<random><suffix>)
+LEFT_BY_A_KILL = {"train": ["runs/t/train/fold_0/.last.k1ll3d.pt", "runs/t/train/fold_1/.metrics.k1ll3d.csv"],
+                  "infer": ["runs/t/infer/fold_0/.test.k1ll3d.csv", "runs/t/infer/fold_2/.model.k1ll3d.pt"],
+                  "ensemble": ["submissions/.t.k1ll3d.csv", "submissions/.t.k1ll3d.json"]}
+
+
+@pytest.mark.parametrize("stage", sorted(LEFT_BY_A_KILL))
+def test_next_run_reclaims_what_a_killed_writer_left(reference, tmp_path, stage):
+    ref, _ = reference
+    work = tmp_path / "w"
+    work.mkdir()
+    shutil.copy(ref / "c.yaml", work)
+    for part in INPUTS[stage]:
+        shutil.copytree(ref / part, work / part)
+    for part in OUTPUTS[stage]:                           # a finished run, except the folds it must redo
+        if not (work / part).exists():
+            shutil.copytree(ref / part, work / part)
+    for name in LEFT_BY_A_KILL[stage]:
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_bytes(b"half written")
+        done = (work / name).parent / "done.json"
+        if stage != "ensemble":
+            done.unlink()                                  # the killed fold is unfinished
+    run(stage, work)
+    left = [n for n in LEFT_BY_A_KILL[stage] if (work / n).exists()]
+    assert not left, f"{stage} left {left}"

@@ -322,7 +322,8 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
     if world.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         # what a killed run of this fold left under temporary names: never read, reclaimed now
-        remove_stale_outputs(out_dir, ("last.pt", "best.pt", "metrics.csv", "curves.png", "done.json"), log)
+        remove_stale_outputs(out_dir, ("last.pt", "best.pt", "metrics.csv", "curves.png", "done.json", "oof.csv"),
+                             log)
     device = get_device(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

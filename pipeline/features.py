@@ -370,7 +370,9 @@ class Part:
         return self.out / f"{self.stem}.{ext}"
 
     def done(self) -> bool:
-        return self.path("json").exists()
+        """Complete: its json (written last) and its rows (a one-part merge moves the .f16 into place: killed
+        before the split's json, the part is extracted again)."""
+        return self.path("json").exists() and self.path("f16").exists()
 
     def rows(self) -> pd.DataFrame:
         return _read_index(self.path("index.csv"))
@@ -516,6 +518,7 @@ def build_split(out: Path, split: str, clips: pd.DataFrame, params: dict, cfg, s
         if meta.get("key") == key:
             if meta.get("stale"):                     # the data went back to what these files hold
                 atomic_write_json(meta_path, {k: v for k, v in meta.items() if k != "stale"})
+            _sweep(out, split, log)                   # parts a merge killed before its sweep left behind
             return True
         prev = _previous(out, split, params, log)
         if meta and not meta.get("stale"):           # readers stop trusting it; its rows stay for reuse

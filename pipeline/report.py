@@ -92,14 +92,15 @@ def read_test(cfg, ds):
             sub[ds.classes].to_numpy(np.float64)), ""
 
 
-def histories(cfg) -> dict:
-    """metrics.csv of the warm-up and every fold, by name."""
+def histories(cfg, trained) -> dict:
+    """metrics.csv of the warm-up and of every fold finished for the run's training config, by name."""
+    from pipeline.summary import finished_folds
     out = {}
     warm = run_dir(cfg, "warmup") / "metrics.csv"
     if warm.exists():
         out["warm-up"] = pd.read_csv(warm)
-    for path in sorted(run_dir(cfg, "train").glob("fold_*/metrics.csv")):
-        out[path.parent.name] = pd.read_csv(path)
+    for k in finished_folds(trained, run_dir(cfg, "train")):
+        out[f"fold_{k}"] = pd.read_csv(run_dir(cfg, "train") / f"fold_{k}" / "metrics.csv")
     return out
 
 
@@ -243,11 +244,11 @@ def main(cfg) -> Path:
     train_dir = run_dir(cfg, "train")
     oof, y, p = read_oof(train_dir, ds)
     test = read_test(cfg, ds)
-    hist = histories(cfg)
     trained = cfg
     if (train_dir / "config.yaml").exists():         # describe the run as it was trained
         from pipeline.config import load_config
         trained = load_config(train_dir / "config.yaml")
+    hist = histories(cfg, trained)
     rows = [("run", cfg.run.name), ("mode", trained.train.mode),
             ("model", f"{trained.model.name} {dict(trained.model.params)}"), ("out-of-fold clips", len(oof))]
     if ds.single_label:

@@ -23,7 +23,8 @@ import pandas as pd
 from pipeline.config import cli
 from pipeline.data import dataset, labels_to_matrix
 from pipeline.metrics import accuracy, lwlrap, single_label_scores
-from pipeline.utils import UserError, atomic_to_csv, atomic_write_json, file_lock, get_logger, is_done, run_dir
+from pipeline.utils import (UserError, atomic_to_csv, atomic_write_json, file_lock, get_logger, is_done,
+                            remove_stale_outputs, run_dir)
 
 
 def finished_folds(cfg, out: Path) -> list:
@@ -45,6 +46,7 @@ def rebuild(cfg, ds=None, log=None) -> dict:
     log = log or get_logger(folder=out)
     ds = ds or dataset(cfg)
     with file_lock(out / ".summary.lock", log, "the summary"):
+        remove_stale_outputs(out, ("oof.csv", "summary.json", "curves.png"), log)   # a killed rebuild's temporaries
         folds = finished_folds(cfg, out)
         if folds:
             plot_curves({f"fold {k}": pd.read_csv(out / f"fold_{k}" / "metrics.csv") for k in folds},

@@ -121,7 +121,10 @@ def main(cfg) -> dict:
     for k in fold_names(cfg, int(fold.max()) + 1):
         fdir = out / f"fold_{k}"
         tr = np.ones(len(fold), bool) if k == "full" else fold != k
+        val = None if k == "full" else make_clipset(curated_cache, ds.curated[fold == k], ds.classes)
         if not distributed.from_main(is_done(fdir, key)):      # data-parallel: the ranks decide together
+            if world.main:                # an earlier config's predictions: never pooled with this fold's model
+                (fdir / "oof.csv").unlink(missing_ok=True)
             lab_mask = labelled_split(ds.targets(ds.curated)[tr], cfg.data.labelled_fraction, cfg.run.seed)
             tr_df = ds.curated[tr].reset_index(drop=True)
             lab_df, calib = tr_df[lab_mask], None
@@ -140,7 +143,6 @@ def main(cfg) -> dict:
                     unlabelled.y[:] = 0                 # unlabelled: no given labels (only pl_* stats see the truth)
                 elif noisy_cache is not None:
                     unlabelled = make_clipset(noisy_cache, ds.noisy, ds.classes, ds.noisy_truth)
-            val = None if k == "full" else make_clipset(curated_cache, ds.curated[fold == k], ds.classes)
             seed_offset = 1000 * (1 + (k if k != "full" else 99))
             model = build_model(cfg, ds.n_classes, heads=mode_cls.heads, seed=cfg.run.seed + seed_offset,
                                 dropout=mode_cls.model_dropout(cfg), block_dropout=mode_cls.model_block_dropout(cfg))
@@ -150,8 +152,8 @@ def main(cfg) -> dict:
                      f"unlabelled, {0 if val is None else len(val)} validation"
                      f"{'' if calib is None else f', {len(calib)} held-out threshold'} clips; mode {cfg.train.mode}")
             fit(cfg, fdir, model, cfg.train.mode, ds.classes, labelled, unlabelled, val, log, seed_offset, calib)
-            if val is not None:
-                write_fold_oof(cfg, fdir, val, ds.classes)
+        if val is not None and distributed.from_main(not (fdir / "oof.csv").exists()):
+            write_fold_oof(cfg, fdir, val, ds.classes)   # also when a kill fell between done.json and oof.csv
     if not world.main:
         return {"dir": out}
     return summary.rebuild(cfg, ds, log)   # every finished fold, whichever process trained it

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -256,6 +257,37 @@ def test_killed_shards_leave_nothing_behind(dataset, cfg_for, tmp_path):
     build_cache(cfg, shard=(2, 3))
     assert not older.exists() and not stray.exists()           # the merge sweeps the rest
     assert not list(out.glob(".*")) and not list(out.glob("*.part*"))
+
+
+def test_kill_inside_a_merge_neither_wedges_nor_leaks(dataset, cfg_for, tmp_path, monkeypatch):
+    """Killed after a one-part merge moved the part's rows into place (before the split's json): the rerun
+    extracts again and completes. Killed after the split's json, before the sweep: the next run sweeps the parts."""
+    cfg = cfg_for(dataset, f"features.cache_dir={tmp_path / 'k'}")
+    out = cache_dir(cfg)
+    real = features.atomic_to_csv
+
+    class Killed(Exception):
+        pass
+
+    def die_at_split_index(df, path, **kw):
+        if Path(path).name == "curated.index.csv":
+            raise Killed
+        return real(df, path, **kw)
+    monkeypatch.setattr(features, "atomic_to_csv", die_at_split_index)
+    with pytest.raises(Killed):
+        build_cache(cfg)
+    assert (out / "curated.f16").exists() and list(out.glob("curated.*.part0of1.json"))   # the wedge's state
+    monkeypatch.setattr(features, "atomic_to_csv", real)
+    build_cache(cfg)
+    whole = {p.name: p.read_bytes() for p in out.glob("curated.*") if "part" not in p.name}
+    assert not list(out.glob("curated.*part*"))
+    monkeypatch.setattr(features, "_sweep", lambda *a, **k: None)          # killed before the sweep
+    (out / "curated.json").unlink()
+    build_cache(cfg)
+    monkeypatch.undo()
+    build_cache(cfg)                                                      # up to date: sweeps what was left
+    assert not list(out.glob("curated.*part*"))
+    assert {p.name: p.read_bytes() for p in out.glob("curated.*") if "part" not in p.name} == whole
 
 
 def test_parse_shard_flags_and_environment():

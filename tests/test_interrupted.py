@@ -158,3 +158,31 @@ def test_next_run_reclaims_what_a_killed_writer_left(reference, tmp_path, stage)
     run(stage, work)
     left = [n for n in LEFT_BY_A_KILL[stage] if (work / n).exists()]
     assert not left, f"{stage} left {left}"
+
+
+def test_kill_between_done_and_oof_and_a_stale_oof(prepared):
+    """A fold killed after done.json but before its oof.csv gets the oof.csv on the rerun; an earlier config's
+    oof.csv in a fold that trains again is never pooled with the new model."""
+    from pipeline import train
+    cfg = prepared("train.mode=supervised", "train.init_from=null", "train.steps_per_epoch=2", "train.epochs=1")
+    first = train.main(cfg)
+    fold0 = Path("runs/base/train/fold_0")
+    want = (fold0 / "oof.csv").read_bytes()
+    (fold0 / "oof.csv").unlink()                        # as if killed between done.json and oof.csv
+    again = train.main(cfg)
+    assert (fold0 / "oof.csv").read_bytes() == want and again["oof_lwlrap"] == first["oof_lwlrap"]
+    # another config: fold 0 trains again; its old oof.csv (stale) must not survive the kill of the new run
+    cfg2 = prepared("train.mode=supervised", "train.init_from=null", "train.steps_per_epoch=2", "train.epochs=1",
+                    "train.lr=0.01", "train.folds=[0]")
+    import pipeline.engine as engine
+    real = engine.fit
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt                          # dies while training the new config
+    engine.fit, train.fit = killed, killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train.main(cfg2)
+    finally:
+        engine.fit, train.fit = real, real
+    assert not (fold0 / "oof.csv").exists()

@@ -58,7 +58,8 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw) if raw != "" else default
     except ValueError:
-        raise RuntimeError(f"environment variable {name}={raw!r} is not an integer (torchrun sets it)") from None
+        from pipeline.utils import UserError
+        raise UserError(f"environment variable {name}={raw!r} is not an integer (torchrun sets it)") from None
 
 
 def world() -> World:

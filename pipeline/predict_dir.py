@@ -132,7 +132,7 @@ def _read_csv(path) -> pd.DataFrame:
 
 def sample_classes(sample, classes) -> list[str]:
     """The sample submission's class columns (its order), which must be the bundle's classes."""
-    cols = list(pd.read_csv(sample, nrows=0).columns)
+    cols = list(_read_csv(sample).columns)
     if not cols or cols[0] != "fname":
         raise UserError(f"{sample}: header must be 'fname' followed by the class names, got {cols[:MAX_LISTED]}")
     missing = [c for c in classes if c not in cols[1:]]

@@ -195,11 +195,13 @@ def get_device(cfg):
         return torch.device("cpu")
     index = int(want.split(":")[1]) if ":" in want else 0
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if int(os.environ.get("WORLD_SIZE") or 1) > 1:             # torchrun: one GPU per process
+    from pipeline.distributed import world
+    w = world()
+    if w.parallel:                                             # torchrun: one GPU per process
         if ":" in want:
             raise UserError(f"run.device={want}: under torchrun each process takes cuda:LOCAL_RANK; use "
                             f"run.device=auto or cuda (CUDA_VISIBLE_DEVICES chooses the GPUs)")
-        index = int(os.environ.get("LOCAL_RANK") or 0)
+        index = w.local_rank
         if index >= count:
             raise UserError(f"run.device={want}: torchrun started local rank {index} but this machine has {count} "
                             f"CUDA device(s); use --nproc_per_node={count} at most, or run.device=cpu")

@@ -12,7 +12,6 @@ Data-parallel: `torchrun --nproc_per_node=N -m pipeline.warmup ...` or `make war
 """
 from __future__ import annotations
 
-import os
 
 from pipeline import distributed
 from pipeline.config import cli, save_config
@@ -31,7 +30,7 @@ def main(cfg) -> dict:
     warmup/.lock in turn, so the first trains it and the others wait, then find it done and reuse its last.pt. The
     ranks of one torchrun run train it together (they would wait on one another for ever), so they take no lock:
     start fold-parallel runs of torchrun jobs after `make warmup`."""
-    if int(os.environ.get("WORLD_SIZE") or 1) > 1:
+    if distributed.world().parallel:
         return warm_up(cfg)
     with file_lock(lock_path(cfg), get_logger(folder=run_dir(cfg, "warmup")), "the warm-up"):
         return warm_up(cfg)

@@ -12,7 +12,6 @@ Data-parallel: `torchrun --nproc_per_node=N -m pipeline.warmup ...` or `make war
 """
 from __future__ import annotations
 
-
 from pipeline import distributed
 from pipeline.config import cli, save_config
 from pipeline.data import dataset

@@ -2,6 +2,7 @@
 predict_dir reproduces `make infer`'s submission, runs from a copy of the bundle in a fresh virtualenv with the
 checkout out of reach, and names the file or key of every user mistake."""
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -183,3 +184,16 @@ def test_wheels_failure_is_one_clear_error_and_keeps_the_old_bundle(chain, tmp_p
         bundle.main(chain["cfg"]("bundle"), wheels=True, pip_args=["--no-index", "--find-links", str(empty)])
     assert (chain["bundle"] / "manifest.json").read_text() == before
     assert not list(chain["bundle"].parent.glob(".*"))
+
+
+def test_a_model_newer_than_its_predictions_is_named(chain, tmp_path, monkeypatch, caplog):
+    import shutil
+    work = tmp_path / "copy"
+    shutil.copytree(chain["work"], work, symlinks=True)
+    monkeypatch.chdir(work)
+    best = work / "runs" / RUN / "train" / "fold_1" / "best.pt"
+    os.utime(best, ns=(best.stat().st_atime_ns, best.stat().st_mtime_ns + 10 ** 9))   # retrained after make infer
+    with caplog.at_level(logging.WARNING):
+        bundle.main(chain["cfg"]("bundle"))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "fold_1/best.pt is newer than its `make infer` predictions" in warned[0]

@@ -76,11 +76,23 @@ def files(folder: Path, parts) -> dict:
     return out
 
 
+def same_state(x, y) -> bool:
+    """Equal nested checkpoint contents: tensors element for element, everything else by value."""
+    if isinstance(x, torch.Tensor):
+        return isinstance(y, torch.Tensor) and torch.equal(x, y)
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(same_state(x[k], y[k]) for k in x)
+    if isinstance(x, (list, tuple)):
+        return type(x) is type(y) and len(x) == len(y) and all(same_state(a, b) for a, b in zip(x, y))
+    return x == y
+
+
 def same_content(a: Path, b: Path) -> bool:
-    if a.suffix == ".pt":                                 # weights (and optimiser state) equal, tensor by tensor
+    if a.suffix == ".pt":                                 # weights, optimiser, scheduler, RNG states: all equal
         x, y = (torch.load(p, map_location="cpu", weights_only=False) for p in (a, b))
-        return all(torch.equal(x["model"][k], y["model"][k]) for k in x["model"]) and x["model"].keys() == \
-            y["model"].keys() and x.get("epoch") == y.get("epoch")
+        skip = {"history", "source"}                      # timings per epoch; the path it was exported from
+        return same_state({k: v for k, v in x.items() if k not in skip},
+                          {k: v for k, v in y.items() if k not in skip})
     if a.name == "metrics.csv":                           # every column but the timings
         x, y = (pd.read_csv(p) for p in (a, b))
         keep = [c for c in x.columns if c not in TIMING_COLUMNS]

@@ -55,8 +55,9 @@ def test_two_fold_processes_share_one_warmup_and_one_summary(prepared, tmp_path)
     want = folds.loc[folds["fold"].isin([0, 1]), "fname"]
     oof = pd.read_csv(out / "oof.csv", dtype={"fname": str})
     assert sorted(oof["fname"]) == sorted(want) and got["n_clips"] == len(want)
-    for k in (0, 1):
-        assert "initialised" in (out / "log.txt").read_text() and (out / f"fold_{k}" / "done.json").exists()
+    train_log = (out / "log.txt").read_text()
+    assert train_log.count("initialised ") == 2                 # each fold's model started from the warm-up
+    assert all(f"fold {k}: " in train_log and (out / f"fold_{k}" / "done.json").exists() for k in (0, 1))
 
     # `make summary` rebuilds the same files from the fold folders
     before = {name: (out / name).read_bytes() for name in ("summary.json", "oof.csv")}

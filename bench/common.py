@@ -46,6 +46,18 @@ def test_lwlrap(cfg, fold_dir, tta: bool, reversal: bool = True, count_windows: 
     return lwlrap(ds.targets(ds.test), p)[0]
 
 
+def fold_lwlrap(cfg, fold_dir) -> float:
+    """lwlrap of one fold's held-out predictions (fold_dir/oof.csv): the fold's figure even when the run's pooled
+    summary covers more folds (bench/quality.py's phase 4 trains the other folds of a row's run)."""
+    import pandas as pd
+    from pipeline.data import labels_to_matrix, load_dataset
+    from pipeline.metrics import lwlrap
+    ds = load_dataset(cfg.data.root, check_audio=False)
+    oof = pd.read_csv(Path(fold_dir) / "oof.csv", dtype={"fname": str})
+    y = labels_to_matrix(ds.curated.set_index("fname").loc[oof["fname"], "labels"], ds.classes)
+    return lwlrap(y, oof[ds.classes].to_numpy())[0]
+
+
 def mean_std(values, digits: int = 4) -> str:
     """'mean +- std' (sample std, ddof 1) of the finite values, '-' when there are none."""
     import numpy as np

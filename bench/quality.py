@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import cfg_for, markdown_table, mean_std, test_lwlrap, train_seconds, write_section
+from common import cfg_for, fold_lwlrap, markdown_table, mean_std, test_lwlrap, train_seconds, write_section
 
 from pipeline import infer, train, warmup  # noqa: E402
 
@@ -66,10 +66,10 @@ def main():
         run = f"q_{name}_s{seed}"
         cfg = cfg_for(a.config, [f"run.name={run}", f"run.seed={seed}", f"train.epochs={epochs}", *base,
                                  *every(epochs), "train.folds=[0]", *ov], "train")
-        res = train.main(cfg)
+        train.main(cfg)
         fdir = Path(f"runs/{run}/train/fold_0")
         last = pd.read_csv(fdir / "metrics.csv").iloc[-1]
-        r = {"label": label, "seed": seed, "val": res["oof_lwlrap"], "test": test_lwlrap(cfg, fdir, tta=False),
+        r = {"label": label, "seed": seed, "val": fold_lwlrap(cfg, fdir), "test": test_lwlrap(cfg, fdir, tta=False),
              "seconds": train_seconds(fdir), "overrides": ov,
              **{k: float(last[k]) for k in ("pl_precision", "pl_recall", "pl_pos") if k in last}}
         results.setdefault(name, []).append(r)

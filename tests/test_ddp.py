@@ -151,9 +151,9 @@ def reference_grads(spec, monkeypatch) -> list:
 
 
 def test_ddp_gradient_is_the_mean_of_the_shares_gradients(tmp_path, monkeypatch):
-    """(a) For every mode: the gradient DistributedDataParallel leaves on each of 2 ranks equals, within 1e-5, the
-    mean of the gradients one process computes on each rank's share of the same global batch with that rank's
-    seeds; after the optimiser step (and the BN statistics' average) both ranks hold the same networks and mode
+    """(a) For every mode: the gradient DistributedDataParallel leaves on each of 2 ranks equals, within 1e-5 (times
+    the gradient's largest entry, when that is above 1), the mean of the gradients one process computes on each
+    rank's share of the same global batch with that rank's seeds; after the optimiser step (and the BN statistics' average) both ranks hold the same networks and mode
     state, EMA teachers included."""
     spawn(_ddp_steps, str(tmp_path), MODES)
     for spec in MODES:
@@ -164,7 +164,10 @@ def test_ddp_gradient_is_the_mean_of_the_shares_gradients(tmp_path, monkeypatch)
                 assert g0 is None and g1 is None and b is None, (spec, i)
                 continue
             mean = (a + b) / 2
-            assert torch.allclose(g0, mean, atol=1e-5, rtol=0), (spec, i, (g0 - mean).abs().max())
+            # within 1e-5 of the gradient's scale: float32 sums in another order (the ranks' and this process's
+            # thread counts differ) move gradients of size ~4 by up to ~2e-5
+            tol = 1e-5 * max(1.0, float(mean.abs().max()))
+            assert torch.allclose(g0, mean, atol=tol, rtol=0), (spec, i, (g0 - mean).abs().max())
             assert torch.equal(g0, g1), (spec, i)
         assert any(g is not None and g.abs().sum() > 0 for g in got[0]["grads"]), spec
         assert not all(a is None or torch.equal(a, b) for a, b in zip(*ref)), spec   # the shares' gradients differ

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import cfg_for, markdown_table, mean_std, test_lwlrap, train_seconds, write_section
+from common import cfg_for, fold_lwlrap, markdown_table, mean_std, test_lwlrap, train_seconds, write_section
 
 from pipeline import train  # noqa: E402  (common puts the repository on sys.path)
 from pipeline.modes import list_modes, mode_class  # noqa: E402
@@ -52,6 +52,9 @@ def main():
     ap.add_argument("--evals", type=int, default=0, help="validations per run (train.eval_every = epochs / evals; "
                                                         "0: every epoch)")
     ap.add_argument("--modes", default="", help="comma-separated subset of the modes")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: tabulate the finished runs (processes that ran seeds side by side; a "
+                         "default changed since, which would change the runs' training key); multi-label only")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     t_start = time.time()
@@ -78,13 +81,18 @@ def main():
             ovs = [f"run.name={name}", f"run.seed={seed}", f"train.epochs={epochs}", *base, *every,
                    f"train.mode={mode}", *ov]
             cfg = cfg_for(a.config, ovs, "train")
+            fdir = Path(f"runs/{name}/train/fold_0")
             try:
-                res = train.main(cfg)
+                if a.report_only:
+                    if single or not (fdir / "oof.csv").exists():
+                        raise FileNotFoundError(f"{fdir}: no finished run to report (multi-label only)")
+                    res = {"oof_lwlrap": fold_lwlrap(cfg, fdir)}
+                else:
+                    res = train.main(cfg)
             except Exception as e:  # a failing mode is a row, not the end of the table
                 print(f"{label} seed {seed} failed: {type(e).__name__}: {e}", flush=True)
                 results.setdefault(label, []).append({"failed": f"{type(e).__name__}"})
                 continue
-            fdir = Path(f"runs/{name}/train/fold_0")
             last = pd.read_csv(fdir / "metrics.csv").iloc[-1]
             r = {"seconds": train_seconds(fdir),
                  **{k: float(last[k]) for k in ("pl_precision", "pl_recall", "pl_used", "pl_pos") if k in last}}

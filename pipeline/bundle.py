@@ -35,11 +35,11 @@ from pathlib import Path
 from pipeline.config import cli, config_hash, load_config, save_config
 from pipeline.data import dataset
 from pipeline.features import feature_params, norm_stats
-from pipeline.infer import export, fold_dirs
+from pipeline.infer import export, fold_dirs, predicted_from
 from pipeline.predict import predict_settings
 from pipeline.predict_dir import FORMAT, MANIFEST, sha256
-from pipeline.utils import (ROOT, UserError, atomic_write_json, atomic_write_text, get_logger, git_commit, read_json,
-                            run_dir, user_errors)
+from pipeline.utils import (ROOT, UserError, atomic_write_json, atomic_write_text, get_logger, git_commit, run_dir,
+                            user_errors)
 
 BUNDLES = Path("bundles")
 CODE = ("pipeline", "models")
@@ -91,8 +91,8 @@ def export_models(cfg, runs, out: Path, classes, log) -> list[dict]:
     for run in runs:
         rcfg = run_config(cfg, run)
         for fdir in fold_dirs(rcfg):
-            done, stamp = Path("runs") / run / "infer" / fdir.name / "done.json", (fdir / "best.pt").stat().st_mtime_ns
-            if done.exists() and not read_json(done).get("key", "").endswith(f"-{stamp}"):   # infer's key names it
+            odir = Path("runs") / run / "infer" / fdir.name
+            if (odir / "done.json").exists() and not predicted_from(odir, fdir / "best.pt"):
                 log.warning(f"{fdir / 'best.pt'} is newer than its `make infer` predictions: the bundle holds the "
                             f"new model, submissions/{run}.csv the old one (run `make infer` to refresh it)")
             rel = Path("weights") / run / f"{fdir.name}.pt"

@@ -35,6 +35,14 @@ def fold_dirs(cfg) -> list[Path]:
     return dirs
 
 
+def predicted_from(odir: Path, best: Path) -> bool:
+    """Whether the fold's finished predictions in odir were made from this best.pt (its modification time ends
+    their key), whatever the infer settings were."""
+    from pipeline.utils import read_json
+    done = odir / "done.json"
+    return done.exists() and read_json(done).get("key", "").endswith(f"-{best.stat().st_mtime_ns}")
+
+
 def export(best_path: Path, out_path: Path):
     """The inference checkpoint of a fold: the model without g and the ArcFace weights."""
     from models import create_model

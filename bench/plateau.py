@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,12 @@ def main():
     ap.add_argument("--evals", type=int, default=0, help="validations per run (train.eval_every = epochs / evals; "
                                                         "0: every epoch)")
     ap.add_argument("--section", default="plateau")
+    ap.add_argument("--tag", default="", help="run-name prefix (default p, pw with --from-warmup): probes of other "
+                                               "settings keep their own runs")
+    ap.add_argument("--title", default="", help="added to the section's heading (what a probe varies)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
-    tag = f"p{'w' if a.from_warmup else ''}"
+    tag = a.tag or f"p{'w' if a.from_warmup else ''}"
     base = [f"train.steps_per_epoch={a.steps}", f"train.batch_size={a.batch}", "train.folds=[0]",
             "train.mode=supervised", "run.progress=false", *a.overrides]
     budgets = [a.epochs * 2 ** i for i in range(a.doublings + 1)]
@@ -77,12 +81,16 @@ def main():
     verdict = (f"Plateau budget (the first whose doubling gains less than 0.01 val lwlrap): {plateau} epochs of "
                f"{a.steps} steps." if plateau else "No budget measured here is within 0.01 of its doubling.")
     print(table + "\n" + verdict)
-    cmd = " ".join(["bench/plateau.py", f"--config {a.config}", f"--seeds {a.seeds}", f"--epochs {a.epochs}",
-                    f"--doublings {a.doublings}", f"--steps {a.steps}", f"--batch {a.batch}",
-                    "--from-warmup" if a.from_warmup else "", f"--evals {a.evals}" if a.evals else "", f"--section {a.section}", *a.overrides])
+    cmd = " ".join(x for x in [
+        "bench/plateau.py", f"--config {a.config}", f"--seeds {a.seeds}", f"--epochs {a.epochs}",
+        f"--doublings {a.doublings}", f"--steps {a.steps}", f"--batch {a.batch}",
+        "--from-warmup" if a.from_warmup else "", f"--evals {a.evals}" if a.evals else "",
+        f"--section {a.section}", f"--tag {a.tag}" if a.tag else "",
+        f"--title {shlex.quote(a.title)}" if a.title else "", shlex.join(a.overrides)] if x)
     write_section(a.section, f"## Plateau budget: supervised on 100% of the labels "
-                             f"({'after the noisy warm-up' if a.from_warmup else 'from scratch'})\n\n"
-                             f"`.venv/bin/python {' '.join(cmd.split())}`: fold 0 held out, {a.seeds} seeds; mean +- "
+                             f"({'after the noisy warm-up' if a.from_warmup else 'from scratch'}"
+                             f"{', ' + a.title if a.title else ''})\n\n"
+                             f"`.venv/bin/python {cmd}`: fold 0 held out, {a.seeds} seeds; mean +- "
                              f"std over the seeds.\n\n{table}\n\n{verdict}\n")
 
 

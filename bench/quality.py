@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -160,7 +161,7 @@ def report(a, results, recipe, g_best, extra, n_seeds, minutes):
     print(table)
     print(text)
     body = (f"## Reference-system ablation over seeds (bench/quality.py)\n\n`.venv/bin/python bench/quality.py "
-            f"--seeds {n_seeds} --epochs {a.epochs} --steps {a.steps} --evals {a.evals} {' '.join(a.overrides)}` on "
+            f"--seeds {n_seeds} --epochs {a.epochs} --steps {a.steps} --evals {a.evals} {shlex.join(a.overrides)}` on "
             f"configs/{a.config}: "
             f"every variant trains {a.epochs} epochs of {a.steps} steps on folds 1-2, validated on fold 0, for "
             f"{n_seeds} seeds (each seed also redraws the folds and the warm-up); mean +- std over the seeds. "

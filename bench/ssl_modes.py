@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import time
 from pathlib import Path
 
@@ -55,6 +56,10 @@ def main():
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: tabulate the finished runs (processes that ran seeds side by side; a "
                          "default changed since, which would change the runs' training key); multi-label only")
+    ap.add_argument("--no-topk", action="store_true", help="leave out the rule topk rows")
+    ap.add_argument("--tag", default="", help="run-name prefix (default s, ssl for single-label): a table at another "
+                                               "budget keeps its own runs")
+    ap.add_argument("--section", default="", help="docs/results.md section (default ssl, ssl_single)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     t_start = time.time()
@@ -68,14 +73,15 @@ def main():
     frac = [f"data.labelled_fraction={a.fraction}"]
     spec = ([(f"supervised {a.fraction:.0%}", "supervised", frac, a.epochs)]
             + [(m, m, frac + (TS if m == "teacher_student" else []), a.epochs) for m in ssl_modes]
-            + ([] if single else [(f"{m}, rule topk", m, [*frac, f"ssl.{m}={{rule: topk}}"], a.epochs)
+            + ([] if single or a.no_topk else [(f"{m}, rule topk", m, [*frac, f"ssl.{m}={{rule: topk}}"], a.epochs)
                                   for m in ("fixmatch", "pseudo_label") if m in ssl_modes])
             + [("supervised 100%", "supervised", [], a.epochs),
                (f"supervised 100%, {2 * a.epochs} epochs (plateau check)", "supervised", [], 2 * a.epochs)])
+    tag = a.tag or f"s{'sl' if single else ''}"
     results: dict = {}
     for seed in [a.seed0 + i for i in range(a.seeds)]:
         for label, mode, ov, epochs in spec:
-            name = (f"s{'sl' if single else ''}_{label.split(' (')[0].replace(' ', '_').replace('%', 'pct')}"
+            name = (f"{tag}_{label.split(' (')[0].replace(' ', '_').replace('%', 'pct')}"
                     f"_s{seed}").replace(",", "")
             every = [f"train.eval_every={max(1, epochs // a.evals)}"] if a.evals else []
             ovs = [f"run.name={name}", f"run.seed={seed}", f"train.epochs={epochs}", *base, *every,
@@ -103,7 +109,7 @@ def main():
             results.setdefault(label, []).append(r)
             print(f"{label} seed {seed}: {r['val']:.4f} / {r['test']:.4f} ({r['seconds']:.0f} s)", flush=True)
     Path("runs").mkdir(exist_ok=True)
-    Path(f"runs/s{'sl' if single else ''}_summary.json").write_text(json.dumps(results, indent=1))
+    Path(f"runs/{tag}_summary.json").write_text(json.dumps(results, indent=1))
     report(a, results, single, spec[0][0], (time.time() - t_start) / 60)
 
 
@@ -131,14 +137,17 @@ def report(a, results, single, ref_label, minutes):
     table = markdown_table(header, rows)
     print(table)
     body = (f"## Semi-supervised modes{' (single-label forms)' if single else ''} at {a.fraction:.0%} labelled over "
-            f"seeds (bench/ssl_modes.py)\n\n`.venv/bin/python bench/ssl_modes.py --config {a.config} --fraction "
-            f"{a.fraction} --seeds {a.seeds} --epochs {a.epochs} --steps {a.steps} --evals {a.evals} "
-            f"{' '.join(a.overrides)}`: "
+            f"seeds, {a.epochs} x {a.steps} steps (bench/ssl_modes.py)\n\n"
+            f"`.venv/bin/python bench/ssl_modes.py --config {a.config} --fraction {a.fraction} --seeds {a.seeds}"
+            f"{f' --seed0 {a.seed0}' if a.seed0 != 42 else ''} --epochs {a.epochs} --steps {a.steps} --evals {a.evals}"
+            f"{' --modes ' + a.modes if a.modes else ''}{' --no-topk' if a.no_topk else ''}"
+            f"{' --tag ' + a.tag if a.tag else ''}{' --section ' + a.section if a.section else ''} "
+            f"{shlex.join(a.overrides)}`: "
             f"{a.epochs} epochs of {a.steps} steps, labelled batch 16, from scratch, fold 0 held out, "
             f"{a.seeds} seeds (each also redraws the folds and the labelled share); mean +- std over the seeds. "
             f"Pseudo-label columns: last epoch, against the true labels of the unlabelled clips; '-' where a mode "
             f"selects none. The table took {minutes:.0f} minutes.\n\n{table}\n")
-    write_section("ssl_single" if single else "ssl", body)
+    write_section(a.section or ("ssl_single" if single else "ssl"), body)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ Every backbone takes `block_dropout` and applies all its dropout through modules
 from . import cnn, panns  # noqa: F401  (register the backbones)
 from .layers import dropout_modules
 from .panns import load_panns
-from .registry import build_backbone, list_models, register_model
+from .registry import build_backbone, list_models, model_params, register_model
 from .tagger import CosineHead, Tagger, create_model
 
 __all__ = ["create_model", "register_model", "list_models", "build_backbone", "Tagger", "CosineHead", "load_panns",

@@ -28,13 +28,22 @@ def list_models() -> list:
     return sorted(_MODELS)
 
 
-def _check_params(name: str, fn, params: dict):
-    sig = inspect.signature(fn).parameters
+def model_params(name: str) -> list | None:
+    """The `params` a registered backbone takes (block_dropout is create_model's own argument); None when it takes
+    any keyword (a factory with **kwargs) or the name is not registered (timm:<name> passes its params to timm)."""
+    if name not in _MODELS:
+        return None
+    sig = inspect.signature(_MODELS[name]).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values()):
-        return
-    unknown = sorted(set(params) - set(sig))
+        return None
+    return sorted(set(sig) - {"block_dropout"})
+
+
+def _check_params(name: str, params: dict):
+    accepted = model_params(name)
+    unknown = sorted(set(params) - set(accepted) - {"block_dropout"}) if accepted is not None else []
     if unknown:
-        raise TypeError(f"unknown parameter(s) {unknown} for model {name!r}; it takes {sorted(sig)}")
+        raise TypeError(f"unknown parameter(s) {unknown} for model {name!r}; it takes {accepted}")
 
 
 def build_backbone(name: str, pretrained_path=None, **params):
@@ -46,7 +55,7 @@ def build_backbone(name: str, pretrained_path=None, **params):
         from .timm_backbone import TimmBackbone
         backbone = TimmBackbone(name[len("timm:"):], **params)
     elif name in _MODELS:
-        _check_params(name, _MODELS[name], params)
+        _check_params(name, params)
         backbone = _MODELS[name](**params)
     else:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())} "

@@ -94,6 +94,11 @@ def _models():
     return tuple(list_models())
 
 
+def _model_params(name):
+    from models import model_params
+    return model_params(name)
+
+
 def _ts(name):
     def get():
         from pipeline.modes import teacher_student
@@ -229,6 +234,14 @@ def _cross(cfg) -> list[tuple[str, Any, str]]:
         out.append(("features.fmin", f["fmin"], f"below features.sample_rate / 2 = {nyquist}"))
     if f["n_fft"] < f["hop_length"]:
         out.append(("features.n_fft", f["n_fft"], f">= features.hop_length = {f['hop_length']}"))
+    m = cfg["model"]
+    accepted = _model_params(m["name"])
+    unknown = sorted(set(m["params"] or {}) - set(accepted)) if accepted is not None else []
+    if unknown:
+        colon = any(":" in str(k) for k in unknown)     # {width:0.125} is YAML for {"width:0.125": null}
+        out.append(("model.params", m["params"], f"a mapping of {m['name']}'s parameters {accepted} (unknown: "
+                                                  f"{unknown}; model.block_dropout is a key of its own"
+                                                  f"{'; YAML needs a space after the colon' if colon else ''})"))
     terms = ("bce", "focal", "arcface", "hinge")
     if not any(loss[t] > 0 for t in terms):
         out.append(("(" + ", ".join(f"loss.{t}" for t in terms) + ")", tuple(loss[t] for t in terms),

@@ -52,6 +52,9 @@ def test_one_bad_value_per_key(key):
     ("ssl.fixmatch.tau=0.9", "fixmatch's own hyperparameters"),
     ("model.name=resnet", "timm:<name>"),
     ("run.name=../x", "run.name"),
+    ("model.params.depth=3", "model.params = {'depth': 3}: must be a mapping of vgg8's parameters ['pool', 'width'] "
+                             "(unknown: ['depth']"),
+    ("model.params={width:0.5}", "YAML needs a space after the colon"),
 ])
 def test_message_names_key_value_and_what_is_accepted(override, message):
     with pytest.raises(ConfigError) as e:
@@ -70,10 +73,11 @@ def test_a_bad_warmup_value_is_named_as_given():
 
 
 @pytest.mark.parametrize("override", ["run.device=cuda:1", "run.device=cpu", "model.name=timm:resnet18",
-                                      "model.params.width=0.5", "ssl.fixmatch.tau_pos=0.9", "features.fmax=8000",
+                                      "model.params.width=0.5", ("model.name=timm:resnet18", "model.params.drop_rate=0.1"),
+                                      "ssl.fixmatch.tau_pos=0.9", "features.fmax=8000",
                                       "train.init_from=null", "features.trim_db=null", "train.folds=[0, 2]"])
 def test_good_values_pass(override):
-    load_config(None, [override])
+    load_config(None, [override] if isinstance(override, str) else list(override))
 
 
 def test_dotted_override_inside_an_open_key():

@@ -57,7 +57,7 @@ def atomic_path(path, suffix=None):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=suffix or path.suffix, dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
     try:
@@ -70,12 +70,15 @@ def atomic_path(path, suffix=None):
 
 
 def remove_stale_temps(path, log=None) -> int:
-    """Remove the temporary siblings atomic_path left for `path` when a run was killed (.<stem>.*<suffix>); one
-    writer per path at a time is assumed. Returns the number of bytes reclaimed (logged when any)."""
+    """Remove the temporary siblings atomic_path left for `path` when a run was killed (.<stem>.tmp-XXXXXXXX<suffix>,
+    XXXXXXXX being mkstemp's 8 characters; also the form before the tmp- marker); one writer per path at a time is
+    assumed. Only those names match, so the temporaries of `<stem>.x<suffix>` are not touched. Returns the number
+    of bytes reclaimed (logged when any)."""
     path = Path(path)
+    mine = re.compile(re.escape(f".{path.stem}.") + r"(tmp-)?[a-z0-9_]{8}" + re.escape(path.suffix))
     freed, n = 0, 0
     for tmp in path.parent.glob(f".{path.stem}.*{path.suffix}"):
-        if tmp.is_file():
+        if mine.fullmatch(tmp.name) and tmp.is_file():
             freed += tmp.stat().st_size
             tmp.unlink()
             n += 1

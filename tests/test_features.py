@@ -141,13 +141,18 @@ def test_norm_stats_none(dataset, cfg_for):
 def test_stale_temporary_files_of_a_killed_build_are_removed(tmp_path):
     from pipeline.utils import atomic_path, remove_stale_temps
     target = tmp_path / "noisy.f16"
-    stale = tmp_path / ".noisy.abc123.f16"
-    stale.write_bytes(b"\0" * 1000)                      # what a build killed with -9 leaves
-    other = tmp_path / ".curated.abc123.f16"
-    other.write_bytes(b"\0" * 10)
+    stale = [tmp_path / ".noisy.tmp-ab_c1234.f16", tmp_path / ".noisy.ab_c1234.f16"]   # what a kill -9 leaves (and
+    for p in stale:                                                                   # the form before tmp-)
+        p.write_bytes(b"\0" * 500)
+    others = [tmp_path / ".curated.tmp-abc12345.f16",     # another file's
+              tmp_path / ".noisy.x.tmp-abc12345.f16",      # noisy.x.f16's, whose name starts like ours
+              tmp_path / ".noisy.tmp-abc12345.npy"]        # another suffix
+    for p in others:
+        p.write_bytes(b"\0" * 10)
     assert remove_stale_temps(target) == 1000
-    assert not stale.exists() and other.exists()          # only the same file's temporaries
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in others)
     with atomic_path(target) as tmp:
+        assert remove_stale_temps(tmp_path / "noisy.x.f16") == 10 and tmp.exists()   # a neighbour's cleanup spares it
         tmp.write_bytes(b"ok")
     assert target.read_bytes() == b"ok" and remove_stale_temps(target) == 0
 
@@ -247,8 +252,8 @@ def test_killed_shards_leave_nothing_behind(dataset, cfg_for, tmp_path):
     out = cache_dir(cfg)
     build_cache(cfg, shard=(0, 3))
     plan = next(out.glob("curated.*.part0of3.json")).name.split(".")[1]
-    killed = out / f".curated.{plan}.part1of3.deadbeef.f16"      # shard 1 killed with -9 mid-write
-    older = out / ".curated.0123456789ab.part0of2.cafe.f16"       # a shard of an earlier plan, killed
+    killed = out / f".curated.{plan}.part1of3.tmp-deadbeef.f16"  # shard 1 killed with -9 mid-write
+    older = out / ".curated.0123456789ab.part0of2.tmp-cafe1234.f16"  # a shard of an earlier plan, killed
     stray = out / "curated.0123456789ab.part1of2.f16"
     for p in (killed, older, stray):
         p.write_bytes(b"\0" * 64)

@@ -546,9 +546,21 @@ def build_split(out: Path, split: str, clips: pd.DataFrame, params: dict, cfg, s
         if waiting:
             log.info(f"{split}: shard(s) {waiting} of {n} not finished; the last one (or `make features`) merges")
             return False
-        _merge(out, split, clips, key, params, prev if reused.any() else None, parts, log)
-        _sweep(out, split, log)
-    return True
+        now = read_json(meta_path) if meta_path.exists() else {}
+        replaced = prev is not None and reused.any() and not _same_build(prev[0], now)
+        if not replaced:
+            _merge(out, split, clips, key, params, prev if reused.any() else None, parts, log)
+            _sweep(out, split, log)
+            return True
+    # another process merged a different build while this one extracted: the rows this plan would reuse no longer
+    # lie where prev's index says; plan again on top of the build now on disk (this plan's parts get swept)
+    log.info(f"{split}: another build was merged while this one extracted; planning again on top of it")
+    return build_split(out, split, clips, params, cfg, shard, log)
+
+
+def _same_build(a: dict, b: dict) -> bool:
+    """Whether two of a split's json records describe the same files (the stale mark aside)."""
+    return all(a.get(k) == b.get(k) for k in ("key", "shape", "sum", "sumsq"))
 
 
 def build_cache(cfg, ds=None, log=None, shard=None) -> Path:

@@ -73,8 +73,8 @@ def test_a_bad_warmup_value_is_named_as_given():
 
 
 @pytest.mark.parametrize("override", ["run.device=cuda:1", "run.device=cpu", "model.name=timm:resnet18",
-                                      "model.params.width=0.5", ("model.name=timm:resnet18", "model.params.drop_rate=0.1"),
-                                      "ssl.fixmatch.tau_pos=0.9", "features.fmax=8000",
+                                      "model.params.width=0.5", "ssl.fixmatch.tau_pos=0.9", "features.fmax=8000",
+                                      ("model.name=timm:resnet18", "model.params.drop_rate=0.1"),
                                       "train.init_from=null", "features.trim_db=null", "train.folds=[0, 2]"])
 def test_good_values_pass(override):
     load_config(None, [override] if isinstance(override, str) else list(override))

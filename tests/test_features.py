@@ -295,6 +295,33 @@ def test_kill_inside_a_merge_neither_wedges_nor_leaks(dataset, cfg_for, tmp_path
     assert {p.name: p.read_bytes() for p in out.glob("curated.*") if "part" not in p.name} == whole
 
 
+def test_a_build_merged_while_another_extracts_is_not_misread(dataset, cfg_for, tmp_path, monkeypatch):
+    """Two plans reuse the same previous build; the one that merges second finds the files replaced under it and
+    plans again on top of the new build, instead of reading the new .f16 at the old build's offsets."""
+    from pipeline.features import build_split, clip_table, feature_params
+    from pipeline.utils import get_logger
+    cfg = cfg_for(dataset, f"features.cache_dir={tmp_path / 'race'}")
+    out = build_cache(cfg)
+    ds = features.dataset(cfg, check_audio=True)
+    clips, params, log = clip_table(ds, "curated"), feature_params(cfg), get_logger()
+    wav = dataset / "train_curated" / clips["fname"].iloc[3]
+    y, sr = sf.read(wav)
+    sf.write(wav, y[: sr // 2], sr, subtype="PCM_16")          # this process's change: one clip re-extracted
+    ours = clip_table(features.dataset(cfg, check_audio=True), "curated")
+    real = features._extract_part
+
+    def interloper_merges_first(*a, **k):
+        monkeypatch.setattr(features, "_extract_part", real)
+        assert build_split(out, "curated", clips.iloc[1:], params, cfg, None, log)   # a build without the 1st clip
+        real(*a, **k)
+    monkeypatch.setattr(features, "_extract_part", interloper_merges_first)
+    assert build_split(out, "curated", ours, params, cfg, None, log)
+    fresh = build_cache(cfg_for(dataset, f"features.cache_dir={tmp_path / 'fresh'}"))
+    assert {k: v for k, v in _files(out).items() if k.startswith("curated")} == \
+        {k: v for k, v in _files(fresh).items() if k.startswith("curated")}
+    assert not list(out.glob("curated.*part*"))
+
+
 def test_parse_shard_flags_and_environment():
     from pipeline.features import parse_shard
     from pipeline.utils import UserError

@@ -144,10 +144,12 @@ def test_killed_stage_rerun_equals_uninterrupted(reference, tmp_path, stage):
     assert not [k for k in got if Path(k).name.startswith(".")], "temporary files left"
 
 
-# temporary names a writer killed mid-write leaves (pipeline.utils.atomic_path: .<stem>.<random><suffix>)
-LEFT_BY_A_KILL = {"train": ["runs/t/train/fold_0/.last.k1ll3d.pt", "runs/t/train/fold_1/.metrics.k1ll3d.csv"],
-                  "infer": ["runs/t/infer/fold_0/.test.k1ll3d.csv", "runs/t/infer/fold_2/.model.k1ll3d.pt"],
-                  "ensemble": ["submissions/.t.k1ll3d.csv", "submissions/.t.k1ll3d.json"]}
+# temporary names a writer killed mid-write leaves (pipeline.utils.atomic_path: .<stem>.tmp-<8 random><suffix>)
+LEFT_BY_A_KILL = {"train": ["runs/t/train/fold_0/.last.tmp-k1ll3d00.pt",
+                            "runs/t/train/fold_1/.metrics.tmp-k1ll3d00.csv"],
+                  "infer": ["runs/t/infer/fold_0/.test.tmp-k1ll3d00.csv",
+                            "runs/t/infer/fold_2/.model.tmp-k1ll3d00.pt"],
+                  "ensemble": ["submissions/.t.tmp-k1ll3d00.csv", "submissions/.t.tmp-k1ll3d00.json"]}
 
 
 @pytest.mark.parametrize("stage", sorted(LEFT_BY_A_KILL))

@@ -6,7 +6,8 @@ validation with sliding windows, atomic checkpoints and resume, metrics CSV and 
 A fit writes into out_dir: last.pt (everything needed to resume: model, optimiser, schedule, mode state, RNG states,
 history), best.pt (the best validated model), metrics.csv, and done.json last. Started again after a kill at any
 moment, it resumes from last.pt at the epoch boundary and, given the same seed, ends with the same weights as an
-uninterrupted run on the CPU.
+uninterrupted run on the CPU. Started with another config, it keeps the old run's last.pt, best.pt and metrics.csv
+as last.<key>.pt, best.<key>.pt and metrics.<key>.csv (the old key's first 12 characters) and trains from the start.
 """
 from __future__ import annotations
 
@@ -382,13 +383,17 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
             history, best, start = ck["history"], ck["best"], ck["epoch"]
             if log:
                 log.info(f"resuming {out_dir} from epoch {start}/{cfg.train.epochs}")
-        elif world.main:      # keep the old run's checkpoint beside the new one, and say what changed
-            kept = out_dir / f"last.{str(ck.get('key', 'old')).split('-')[0][:12]}.pt"
-            os.replace(last, kept)
+        elif world.main:      # keep the old run's checkpoints and metrics beside the new ones, say what changed
+            tag = str(ck.get('key', 'old')).split('-')[0][:12]
+            kept = []
+            for p in (last, out_dir / "best.pt", out_dir / "metrics.csv"):
+                if p.exists():
+                    os.replace(p, p.with_name(f"{p.stem}.{tag}{p.suffix}"))
+                    kept.append(f"{p.stem}.{tag}{p.suffix}")
             if log:
                 log.info(f"{last} was written for another config (changed: "
-                         f"{', '.join(changed_keys(ck.get('cfg'), cfg)) or 'the seed'}): kept as {kept.name}, "
-                         f"training from the start")
+                         f"{', '.join(changed_keys(ck.get('cfg'), cfg)) or 'the seed'}): kept as "
+                         f"{', '.join(kept)}, training from the start")
     del ck
 
     for epoch in range(start, cfg.train.epochs):

@@ -2,6 +2,7 @@
 keeps the old run's last.pt beside the new one."""
 import logging
 
+import pandas as pd
 import torch
 
 from pipeline.config import load_config
@@ -53,4 +54,7 @@ def test_knob_change_resumes_and_real_change_keeps_the_old_checkpoint(tmp_path, 
     assert "changed: train.lr" in caplog.text
     kept = list(tmp_path.glob("last.*.pt"))
     assert len(kept) == 1 and load_checkpoint(kept[0])["key"] == ck["key"]
+    tag = kept[0].name.split(".")[1]                         # the old run's best model and metrics are kept too
+    assert load_checkpoint(tmp_path / f"best.{tag}.pt")["key"] == ck["key"]
+    assert len(pd.read_csv(tmp_path / f"metrics.{tag}.csv")) == 2 and f"best.{tag}.pt" in caplog.text
     assert load_checkpoint(tmp_path / "last.pt")["key"] != ck["key"]

@@ -26,13 +26,16 @@ Fold-parallel runs: processes that each train their own folds of one run share i
     CUDA_VISIBLE_DEVICES=0 python -m pipeline.train --config FILE train.folds=[0] &
     CUDA_VISIBLE_DEVICES=1 python -m pipeline.train --config FILE train.folds=[1] &
 The warm-up runs once (the first process trains it, the others wait on its lock and start from its
-last.pt), and whichever process finishes last leaves oof.csv and summary.json over every finished fold.
+last.pt), and whichever process finishes last leaves oof.csv and summary.json over every finished fold. Each fold
+has its own lock (fold_<k>/.fold.lock): processes given the same fold, or `make train` started twice, train it once;
+the others wait, then find it done.
 
 Data-parallel (pipeline/distributed.py): `torchrun --nproc_per_node=N -m pipeline.train ...` or `make train NPROC=N`
 trains each fold (and the warm-up it needs) on N processes; rank 0 writes the folds and every file here.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +48,7 @@ from pipeline.engine import build_model, checkpoint_state, concat_clipsets, fit,
     load_checkpoint, make_clipset, train_key
 from pipeline.features import FeatureCache
 from pipeline.modes import mode_class
-from pipeline.utils import atomic_to_csv, is_done, run_dir
+from pipeline.utils import atomic_to_csv, file_lock, is_done, run_dir
 
 
 def warmup_config(cfg):
@@ -120,40 +123,46 @@ def main(cfg) -> dict:
     key = train_key(cfg)
     for k in fold_names(cfg, int(fold.max()) + 1):
         fdir = out / f"fold_{k}"
-        tr = np.ones(len(fold), bool) if k == "full" else fold != k
-        val = None if k == "full" else make_clipset(curated_cache, ds.curated[fold == k], ds.classes)
-        if not distributed.from_main(is_done(fdir, key)):      # data-parallel: the ranks decide together
-            if world.main:                # an earlier config's predictions: never pooled with this fold's model
-                (fdir / "oof.csv").unlink(missing_ok=True)
-            lab_mask = labelled_split(ds.targets(ds.curated)[tr], cfg.data.labelled_fraction, cfg.run.seed)
-            tr_df = ds.curated[tr].reset_index(drop=True)
-            lab_df, calib = tr_df[lab_mask], None
-            if mode_cls.needs_calibration(cfg):       # held out for the pseudo-label thresholds, never trained on
-                keep = labelled_split(ds.targets(lab_df), 1 - cfg.train.calib_fraction, cfg.run.seed + 1)
-                calib = make_clipset(curated_cache, lab_df[~keep], ds.classes)
-                lab_df = lab_df[keep]
-            labelled = make_clipset(curated_cache, lab_df, ds.classes)
-            if cfg.train.noisy_labelled and noisy_cache is not None:
-                labelled = concat_clipsets(labelled, make_clipset(noisy_cache, ds.noisy, ds.classes))
-            unlabelled = None
-            if mode_cls.uses_unlabelled:
-                if cfg.data.labelled_fraction < 1:      # the rest of the curated training clips, labels kept as truth
-                    rest = tr_df[~lab_mask]
-                    unlabelled = make_clipset(curated_cache, rest, ds.classes, truth_df=rest)
-                    unlabelled.y[:] = 0                 # unlabelled: no given labels (only pl_* stats see the truth)
-                elif noisy_cache is not None:
-                    unlabelled = make_clipset(noisy_cache, ds.noisy, ds.classes, ds.noisy_truth)
-            seed_offset = 1000 * (1 + (k if k != "full" else 99))
-            model = build_model(cfg, ds.n_classes, heads=mode_cls.heads, seed=cfg.run.seed + seed_offset,
-                                dropout=mode_cls.model_dropout(cfg), block_dropout=mode_cls.model_block_dropout(cfg))
-            if init is not None:
-                init_from_checkpoint(model, init, log)
-            log.info(f"fold {k}: {len(labelled)} labelled, {0 if unlabelled is None else len(unlabelled)} "
-                     f"unlabelled, {0 if val is None else len(val)} validation"
-                     f"{'' if calib is None else f', {len(calib)} held-out threshold'} clips; mode {cfg.train.mode}")
-            fit(cfg, fdir, model, cfg.train.mode, ds.classes, labelled, unlabelled, val, log, seed_offset, calib)
-        if val is not None and distributed.from_main(not (fdir / "oof.csv").exists()):
-            write_fold_oof(cfg, fdir, val, ds.classes)   # also when a kill fell between done.json and oof.csv
+        # one process per fold at a time: a second `make train` of the same run (or overlapping fold-parallel
+        # processes) waits here, then finds the fold done
+        with file_lock(fdir / ".fold.lock", log, f"fold {k}") if world.main else nullcontext():
+            tr = np.ones(len(fold), bool) if k == "full" else fold != k
+            val = None if k == "full" else make_clipset(curated_cache, ds.curated[fold == k], ds.classes)
+            if not distributed.from_main(is_done(fdir, key)):      # data-parallel: the ranks decide together
+                if world.main:                # an earlier config's predictions: never pooled with this fold's model
+                    (fdir / "oof.csv").unlink(missing_ok=True)
+                lab_mask = labelled_split(ds.targets(ds.curated)[tr], cfg.data.labelled_fraction, cfg.run.seed)
+                tr_df = ds.curated[tr].reset_index(drop=True)
+                lab_df, calib = tr_df[lab_mask], None
+                if mode_cls.needs_calibration(cfg):       # held out for the pseudo-label thresholds, never trained on
+                    keep = labelled_split(ds.targets(lab_df), 1 - cfg.train.calib_fraction, cfg.run.seed + 1)
+                    calib = make_clipset(curated_cache, lab_df[~keep], ds.classes)
+                    lab_df = lab_df[keep]
+                labelled = make_clipset(curated_cache, lab_df, ds.classes)
+                if cfg.train.noisy_labelled and noisy_cache is not None:
+                    labelled = concat_clipsets(labelled, make_clipset(noisy_cache, ds.noisy, ds.classes))
+                unlabelled = None
+                if mode_cls.uses_unlabelled:
+                    if cfg.data.labelled_fraction < 1:   # the rest of the curated training clips, labels as truth
+                        rest = tr_df[~lab_mask]
+                        unlabelled = make_clipset(curated_cache, rest, ds.classes, truth_df=rest)
+                        unlabelled.y[:] = 0              # unlabelled: no given labels (only pl_* stats see the truth)
+                    elif noisy_cache is not None:
+                        unlabelled = make_clipset(noisy_cache, ds.noisy, ds.classes, ds.noisy_truth)
+                seed_offset = 1000 * (1 + (k if k != "full" else 99))
+                model = build_model(cfg, ds.n_classes, heads=mode_cls.heads, seed=cfg.run.seed + seed_offset,
+                                    dropout=mode_cls.model_dropout(cfg),
+                                    block_dropout=mode_cls.model_block_dropout(cfg))
+                if init is not None:
+                    init_from_checkpoint(model, init, log)
+                log.info(f"fold {k}: {len(labelled)} labelled, {0 if unlabelled is None else len(unlabelled)} "
+                         f"unlabelled, {0 if val is None else len(val)} validation"
+                         f"{'' if calib is None else f', {len(calib)} held-out threshold'} clips; "
+                         f"mode {cfg.train.mode}")
+                fit(cfg, fdir, model, cfg.train.mode, ds.classes, labelled, unlabelled, val, log, seed_offset,
+                    calib)
+            if val is not None and distributed.from_main(not (fdir / "oof.csv").exists()):
+                write_fold_oof(cfg, fdir, val, ds.classes)   # also when a kill fell between done.json and oof.csv
     if not world.main:
         return {"dir": out}
     return summary.rebuild(cfg, ds, log)   # every finished fold, whichever process trained it

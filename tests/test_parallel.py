@@ -1,6 +1,7 @@
 """Fold-parallel runs: processes that each train their own folds of one run share its warm-up and its summary."""
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -69,6 +70,25 @@ def test_two_fold_processes_share_one_warmup_and_one_summary(prepared, tmp_path)
     with pytest.raises(UserError, match="fold_0, fold_1 are unfinished or were trained with other settings"):
         summary.main(prepared(*RUN, "train.lr=0.5"))
     assert before == {name: (out / name).read_bytes() for name in before}
+
+
+def test_two_processes_given_the_same_fold_train_it_once(prepared, tmp_path):
+    """`make train` started twice on one run: the fold's lock makes the second wait, then find the fold done."""
+    cfg = prepared(*RUN, "train.init_from=null")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("WORLD_SIZE", None)
+    out = run_dir(cfg, "train")
+    with file_lock(out / "fold_0" / ".fold.lock"):    # hold fold 0 back until both processes wait for it
+        procs = [subprocess.Popen([sys.executable, "-m", "pipeline.train", "--config", str(BASE),
+                                   *cfg["_meta"]["overrides"], "train.folds=[0]"], cwd=tmp_path, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        _wait_for(out / "log.txt", "waiting for fold 0", 2, procs)
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    log = (out / "log.txt").read_text()
+    assert len(re.findall(r"fold 0: \d+ labelled", log)) == 1           # trained once, by one of them
+    assert (out / "fold_0" / "done.json").exists() and log.count("OOF lwlrap") == 2
 
 
 def test_summary_without_a_run_names_the_folder(prepared):

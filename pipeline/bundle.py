@@ -9,7 +9,8 @@ Writes bundles/<run.name>/ (built in a temporary folder, then renamed into place
                            (pipeline.predict.predict_settings: window length train.frames, infer.hop, batch size, TTA
                            table and window count, reversal, window mean, TTA's SpecAugment keys and seed, train.amp,
                            train.channels_last), the ensemble's mean and one weight per model, config hashes, the
-                           git commit, and each model file's sha256
+                           git commit, and each model file's sha256 and TTA seed (its run's run.seed: runs that
+                           differ only in their seed make one bundle)
     weights/<run>/fold_<k>.pt   every inference model (backbone + head h; no g, no ArcFace weights: infer.export) of
                            this run and of infer.runs, from runs/<run>/train/fold_*/best.pt, as `make infer` uses them
     pipeline/ models/      a copy of the project's code (no data, no caches, no runs)
@@ -69,7 +70,7 @@ def run_config(cfg, run: str):
 def shared_settings(cfg) -> dict:
     """What every model of a bundle must share, flat: feature parameters, normalisation, inference settings."""
     flat = {f"features.{k}": v for k, v in feature_params(cfg).items()}
-    flat.update({f"predict.{k}": v for k, v in predict_settings(cfg).items()})
+    flat.update({f"predict.{k}": v for k, v in predict_settings(cfg).items() if k != "seed"})   # seed: per model
     flat["normalisation"] = norm_stats(cfg)
     return flat
 
@@ -102,7 +103,7 @@ def export_models(cfg, runs, out: Path, classes, log) -> list[dict]:
                 raise UserError(f"{fdir / 'best.pt'}: its classes differ from {cfg.data.root}'s sample_submission.csv")
             entries.append({"file": str(rel), "run": run, "fold": fdir.name, "source": str(fdir / "best.pt"),
                             "model": ck["model_config"]["name"], "sha256": sha256(out / rel),
-                            "train_config_hash": config_hash(ck["cfg"])})
+                            "train_config_hash": config_hash(ck["cfg"]), "seed": int(rcfg.run.seed)})
             log.info(f"bundled {fdir / 'best.pt'} as {rel}")
     for e in entries:
         e["weight"] = 1.0 / len(entries)

@@ -201,7 +201,8 @@ def predict_bundle(bundle: dict, cache, fnames, device="cpu", models=None, setti
     frames, weights = [], []
     for entry, model in models:
         with torch.no_grad():
-            p = predict_with(model, cache, fnames, len(classes), settings, device,
+            own = {**settings, "seed": entry.get("seed", settings["seed"])}     # TTA's seed: the model's run's
+            p = predict_with(model, cache, fnames, len(classes), own, device,
                              progress=lambda it: progress(it, show, leave=False, desc=f"windows {entry['fold']}"))
         df = pd.DataFrame(p, columns=classes)
         df.insert(0, "fname", list(fnames))

@@ -47,7 +47,7 @@ def chain(tmp_path_factory):
         out = bundle.main(cfg("bundle"))
     finally:
         os.chdir(cwd)
-    return {"work": work, "root": root, "cfg": cfg, "bundle": work / out["dir"],
+    return {"work": work, "root": root, "cfg": cfg, "overrides": ov, "bundle": work / out["dir"],
             "submission": work / "submissions" / f"{RUN}.csv"}
 
 
@@ -197,3 +197,25 @@ def test_a_model_newer_than_its_predictions_is_named(chain, tmp_path, monkeypatc
         bundle.main(chain["cfg"]("bundle"))
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "fold_1/best.pt is newer than its `make infer` predictions" in warned[0]
+
+
+def test_runs_that_differ_only_in_their_seed_make_one_bundle(chain, tmp_path, monkeypatch):
+    """A seed ensemble (infer.runs): each model keeps its own run's TTA seed, so predict_dir reproduces the
+    ensembled submission."""
+    work = tmp_path / "copy"
+    shutil.copytree(chain["work"], work, symlinks=True)
+    monkeypatch.chdir(work)
+
+    def cfg(stage):
+        return load_config(CONFIG_DIR / "demo.yaml", [*chain["overrides"], "run.name=bun43", "run.seed=43",
+                                                      f"infer.runs=[{RUN}]"], stage=stage)
+    train.main(cfg("train"))
+    infer.main(cfg("infer"))                     # ends with the ensemble of bun43 and bun
+    out = bundle.main(cfg("bundle"))
+    m = json.loads((work / out["dir"] / "manifest.json").read_text())
+    assert sorted((e["run"], e["seed"]) for e in m["models"]) == [(RUN, 42), (RUN, 42), ("bun43", 43), ("bun43", 43)]
+    got = predict_dir.main(["--bundle", str(work / out["dir"]), "--audio", str(chain["root"] / "test"), "--out",
+                            str(tmp_path / "sub.csv"), "--quiet", "--sample-submission",
+                            str(chain["root"] / "sample_submission.csv")])
+    want = pd.read_csv(work / "submissions" / "bun43.csv")
+    assert len(got) == len(want) and max_diff(pd.read_csv(tmp_path / "sub.csv"), want) < 1e-5

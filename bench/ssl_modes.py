@@ -13,7 +13,9 @@ labelled share and every initialisation). Rows: supervised on the 10%, every sem
 supervised on 100%, and supervised on 100% with twice the epochs (the plateau check: is the budget one where
 supervised training on all the labels has stopped gaining?). All start from scratch with the same epochs, optimiser
 steps and labelled batch size; the unlabelled batch is mu x the labelled one (each mode's default mu). The table
-gives mean +- std over the seeds, and each mode's difference to supervised 10% in units of the two rows' pooled std.
+gives mean +- std over the seeds, each mode's difference to supervised 10% in units of the two rows' pooled std, and
+the paired difference: mean +- std over the seeds of (mode - supervised 10%) within each seed, whose rows share the
+seed's folds and labelled share.
 
 With a single-label config (data.single_label_csv, e.g. configs/demo_single.yaml) every mode runs in its single-label
 form, and the table gives the fold-0 validation accuracy and weighted AUC (no test split); teacher_student, which has
@@ -122,6 +124,15 @@ def gap(rs, ref) -> str:
     return f"{x.mean() - y.mean():+.4f} ({(x.mean() - y.mean()) / sd:+.1f} sd)" if sd > 0 else "-"
 
 
+def paired(rs, ref) -> str:
+    """Mean +- std of the per-seed differences to the reference row (each seed's rows share its folds and labelled
+    share, so the difference leaves out what the seeds' splits add to both), and the mean in units of that std."""
+    d = np.array([r["val"] - q["val"] for r, q in zip(rs, ref) if "val" in r and "val" in q])
+    if len(d) < 2 or d.std(ddof=1) == 0:
+        return "-"
+    return f"{d.mean():+.4f} +- {d.std(ddof=1):.4f} ({d.mean() / d.std(ddof=1):+.1f} sd)"
+
+
 def report(a, results, single, ref_label, minutes):
     rows = []
     for label, rs in results.items():
@@ -129,11 +140,12 @@ def report(a, results, single, ref_label, minutes):
         fails = len(rs) - len(ok)
         pl = [mean_std([r.get(k, float("nan")) for r in ok], 3) for k in ("pl_precision", "pl_recall", "pl_used")]
         rows.append([label + (f" ({fails} failed)" if fails else ""), mean_std([r["val"] for r in ok]),
-                     mean_std([r["test"] for r in ok]), gap(ok, results[ref_label]), *pl,
+                     mean_std([r["test"] for r in ok]), gap(ok, results[ref_label]), paired(rs, results[ref_label]),
+                     *pl,
                      f"{np.mean([r['seconds'] for r in ok]):.0f}" if ok else "-"])
     metric = ["fold-0 val accuracy", "fold-0 val weighted AUC"] if single else ["fold-0 val lwlrap", "test lwlrap"]
-    header = ["mode", *metric, f"val vs {ref_label}", "PL precision", "PL recall", "PL entries used",
-              "training seconds"]
+    header = ["mode", *metric, f"val vs {ref_label}", "paired per-seed val difference", "PL precision", "PL recall",
+              "PL entries used", "training seconds"]
     table = markdown_table(header, rows)
     print(table)
     body = (f"## Semi-supervised modes{' (single-label forms)' if single else ''} at {a.fraction:.0%} labelled over "
@@ -146,7 +158,9 @@ def report(a, results, single, ref_label, minutes):
             f"{a.epochs} epochs of {a.steps} steps, labelled batch 16, from scratch, fold 0 held out, "
             f"{a.seeds} seeds (each also redraws the folds and the labelled share); mean +- std over the seeds. "
             f"Pseudo-label columns: last epoch, against the true labels of the unlabelled clips; '-' where a mode "
-            f"selects none. The table took {minutes:.0f} minutes.\n\n{table}\n")
+            f"selects none. "
+            + ("Tabulated from the finished runs (--report-only)." if a.report_only else
+               f"The table took {minutes:.0f} minutes.") + f"\n\n{table}\n")
     write_section(a.section or ("ssl_single" if single else "ssl"), body)
 
 

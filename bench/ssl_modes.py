@@ -110,6 +110,8 @@ def main():
                 r.update(val=res["oof_lwlrap"], test=test_lwlrap(cfg, fdir, tta=False))
             results.setdefault(label, []).append(r)
             print(f"{label} seed {seed}: {r['val']:.4f} / {r['test']:.4f} ({r['seconds']:.0f} s)", flush=True)
+    if not any("val" in r for rs in results.values() for r in rs):
+        raise SystemExit("every run failed (see above); docs/results.md is left as it was")
     Path("runs").mkdir(exist_ok=True)
     Path(f"runs/{tag}_summary.json").write_text(json.dumps(results, indent=1))
     report(a, results, single, spec[0][0], (time.time() - t_start) / 60)

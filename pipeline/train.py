@@ -121,46 +121,47 @@ def main(cfg) -> dict:
     fold = folds["fold"].to_numpy()
     init = init_path(cfg)
     key = train_key(cfg)
+    def fit_fold(k, fdir, tr, val):
+        """Train fold k (k == "full": every curated clip) from its labelled, unlabelled and held-out clips."""
+        if world.main:                # an earlier config's predictions: never pooled with this fold's model
+            (fdir / "oof.csv").unlink(missing_ok=True)
+        lab_mask = labelled_split(ds.targets(ds.curated)[tr], cfg.data.labelled_fraction, cfg.run.seed)
+        tr_df = ds.curated[tr].reset_index(drop=True)
+        lab_df, calib = tr_df[lab_mask], None
+        if mode_cls.needs_calibration(cfg):       # held out for the pseudo-label thresholds, never trained on
+            keep = labelled_split(ds.targets(lab_df), 1 - cfg.train.calib_fraction, cfg.run.seed + 1)
+            calib = make_clipset(curated_cache, lab_df[~keep], ds.classes)
+            lab_df = lab_df[keep]
+        labelled = make_clipset(curated_cache, lab_df, ds.classes)
+        if cfg.train.noisy_labelled and noisy_cache is not None:
+            labelled = concat_clipsets(labelled, make_clipset(noisy_cache, ds.noisy, ds.classes))
+        unlabelled = None
+        if mode_cls.uses_unlabelled:
+            if cfg.data.labelled_fraction < 1:      # the rest of the curated training clips, labels kept as truth
+                rest = tr_df[~lab_mask]
+                unlabelled = make_clipset(curated_cache, rest, ds.classes, truth_df=rest)
+                unlabelled.y[:] = 0                 # unlabelled: no given labels (only pl_* stats see the truth)
+            elif noisy_cache is not None:
+                unlabelled = make_clipset(noisy_cache, ds.noisy, ds.classes, ds.noisy_truth)
+        seed_offset = 1000 * (1 + (k if k != "full" else 99))
+        model = build_model(cfg, ds.n_classes, heads=mode_cls.heads, seed=cfg.run.seed + seed_offset,
+                            dropout=mode_cls.model_dropout(cfg), block_dropout=mode_cls.model_block_dropout(cfg))
+        if init is not None:
+            init_from_checkpoint(model, init, log)
+        log.info(f"fold {k}: {len(labelled)} labelled, {0 if unlabelled is None else len(unlabelled)} "
+                 f"unlabelled, {0 if val is None else len(val)} validation"
+                 f"{'' if calib is None else f', {len(calib)} held-out threshold'} clips; mode {cfg.train.mode}")
+        fit(cfg, fdir, model, cfg.train.mode, ds.classes, labelled, unlabelled, val, log, seed_offset, calib)
+
     for k in fold_names(cfg, int(fold.max()) + 1):
         fdir = out / f"fold_{k}"
+        tr = np.ones(len(fold), bool) if k == "full" else fold != k
+        val = None if k == "full" else make_clipset(curated_cache, ds.curated[fold == k], ds.classes)
         # one process per fold at a time: a second `make train` of the same run (or overlapping fold-parallel
         # processes) waits here, then finds the fold done
         with file_lock(fdir / ".fold.lock", log, f"fold {k}") if world.main else nullcontext():
-            tr = np.ones(len(fold), bool) if k == "full" else fold != k
-            val = None if k == "full" else make_clipset(curated_cache, ds.curated[fold == k], ds.classes)
             if not distributed.from_main(is_done(fdir, key)):      # data-parallel: the ranks decide together
-                if world.main:                # an earlier config's predictions: never pooled with this fold's model
-                    (fdir / "oof.csv").unlink(missing_ok=True)
-                lab_mask = labelled_split(ds.targets(ds.curated)[tr], cfg.data.labelled_fraction, cfg.run.seed)
-                tr_df = ds.curated[tr].reset_index(drop=True)
-                lab_df, calib = tr_df[lab_mask], None
-                if mode_cls.needs_calibration(cfg):       # held out for the pseudo-label thresholds, never trained on
-                    keep = labelled_split(ds.targets(lab_df), 1 - cfg.train.calib_fraction, cfg.run.seed + 1)
-                    calib = make_clipset(curated_cache, lab_df[~keep], ds.classes)
-                    lab_df = lab_df[keep]
-                labelled = make_clipset(curated_cache, lab_df, ds.classes)
-                if cfg.train.noisy_labelled and noisy_cache is not None:
-                    labelled = concat_clipsets(labelled, make_clipset(noisy_cache, ds.noisy, ds.classes))
-                unlabelled = None
-                if mode_cls.uses_unlabelled:
-                    if cfg.data.labelled_fraction < 1:   # the rest of the curated training clips, labels as truth
-                        rest = tr_df[~lab_mask]
-                        unlabelled = make_clipset(curated_cache, rest, ds.classes, truth_df=rest)
-                        unlabelled.y[:] = 0              # unlabelled: no given labels (only pl_* stats see the truth)
-                    elif noisy_cache is not None:
-                        unlabelled = make_clipset(noisy_cache, ds.noisy, ds.classes, ds.noisy_truth)
-                seed_offset = 1000 * (1 + (k if k != "full" else 99))
-                model = build_model(cfg, ds.n_classes, heads=mode_cls.heads, seed=cfg.run.seed + seed_offset,
-                                    dropout=mode_cls.model_dropout(cfg),
-                                    block_dropout=mode_cls.model_block_dropout(cfg))
-                if init is not None:
-                    init_from_checkpoint(model, init, log)
-                log.info(f"fold {k}: {len(labelled)} labelled, {0 if unlabelled is None else len(unlabelled)} "
-                         f"unlabelled, {0 if val is None else len(val)} validation"
-                         f"{'' if calib is None else f', {len(calib)} held-out threshold'} clips; "
-                         f"mode {cfg.train.mode}")
-                fit(cfg, fdir, model, cfg.train.mode, ds.classes, labelled, unlabelled, val, log, seed_offset,
-                    calib)
+                fit_fold(k, fdir, tr, val)
             if val is not None and distributed.from_main(not (fdir / "oof.csv").exists()):
                 write_fold_oof(cfg, fdir, val, ds.classes)   # also when a kill fell between done.json and oof.csv
     if not world.main:

@@ -16,8 +16,9 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -311,14 +312,76 @@ def build_mode(cfg, model, mode_name: str, n_classes: int, device, gen, log=None
     return create_mode(mode_name, ctx)
 
 
+@dataclass
+class FitRun:
+    """What fit's steps share: the set-up (set_up_fit), the state a resume restores (history, best, start) and the
+    pieces every epoch uses."""
+    cfg: Any
+    out_dir: Path
+    model: Any
+    mode: Any
+    classes: list
+    log: Any
+    world: distributed.World
+    device: torch.device
+    seed: int
+    rng: np.random.Generator         # epoch orders: the same on every rank
+    gen: torch.Generator             # the mode's random draws: each rank its own
+    key: str                         # train_key(cfg): what last.pt, best.pt and done.json are written for
+    b_lab: int
+    b_unl: int
+    steps: int                       # steps per epoch
+    opt: Any
+    sched: Any
+    scaler: Any
+    albu: Any
+    step_fn: Any
+    dtype: Any
+    average_bn: bool
+    history: list = field(default_factory=list)
+    best: float = -1.0
+    start: int = 0
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def last(self) -> Path:
+        return self.out_dir / "last.pt"
+
+
 def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabelled: ClipSet | None = None,
         val: ClipSet | None = None, log=None, seed_offset: int = 0, calib: ClipSet | None = None) -> dict:
     """Train `model` with `mode_name`; resume from out_dir/last.pt when it was written for this config.
     calib: held-out labelled clips whose predictions set a mode's pseudo-label thresholds at each epoch start
     (rule class_threshold; pipeline/modes/pseudo.py).
     Under torchrun (pipeline/distributed.py) every rank calls fit alike: each trains on its share of every batch,
-    rank 0 alone writes into out_dir, and `log` should be distributed.logger()'s."""
-    out_dir = Path(out_dir)
+    rank 0 alone writes into out_dir, and `log` should be distributed.logger()'s.
+
+    The steps: set_up_fit, resume_fit, then per epoch calibrate_epoch, train_epoch, validate_epoch,
+    write_checkpoints (best.pt, metrics.csv, last.pt) and log_epoch; done.json last."""
+    run = set_up_fit(cfg, Path(out_dir), model, mode_name, classes, labelled, unlabelled, log, seed_offset)
+    resume_fit(run)
+    for epoch in range(run.start, cfg.train.epochs):
+        t0 = time.time()
+        calibrate_epoch(run, calib)
+        row = train_epoch(run, epoch, labelled, unlabelled, t0)
+        improved = validate_epoch(run, epoch, row, val)
+        row["seconds"] = time.time() - t0
+        run.history.append(row)
+        write_checkpoints(run, epoch, row, improved)
+        log_epoch(run, epoch, row)
+    if run.world.main:
+        mark_done(run.out_dir, run.key, best=run.best, epochs=cfg.train.epochs)
+    distributed.barrier()     # the other ranks leave once rank 0's files are complete (done.json included)
+    return {"best": run.best, "history": pd.DataFrame(run.history)}
+
+
+def set_up_fit(cfg, out_dir: Path, model, mode_name: str, classes, labelled: ClipSet, unlabelled: ClipSet | None,
+               log, seed_offset: int) -> FitRun:
+    """Everything before the first epoch: the process group, out_dir cleared of a killed run's temporaries, the
+    device and threads, the seeds, the mode, its batch sizes and steps, optimiser, schedule, augmentation, precision."""
     world = distributed.setup(cfg)
     if world.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -333,14 +396,12 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
     torch.manual_seed(distributed.rank_seed(seed, world.rank))    # dropout: each rank its own draws
     rng = np.random.default_rng(seed)                              # epoch orders: the same on every rank
     gen = torch.Generator(device=device).manual_seed(distributed.rank_seed(seed, world.rank))
-    n_classes = len(classes)
-    key = train_key(cfg)
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    mode = build_mode(cfg, model, mode_name, n_classes, device, gen, log,
-                      float(labelled.y[:, :n_classes].sum(1).mean()) if len(labelled) else 1.0)
+    mode = build_mode(cfg, model, mode_name, len(classes), device, gen, log,
+                      float(labelled.y[:, :len(classes)].sum(1).mean()) if len(labelled) else 1.0)
     if mode.uses_unlabelled and (unlabelled is None or len(unlabelled) == 0):
         raise ValueError(f"train.mode={mode_name} needs unlabelled (or noisy) clips and there are none")
     b_lab, b_unl = mode.batch_sizes()
@@ -357,118 +418,185 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
     scaler = make_scaler(cfg.train.amp, device)
     if log:
         log.info(f"{out_dir}: device {device}, precision {dtype or 'float32'} (train.amp={cfg.train.amp})")
+    return FitRun(cfg=cfg, out_dir=out_dir, model=model, mode=mode, classes=classes, log=log, world=world,
+                  device=device, seed=seed, rng=rng, gen=gen, key=train_key(cfg), b_lab=b_lab, b_unl=b_unl,
+                  steps=steps, opt=opt, sched=sched, scaler=scaler, albu=albu, step_fn=step_fn, dtype=dtype,
+                  average_bn=average_bn)
 
-    history, best, start = [], -1.0, 0
-    last = out_dir / "last.pt"
+
+def resume_fit(run: FitRun):
+    """Resume from last.pt when it was written for this config (restore_fit); when it was written for another,
+    rank 0 keeps the old run's files aside (keep_old_run) and training starts from epoch 0."""
+    ck = read_last(run)
+    if ck is None:
+        return
+    if ck.get("key") == run.key:
+        restore_fit(run, ck)
+    elif run.world.main:
+        keep_old_run(run, ck)
+
+
+def read_last(run: FitRun) -> dict | None:
+    """last.pt's contents, or None. In a data-parallel run every rank reads it before rank 0 may move it, and they
+    must have read the same one (a UserError otherwise)."""
+    last = run.last
     ck = load_checkpoint(last) if last.exists() else None
-    if world.parallel:        # every rank reads last.pt before rank 0 may move it; they must have read the same one
+    if run.world.parallel:
         seen = distributed.all_gather(None if ck is None else (ck.get("key"), ck.get("epoch")))
         if len(set(seen)) > 1:
             raise UserError(f"{last}: the ranks read different checkpoints ({seen}); a run of several machines "
                             f"needs its runs/ folder on a file system they all share")
         distributed.barrier()
-    if ck is not None:
-        if ck.get("key") == key:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            if ck.get("scaler"):
-                scaler.load_state_dict(ck["scaler"])
-            mode.load_state_dict(ck["mode"])
-            rng.bit_generator.state = ck["rng"]["numpy"]
-            torch.set_rng_state(ck["rng"]["torch"])
-            gen.set_state(ck["rng"]["gen"])
-            if world.parallel:
-                resume_rank_rng(ck, world, seed, gen, log)
-            history, best, start = ck["history"], ck["best"], ck["epoch"]
-            if log:
-                log.info(f"resuming {out_dir} from epoch {start}/{cfg.train.epochs}")
-        elif world.main:      # keep the old run's checkpoints and metrics beside the new ones, say what changed
-            tag = str(ck.get('key', 'old')).split('-')[0][:12]
-            kept = []
-            for p in (last, out_dir / "best.pt", out_dir / "metrics.csv"):
-                if p.exists():
-                    os.replace(p, p.with_name(f"{p.stem}.{tag}{p.suffix}"))
-                    kept.append(f"{p.stem}.{tag}{p.suffix}")
-            if log:
-                log.info(f"{last} was written for another config (changed: "
-                         f"{', '.join(changed_keys(ck.get('cfg'), cfg)) or 'the seed'}): kept as "
-                         f"{', '.join(kept)}, training from the start")
-    del ck
+    return ck
 
-    for epoch in range(start, cfg.train.epochs):
-        t0, wait = time.time(), 0.0
-        if calib is not None and len(calib):
-            net, head = mode.calibration_model()
-            mode.calibrate(predict_set(net, cfg, calib, device, n_classes, head=head), calib.y)
-        model.train()
-        s_lab, s_unl = rng.integers(0, 2**63, size=2)  # one generator per stream: threads never share one
-        shard = (world.rank, world.size)
-        lab = batch_stream(labelled, b_lab, steps, cfg.train.frames, np.random.default_rng(s_lab), albu, shard)
-        unl = (batch_stream(unlabelled, b_unl, steps, cfg.train.frames, np.random.default_rng(s_unl), shard=shard)
-               if b_unl else None)
-        sums: dict = {}
-        bar = progress(range(steps), enabled=cfg.run.progress and world.main, leave=False,
-                       desc=f"{out_dir.parent.name}/{out_dir.name} epoch {epoch + 1}/{cfg.train.epochs}")
-        for s in bar:
-            tw = time.time()
-            x, y, rows = next(lab)
-            batch = {"x": torch.from_numpy(x).to(device), "y": torch.from_numpy(y).to(device), "idx": rows}
-            if unl is not None:
-                ux, uy, urows = next(unl)
-                batch.update(ux=torch.from_numpy(ux).to(device), uy=torch.from_numpy(uy).to(device), uidx=urows,
-                             utruth=None if unlabelled.truth is None
-                             else torch.from_numpy(unlabelled.truth[urows]).to(device))
-            if cfg.train.channels_last:
-                for k in ("x", "ux"):
-                    if k in batch:
-                        batch[k] = batch[k].contiguous(memory_format=torch.channels_last)
-            wait += time.time() - tw
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss, logs = step_fn(batch, (epoch * steps + s) / mode.ctx.total_steps)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{out_dir}: non-finite loss at epoch {epoch + 1} step {s + 1}")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()               # fp16: scaled gradients, steps skipped on overflow
-            update(opt, sched, scaler, mode, average_bn)
-            for k, v in {"loss": loss.detach(), **logs}.items():   # tensors stay on the device: no sync per step
-                sums[k] = sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
-            if s % 10 == 9:
-                bar.set_postfix(loss=f"{float(sums['loss']) / (s + 1):.4f}")
-        bar.close()
-        for it in (lab, unl):
-            if it is not None:
-                it.close()
-        sums = distributed.mean_values(sums)           # data-parallel: the mean over the ranks' shares
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: float(v) / steps for k, v in sums.items()},
-               **mode.epoch_logs(), "data_wait_share": wait / max(time.time() - t0, 1e-9)}
-        improved, metric = False, "val_" + val_metric(cfg)
-        if val is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
-            row[metric] = validate(mode.eval_model(), cfg, val, device, n_classes)[0]
-            improved = row[metric] > best
-            best = max(best, row[metric])
-        elif val is None:
-            improved = True
-        row["seconds"] = time.time() - t0
-        history.append(row)
-        rng_state = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "gen": gen.get_state()}
-        if world.parallel:    # each rank's own streams (dropout, masks, mixup), for an exact resume
-            rng_state["ranks"] = distributed.all_gather({"torch": rng_state["torch"], "gen": rng_state["gen"]})
-        if world.main:
-            if improved:
-                save_checkpoint(out_dir / "best.pt", mode.eval_model(), cfg, classes, epoch=epoch + 1, key=key,
-                                **{metric: row.get(metric)})
-            atomic_to_csv(pd.DataFrame(history), out_dir / "metrics.csv", index=False)
-            save_checkpoint(last, model, cfg, classes, epoch=epoch + 1, key=key, optimizer=opt.state_dict(),
-                            scheduler=sched.state_dict(), scaler=scaler.state_dict(), mode=mode.state_dict(),
-                            history=history, best=best, rng=rng_state)
-        if log:
-            log.info(f"{out_dir} epoch {epoch + 1}/{cfg.train.epochs} " + " ".join(
-                f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch",) and isinstance(v, float)))
-    if world.main:
-        mark_done(out_dir, key, best=best, epochs=cfg.train.epochs)
-    distributed.barrier()     # the other ranks leave once rank 0's files are complete (done.json included)
-    return {"best": best, "history": pd.DataFrame(history)}
+
+def restore_fit(run: FitRun, ck: dict):
+    """Load model, optimiser, schedule, scaler, mode state, random states and history from a last.pt of this key."""
+    run.model.load_state_dict(ck["model"])
+    run.opt.load_state_dict(ck["optimizer"])
+    run.sched.load_state_dict(ck["scheduler"])
+    if ck.get("scaler"):
+        run.scaler.load_state_dict(ck["scaler"])
+    run.mode.load_state_dict(ck["mode"])
+    run.rng.bit_generator.state = ck["rng"]["numpy"]
+    torch.set_rng_state(ck["rng"]["torch"])
+    run.gen.set_state(ck["rng"]["gen"])
+    if run.world.parallel:
+        resume_rank_rng(ck, run.world, run.seed, run.gen, run.log)
+    run.history, run.best, run.start = ck["history"], ck["best"], ck["epoch"]
+    if run.log:
+        run.log.info(f"resuming {run.out_dir} from epoch {run.start}/{run.cfg.train.epochs}")
+
+
+def keep_old_run(run: FitRun, ck: dict):
+    """Keep the old run's last.pt, best.pt and metrics.csv beside the new ones as <stem>.<old key>.<suffix>, and
+    log which config keys changed."""
+    tag = str(ck.get('key', 'old')).split('-')[0][:12]
+    kept = []
+    for p in (run.last, run.out_dir / "best.pt", run.out_dir / "metrics.csv"):
+        if p.exists():
+            os.replace(p, p.with_name(f"{p.stem}.{tag}{p.suffix}"))
+            kept.append(f"{p.stem}.{tag}{p.suffix}")
+    if run.log:
+        run.log.info(f"{run.last} was written for another config (changed: "
+                     f"{', '.join(changed_keys(ck.get('cfg'), run.cfg)) or 'the seed'}): kept as "
+                     f"{', '.join(kept)}, training from the start")
+
+
+def calibrate_epoch(run: FitRun, calib: ClipSet | None):
+    """At an epoch's start, the mode sets its pseudo-label thresholds from its predictions of the held-out clips."""
+    if calib is not None and len(calib):
+        net, head = run.mode.calibration_model()
+        run.mode.calibrate(predict_set(net, run.cfg, calib, run.device, run.n_classes, head=head), calib.y)
+
+
+def train_epoch(run: FitRun, epoch: int, labelled: ClipSet, unlabelled: ClipSet | None, t0: float) -> dict:
+    """One epoch of run.steps training steps; returns its metrics row (epoch, lr, the mean of each logged value
+    over the steps and the ranks, the mode's epoch logs, the share of time spent waiting for data since t0)."""
+    cfg, world = run.cfg, run.world
+    run.model.train()
+    s_lab, s_unl = run.rng.integers(0, 2**63, size=2)  # one generator per stream: threads never share one
+    shard = (world.rank, world.size)
+    lab = batch_stream(labelled, run.b_lab, run.steps, cfg.train.frames, np.random.default_rng(s_lab), run.albu,
+                       shard)
+    unl = (batch_stream(unlabelled, run.b_unl, run.steps, cfg.train.frames, np.random.default_rng(s_unl),
+                        shard=shard) if run.b_unl else None)
+    sums: dict = {}
+    wait = 0.0
+    bar = progress(range(run.steps), enabled=cfg.run.progress and world.main, leave=False,
+                   desc=f"{run.out_dir.parent.name}/{run.out_dir.name} epoch {epoch + 1}/{cfg.train.epochs}")
+    for s in bar:
+        tw = time.time()
+        batch = next_batch(run, lab, unl, unlabelled)
+        wait += time.time() - tw
+        train_step(run, batch, epoch, s, sums)
+        if s % 10 == 9:
+            bar.set_postfix(loss=f"{float(sums['loss']) / (s + 1):.4f}")
+    bar.close()
+    for it in (lab, unl):
+        if it is not None:
+            it.close()
+    sums = distributed.mean_values(sums)           # data-parallel: the mean over the ranks' shares
+    return {"epoch": epoch + 1, "lr": run.opt.param_groups[0]["lr"],
+            **{k: float(v) / run.steps for k, v in sums.items()},
+            **run.mode.epoch_logs(), "data_wait_share": wait / max(time.time() - t0, 1e-9)}
+
+
+def next_batch(run: FitRun, lab, unl, unlabelled: ClipSet | None) -> dict:
+    """The next step's batch on the device: x, y, idx of the labelled stream; ux, uy, uidx, utruth of the
+    unlabelled one when the mode draws one; channels_last where configured."""
+    device = run.device
+    x, y, rows = next(lab)
+    batch = {"x": torch.from_numpy(x).to(device), "y": torch.from_numpy(y).to(device), "idx": rows}
+    if unl is not None:
+        ux, uy, urows = next(unl)
+        batch.update(ux=torch.from_numpy(ux).to(device), uy=torch.from_numpy(uy).to(device), uidx=urows,
+                     utruth=None if unlabelled.truth is None
+                     else torch.from_numpy(unlabelled.truth[urows]).to(device))
+    if run.cfg.train.channels_last:
+        for k in ("x", "ux"):
+            if k in batch:
+                batch[k] = batch[k].contiguous(memory_format=torch.channels_last)
+    return batch
+
+
+def train_step(run: FitRun, batch: dict, epoch: int, s: int, sums: dict):
+    """One optimiser step of the mode on `batch` (step s of `epoch`); adds its loss and logs to `sums`."""
+    with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype is not None):
+        loss, logs = run.step_fn(batch, (epoch * run.steps + s) / run.mode.ctx.total_steps)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{run.out_dir}: non-finite loss at epoch {epoch + 1} step {s + 1}")
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()               # fp16: scaled gradients, steps skipped on overflow
+    update(run.opt, run.sched, run.scaler, run.mode, run.average_bn)
+    for k, v in {"loss": loss.detach(), **logs}.items():   # tensors stay on the device: no sync per step
+        sums[k] = sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
+
+
+def validate_epoch(run: FitRun, epoch: int, row: dict, val: ClipSet | None) -> bool:
+    """Validate on the epochs train.eval_every picks (and the last), adding val_<metric> to `row` and updating
+    run.best; returns whether this epoch's model is the best so far (always, without a validation set)."""
+    cfg = run.cfg
+    if val is None:
+        return True
+    if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+        metric = "val_" + val_metric(cfg)
+        row[metric] = validate(run.mode.eval_model(), cfg, val, run.device, run.n_classes)[0]
+        improved = row[metric] > run.best
+        run.best = max(run.best, row[metric])
+        return improved
+    return False
+
+
+def rng_state(run: FitRun) -> dict:
+    """The random states last.pt keeps for an exact resume; in a data-parallel run also each rank's own streams
+    (dropout, masks, mixup), gathered on every rank."""
+    state = {"numpy": run.rng.bit_generator.state, "torch": torch.get_rng_state(), "gen": run.gen.get_state()}
+    if run.world.parallel:
+        state["ranks"] = distributed.all_gather({"torch": state["torch"], "gen": state["gen"]})
+    return state
+
+
+def write_checkpoints(run: FitRun, epoch: int, row: dict, improved: bool):
+    """The end of an epoch on disk (rank 0): best.pt when it improved, metrics.csv, then last.pt."""
+    cfg = run.cfg
+    state = rng_state(run)                # a collective in a data-parallel run: every rank calls it
+    if not run.world.main:
+        return
+    if improved:
+        metric = "val_" + val_metric(cfg)
+        save_checkpoint(run.out_dir / "best.pt", run.mode.eval_model(), cfg, run.classes, epoch=epoch + 1,
+                        key=run.key, **{metric: row.get(metric)})
+    atomic_to_csv(pd.DataFrame(run.history), run.out_dir / "metrics.csv", index=False)
+    save_checkpoint(run.last, run.model, cfg, run.classes, epoch=epoch + 1, key=run.key,
+                    optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(), scaler=run.scaler.state_dict(),
+                    mode=run.mode.state_dict(), history=run.history, best=run.best, rng=state)
+
+
+def log_epoch(run: FitRun, epoch: int, row: dict):
+    if run.log:
+        run.log.info(f"{run.out_dir} epoch {epoch + 1}/{run.cfg.train.epochs} " + " ".join(
+            f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch",) and isinstance(v, float)))
 
 
 def update(opt, sched, scaler, mode, average_bn: bool):

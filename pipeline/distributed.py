@@ -6,7 +6,7 @@ share of every step's batch, DistributedDataParallel averaging the gradients.
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK in each process; with WORLD_SIZE 1 (or no torchrun) nothing here does
 anything and a stage runs as a single process, unchanged. With WORLD_SIZE > 1:
 - setup(cfg) joins the process group: nccl when the stage runs on CUDA (rank r on cuda:LOCAL_RANK, see
-  pipeline.utils.get_device), gloo on the CPU.
+  get_device), gloo on the CPU.
 - The epoch order is one shared shuffle (the same numpy generator on every rank); each rank takes its contiguous
   share (share()) of every global batch of train.batch_size clips, so the global batch and the number of steps stay
   what one process would use. Crops, augmentation draws and dropout come from per-rank generators (rank_seed).
@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pipeline.utils import UserError, get_logger
+
 
 @dataclass(frozen=True)
 class World:
@@ -58,7 +60,6 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw) if raw != "" else default
     except ValueError:
-        from pipeline.utils import UserError
         raise UserError(f"environment variable {name}={raw!r} is not an integer (torchrun sets it)") from None
 
 
@@ -70,13 +71,37 @@ def world() -> World:
     return World(_env_int("RANK", 0), size, _env_int("LOCAL_RANK", 0))
 
 
+def get_device(cfg):
+    """run.device: auto (cuda:0 when CUDA is available, else cpu) | cpu | cuda (cuda:0) | cuda:N. A CUDA device that
+    is not there is a UserError naming run.device; the chosen one becomes torch's current CUDA device. In a torchrun
+    run of several processes (WORLD_SIZE > 1) auto and cuda mean cuda:LOCAL_RANK."""
+    want = cfg.run.device
+    if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    index = int(want.split(":")[1]) if ":" in want else 0
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    w = world()
+    if w.parallel:                                             # torchrun: one GPU per process
+        if ":" in want:
+            raise UserError(f"run.device={want}: under torchrun each process takes cuda:LOCAL_RANK; use "
+                            f"run.device=auto or cuda (CUDA_VISIBLE_DEVICES chooses the GPUs)")
+        index = w.local_rank
+        if index >= count:
+            raise UserError(f"run.device={want}: torchrun started local rank {index} but this machine has {count} "
+                            f"CUDA device(s); use --nproc_per_node={count} at most, or run.device=cpu")
+    if index >= count:
+        there = f"this machine has {count} (cuda:0..cuda:{count - 1})" if count else "no CUDA device is available"
+        raise UserError(f"run.device={want}: {there}; use run.device=auto or cpu")
+    torch.cuda.set_device(index)       # so that calls without a device (synchronize, memory stats) go to it
+    return torch.device("cuda", index)
+
+
 def setup(cfg) -> World:
     """Join the process group of a torchrun run (once per process; later calls return the same World): nccl for a
     CUDA device, gloo for the CPU. Outside torchrun (WORLD_SIZE unset or 1), World() and nothing else."""
     w = world()
     if not w.parallel or dist.is_initialized():
         return w
-    from pipeline.utils import get_device
     device = get_device(cfg)                   # cuda:LOCAL_RANK in a torchrun run (run.device auto | cuda)
     store, rank, size = next(dist.rendezvous("env://"))
     # torchrun --max-restarts starts the ranks again over the store it kept, where the keys of the killed round (its
@@ -127,7 +152,6 @@ def _comm_device() -> torch.device:
 def logger(folder=None) -> logging.Logger:
     """Rank 0 (or a single process): pipeline.utils.get_logger(folder=folder), which appends to folder/log.txt. The
     other ranks: a logger of their own that prints warnings and errors to stderr and writes no file."""
-    from pipeline.utils import get_logger
     w = world()
     if w.main:
         return get_logger(folder=folder)
@@ -174,7 +198,6 @@ def share(n: int, rank: int, size: int) -> slice:
 
 def check_batch_sizes(sizes: dict, size: int):
     """sizes {config key: clips per step}; every one must split evenly over the ranks (a UserError names the key)."""
-    from pipeline.utils import UserError
     bad = {k: v for k, v in sizes.items() if v % size}
     if bad:
         raise UserError("; ".join(f"{k}: {v} clips per step do not split evenly over {size} processes"

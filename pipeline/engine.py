@@ -32,8 +32,8 @@ from pipeline.losses import build_loss
 from pipeline.metrics import accuracy, lwlrap
 from pipeline.modes import TrainContext, create_mode
 from pipeline.predict import predict_clips
-from pipeline.utils import (UserError, amp_dtype, atomic_path, atomic_to_csv, get_device, keep_freed_memory,
-                            make_scaler, mark_done, progress, remove_stale_outputs)
+from pipeline.utils import (UserError, amp_dtype, atomic_path, atomic_to_csv, keep_freed_memory, make_scaler, mark_done,
+                            progress, remove_stale_outputs)
 
 # Sections that decide what a training stage computes (progress bars, workers, inference do not).
 TRAIN_SECTIONS = ("data", "features", "folds", "model", "loss", "augment", "train", "teacher_student", "ssl")
@@ -388,7 +388,7 @@ def set_up_fit(cfg, out_dir: Path, model, mode_name: str, classes, labelled: Cli
         # what a killed run of this fold left under temporary names: never read, reclaimed now
         remove_stale_outputs(out_dir, ("last.pt", "best.pt", "metrics.csv", "curves.png", "done.json", "oof.csv"),
                              log)
-    device = get_device(cfg)
+    device = distributed.get_device(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     keep_freed_memory()

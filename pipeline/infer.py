@@ -19,11 +19,12 @@ import torch
 
 from pipeline.config import cli, config_hash, save_config
 from pipeline.data import dataset
+from pipeline.distributed import get_device
 from pipeline.engine import load_checkpoint, save_checkpoint
 from pipeline.features import FeatureCache
 from pipeline.folds import read_folds
 from pipeline.predict import predict_settings, predict_with
-from pipeline.utils import atomic_to_csv, get_device, get_logger, is_done, keep_freed_memory, mark_done, progress, \
+from pipeline.utils import atomic_to_csv, get_logger, is_done, keep_freed_memory, mark_done, progress, \
     remove_stale_outputs, run_dir
 
 

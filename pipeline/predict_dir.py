@@ -36,9 +36,9 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
+from pipeline.distributed import get_device
 from pipeline.features import CHUNK, Extractor, FeatureCache, FeatureError, _chunked, _init_worker, _work
-from pipeline.utils import (UserError, atomic_to_csv, get_device, keep_freed_memory, progress, read_json,
-                            user_errors)
+from pipeline.utils import UserError, atomic_to_csv, keep_freed_memory, progress, read_json, user_errors
 
 MANIFEST = "manifest.json"
 FORMAT = 1            # manifest.json's layout version; bumped when a reader of the old one would misread it

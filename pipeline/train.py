@@ -189,11 +189,10 @@ def write_fold_oof(cfg, fdir, val, classes):
     predicts its share, rank 0 writes)."""
     from models import create_model
     from pipeline.engine import validate
-    from pipeline.utils import get_device
     ck = load_checkpoint(fdir / "best.pt")
     model = create_model(**ck["model_config"])
     model.load_state_dict(ck["model"])
-    device = get_device(cfg)
+    device = distributed.get_device(cfg)
     _, p = validate(model.to(device), cfg, val, device, len(classes))
     if not distributed.world().main:
         return

@@ -1,5 +1,7 @@
-"""Shared plumbing: atomic writes, completion markers, run directories, logging, seeding, device choice, and how a
-stage reports an error its user caused (UserError, user_errors)."""
+"""Shared plumbing: atomic writes, completion markers, run directories, logging, seeding, precision, and how a
+stage reports an error its user caused (UserError, user_errors). It stands on nothing of the project (no pipeline or
+models import; tests/test_imports.py): what needs the process world (device choice, the rank-aware logger) lives in
+pipeline/distributed.py, above it."""
 from __future__ import annotations
 
 import json
@@ -186,33 +188,6 @@ def seed_everything(seed: int):
         torch.manual_seed(seed)
     except ImportError:
         pass
-
-
-def get_device(cfg):
-    """run.device: auto (cuda:0 when CUDA is available, else cpu) | cpu | cuda (cuda:0) | cuda:N. A CUDA device that
-    is not there is a UserError naming run.device; the chosen one becomes torch's current CUDA device. In a torchrun
-    run of several processes (WORLD_SIZE > 1, pipeline/distributed.py) auto and cuda mean cuda:LOCAL_RANK."""
-    import torch
-    want = cfg.run.device
-    if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    index = int(want.split(":")[1]) if ":" in want else 0
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    from pipeline.distributed import world
-    w = world()
-    if w.parallel:                                             # torchrun: one GPU per process
-        if ":" in want:
-            raise UserError(f"run.device={want}: under torchrun each process takes cuda:LOCAL_RANK; use "
-                            f"run.device=auto or cuda (CUDA_VISIBLE_DEVICES chooses the GPUs)")
-        index = w.local_rank
-        if index >= count:
-            raise UserError(f"run.device={want}: torchrun started local rank {index} but this machine has {count} "
-                            f"CUDA device(s); use --nproc_per_node={count} at most, or run.device=cpu")
-    if index >= count:
-        there = f"this machine has {count} (cuda:0..cuda:{count - 1})" if count else "no CUDA device is available"
-        raise UserError(f"run.device={want}: {there}; use run.device=auto or cpu")
-    torch.cuda.set_device(index)       # so that calls without a device (synchronize, memory stats) go to it
-    return torch.device("cuda", index)
 
 
 AMP_CHOICES = ("bf16", "fp16", "off")

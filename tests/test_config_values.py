@@ -96,7 +96,7 @@ def test_repository_configs_load(path, stage):
 
 def test_get_device(monkeypatch):
     import torch
-    from pipeline.utils import get_device
+    from pipeline.distributed import get_device
     cfg = load_config(None, ["run.device=cpu"])
     assert get_device(cfg).type == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -52,7 +52,8 @@ def test_ranks_share_one_epoch_order(fake_clips):
 
 def test_batch_that_does_not_split_names_its_key(monkeypatch):
     from pipeline.engine import batch_keys
-    from pipeline.utils import UserError, get_device
+    from pipeline.distributed import get_device
+    from pipeline.utils import UserError
     with pytest.raises(UserError, match=r"teacher_student.n_curated: 3 clips .* over 2 processes"):
         distributed.check_batch_sizes(batch_keys("teacher_student", 3, 8), 2)
     with pytest.raises(UserError, match=r"ssl.fixmatch.mu: 9 clips"):

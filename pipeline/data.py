@@ -29,6 +29,7 @@ Every problem found is reported at once in one DataError (a UserError: a stage p
 with status 2) that names the CSV, the row (its line in the file) and the problem: the first few listed, the rest
 counted.
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,9 +42,11 @@ import soundfile as sf
 
 from pipeline.utils import UserError
 
-SPLITS = {"curated": ("train_curated.csv", "train_curated"),
-          "noisy": ("train_noisy.csv", "train_noisy"),
-          "test": ("sample_submission.csv", "test")}
+SPLITS = {
+    "curated": ("train_curated.csv", "train_curated"),
+    "noisy": ("train_noisy.csv", "train_noisy"),
+    "test": ("sample_submission.csv", "test"),
+}
 MAX_LISTED = 5
 
 
@@ -98,8 +101,10 @@ def _check_fname(problems: list, seen: dict, i: int, fname: str, subfolders: boo
     if not fname:
         problems.append(f"row {i + 2}: empty fname")
     elif fname.startswith(("/", "\\")) or ".." in parts or (not subfolders and len(parts) > 1):
-        problems.append(f"row {i + 2} ({fname}): not a plain file name" + (" inside data.root" if subfolders else
-                        " (no folders, no '..')"))
+        problems.append(
+            f"row {i + 2} ({fname}): not a plain file name"
+            + (" inside data.root" if subfolders else " (no folders, no '..')")
+        )
     elif fname in seen:
         problems.append(f"row {i + 2} ({fname}): duplicate fname (first at row {seen[fname]})")
     else:
@@ -129,7 +134,7 @@ def read_labels_csv(path, classes, wav_dir=None, check_audio=True) -> pd.DataFra
             problems.append(f"{row}: unknown label(s) {unknown} (not in sample_submission.csv's header)")
         labels.append(labs)
     _raise(str(path), problems)
-    df = df[["fname"]].copy()
+    df = df.drop(columns=["labels"])  # fname and any extra column (the real-sound set's sources)
     df["labels"] = labels
     if wav_dir is not None:
         check_wavs(df["fname"], wav_dir, path, check_audio)
@@ -160,12 +165,12 @@ class Dataset:
     classes: list[str]
     curated: pd.DataFrame
     noisy: pd.DataFrame
-    test: pd.DataFrame                       # fname (+ labels when test_labels.csv exists)
+    test: pd.DataFrame  # fname (+ labels when test_labels.csv exists)
     noisy_truth: pd.DataFrame | None = None
     has_test_labels: bool = False
     wav_dirs: dict = field(default_factory=dict)
     single_label: bool = False
-    folds: np.ndarray | None = None          # predefined fold per curated clip (single-label CSV's fold column)
+    folds: np.ndarray | None = None  # predefined fold per curated clip (single-label CSV's fold column)
 
     @property
     def n_classes(self) -> int:
@@ -192,13 +197,18 @@ def load_dataset(root, check_audio=True) -> Dataset:
     """Read and validate every CSV (and, with check_audio, every wav header) of a dataset folder."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data.root {root}: no such folder (build the demo with `make demo-data`, or point "
-                        f"data.root at an FSDKaggle2019-layout folder)")
+        raise DataError(
+            f"data.root {root}: no such folder (build the demo with `make demo-data`, or point "
+            f"data.root at an FSDKaggle2019-layout folder)"
+        )
     classes = read_classes(root)
     curated = read_labels_csv(root / "train_curated.csv", classes, root / "train_curated", check_audio)
     noisy_csv = root / "train_noisy.csv"
-    noisy = (read_labels_csv(noisy_csv, classes, root / "train_noisy", check_audio) if noisy_csv.exists()
-             else pd.DataFrame({"fname": [], "labels": []}))
+    noisy = (
+        read_labels_csv(noisy_csv, classes, root / "train_noisy", check_audio)
+        if noisy_csv.exists()
+        else pd.DataFrame({"fname": [], "labels": []})
+    )
     sub = pd.read_csv(root / "sample_submission.csv", dtype={"fname": str}, keep_default_na=False)
     if sub.empty:
         raise DataError(f"{root / 'sample_submission.csv'}: no test clips (the header alone)")
@@ -215,8 +225,9 @@ def load_dataset(root, check_audio=True) -> Dataset:
     truth = None
     if (root / "train_noisy_truth.csv").exists():
         truth = read_labels_csv(root / "train_noisy_truth.csv", classes)
-    return Dataset(root, classes, curated, noisy, test, truth, has_test_labels,
-                   {k: root / v[1] for k, v in SPLITS.items()})
+    return Dataset(
+        root, classes, curated, noisy, test, truth, has_test_labels, {k: root / v[1] for k, v in SPLITS.items()}
+    )
 
 
 def load_single_label(root, csv_name, check_audio=True) -> Dataset:
@@ -254,8 +265,9 @@ def load_single_label(root, csv_name, check_audio=True) -> Dataset:
     noisy = pd.DataFrame({"fname": unl["fname"], "labels": [[] for _ in range(len(unl))]})
     test = pd.DataFrame({"fname": pd.Series([], dtype=str)})
     folds = lab["fold"].astype(int).to_numpy() if has_fold else None
-    return Dataset(root, classes, curated, noisy, test, wav_dirs={k: root for k in SPLITS}, single_label=True,
-                   folds=folds)
+    return Dataset(
+        root, classes, curated, noisy, test, wav_dirs={k: root for k in SPLITS}, single_label=True, folds=folds
+    )
 
 
 def is_single_label(cfg) -> bool:

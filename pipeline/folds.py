@@ -1,5 +1,12 @@
 """Multi-label stratified K folds of the curated set (iterative stratification), written once to a CSV.
 
+Grouped folds (folds.group_by): clips made from one recording belong on one side of a fold, or validation measures
+memory of recordings instead of generalisation. Where train_curated.csv names each clip's source recordings (the
+real-sound set's `sources` column, `;`-separated; `auto` uses it when present), the recordings are dealt to the folds
+class by class (each class's recordings spread over the folds, the folds' clip counts balanced) and a clip goes to the
+fold of most of its recordings. A clip that mixes recordings of two folds still leaks its other ones; the share of
+such clips is logged and kept in done.json.
+
 Single-label datasets (data.single_label_csv) keep the folds their CSV gives (its fold column, e.g. UrbanSound8K's
 10 folds; folds.n_splits is then ignored), or get sklearn's StratifiedKFold.
 
@@ -10,6 +17,7 @@ config.yaml; a rerun with the same data and settings does nothing.
 
     folds = read_folds(cfg)       # DataFrame fname, fold in the curated CSV's order
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,6 +48,58 @@ def make_folds(y: np.ndarray, n_splits: int, seed: int, single_label: bool = Fal
     return fold
 
 
+def make_group_folds(groups: list[list[str]], y: np.ndarray, n_splits: int, seed: int) -> tuple[np.ndarray, float]:
+    """(N,) fold index keeping each group (recording) in one fold, and the share of clips whose groups span folds.
+
+    groups: each clip's recordings; y: (N, C) multi-hot. A recording's class is the label most of its clips carry;
+    class by class (the rarest first), its recordings (the most used first) go to the fold with the fewest of that
+    class's recordings, then the fewest clips."""
+    rng = np.random.default_rng(seed)
+    clips_of: dict[str, list[int]] = {}
+    for i, gs in enumerate(groups):
+        for g in gs:
+            clips_of.setdefault(g, []).append(i)
+    if len(clips_of) < n_splits:
+        raise ValueError(f"folds.group_by: {len(clips_of)} groups, fewer than folds.n_splits={n_splits}")
+    names = sorted(clips_of)
+    cls = {g: int(np.argmax(y[clips_of[g]].sum(axis=0) + 1e-3 * rng.random(y.shape[1]))) for g in names}
+    by_class = {c: [g for g in names if cls[g] == c] for c in sorted(set(cls.values()))}
+    fold_of, per_class, total = {}, np.zeros((y.shape[1], n_splits)), np.zeros(n_splits)
+    for c in sorted(by_class, key=lambda c: (len(by_class[c]), c)):
+        order = sorted(by_class[c], key=lambda g: (-len(clips_of[g]), rng.random()))
+        for g in order:
+            k = min(range(n_splits), key=lambda f: (per_class[c, f], total[f], rng.random()))
+            fold_of[g] = k
+            per_class[c, k] += 1
+            total[k] += len(clips_of[g])
+    fold = np.array([np.bincount([fold_of[g] for g in gs], minlength=n_splits).argmax() for gs in groups])
+    leak = float(np.mean([len({fold_of[g] for g in gs}) > 1 for gs in groups]))
+    return fold, leak
+
+
+def group_column(cfg, ds) -> str | None:
+    """The curated CSV's column that folds.group_by names (auto: `sources` where present), or None."""
+    g = cfg.folds.group_by
+    if g == "none" or (g == "auto" and "sources" not in ds.curated.columns):
+        return None
+    g = "sources" if g == "auto" else g
+    if g not in ds.curated.columns:
+        raise ValueError(
+            f"folds.group_by={g}: train_curated.csv has no column {g!r} "
+            f"(its columns: {', '.join(c for c in ds.curated.columns if c != 'labels')})"
+        )
+    return g
+
+
+def split_groups(cells, fnames) -> list[list[str]]:
+    """Each clip's groups from a `;`-separated column; a clip with none is a group of its own."""
+    out = []
+    for cell, f in zip(cells, fnames):
+        gs = sorted({g.strip() for g in str(cell).split(";") if g.strip()}) if isinstance(cell, str) else []
+        out.append(gs or [f"clip:{f}"])
+    return out
+
+
 def folds_path(cfg):
     return run_dir(cfg, "folds") / "folds.csv"
 
@@ -48,25 +108,47 @@ def main(cfg) -> pd.DataFrame:
     out = run_dir(cfg, "folds")
     ds = dataset(cfg)
     given = None if ds.folds is None else ds.folds.tolist()
-    key = hashlib.sha1(("|".join(ds.curated["fname"]) + f"|{cfg.folds.n_splits}|{cfg.run.seed}|{given}|"
-                        + "|".join(",".join(labs) for labs in ds.curated["labels"])).encode()).hexdigest()
+    gcol = None if ds.folds is not None else group_column(cfg, ds)
+    groups = None if gcol is None else split_groups(ds.curated[gcol], ds.curated["fname"])
+    key = hashlib.sha1(
+        (
+            "|".join(ds.curated["fname"])
+            + f"|{cfg.folds.n_splits}|{cfg.run.seed}|{given}|{gcol}:{groups}|"
+            + "|".join(",".join(labs) for labs in ds.curated["labels"])
+        ).encode()
+    ).hexdigest()
     log = get_logger(folder=out)
     if is_done(out, key):
         log.info(f"folds up to date: {folds_path(cfg)}")
         return read_folds(cfg)
-    if ds.folds is not None:                       # predefined: fold names in sorted order become 0..K-1
+    if ds.folds is not None:  # predefined: fold names in sorted order become 0..K-1
         names, fold = np.unique(ds.folds, return_inverse=True)
         if len(names) < 2:
-            raise ValueError(f"{cfg.data.single_label_csv}: its fold column names one fold ({names[0]}); "
-                             f"cross-validation needs two or more")
+            raise ValueError(
+                f"{cfg.data.single_label_csv}: its fold column names one fold ({names[0]}); "
+                f"cross-validation needs two or more"
+            )
         log.info(f"folds from {cfg.data.single_label_csv}: {names.tolist()} (folds.n_splits is not used)")
         df = pd.DataFrame({"fname": ds.curated["fname"], "fold": fold, "given_fold": ds.folds})
+    elif groups is not None:
+        fold, leak = make_group_folds(groups, ds.targets(ds.curated), cfg.folds.n_splits, cfg.run.seed)
+        log.info(
+            f"folds grouped by {gcol}: {len({g for gs in groups for g in gs})} groups; {100 * leak:.1f}% of "
+            f"the clips mix groups of two folds"
+        )
+        df = pd.DataFrame({"fname": ds.curated["fname"], "fold": fold})
     else:
         fold = make_folds(ds.targets(ds.curated), cfg.folds.n_splits, cfg.run.seed, ds.single_label)
         df = pd.DataFrame({"fname": ds.curated["fname"], "fold": fold})
     atomic_to_csv(df, folds_path(cfg), index=False)
     save_config(cfg, out)
-    mark_done(out, key, n_splits=int(df["fold"].max()) + 1)
+    mark_done(
+        out,
+        key,
+        n_splits=int(df["fold"].max()) + 1,
+        group_by=gcol,
+        group_leak=None if groups is None else round(leak, 4),
+    )
     log.info(f"wrote {folds_path(cfg)}: {len(df)} clips, sizes {np.bincount(fold).tolist()}")
     return df
 

@@ -30,6 +30,7 @@ workers. The build goes to a hidden sibling folder named by its parameters; each
 name and renamed, so an interrupted build resumes where it stopped, and the folder is renamed onto `out` when
 complete.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,18 +50,18 @@ from scipy import signal
 
 from pipeline.demo_data import _db, _domain_shift, _hum, _level, _noise
 from pipeline.real_sources import DEFAULT_CACHE, SR, SourceBank, check_free_space
-from pipeline.utils import UserError, atomic_to_csv, atomic_write_json, get_logger, progress as progress_bar, \
-    user_errors
+from pipeline.utils import UserError, atomic_write_json, get_logger, user_errors
+from pipeline.utils import progress as progress_bar
 
-VERSION = 1                    # bump whenever the builder's output changes
+VERSION = 1  # bump whenever the builder's output changes
 SPLITS = ("train_curated", "train_noisy", "test")
-POOL_SHARE = {"train_curated": 0.4, "train_noisy": 0.35, "test": 0.25}   # of each class's source recordings
-MIN_SOURCES = 8                # a class needs this many source recordings (at least 2 in each pool)
-NOISE_RATE = 0.5               # share of noisy clips whose label set is wrong, missing or extra
-RELATED = 0.7                  # share of label errors that pick a class of the same family
+POOL_SHARE = {"train_curated": 0.4, "train_noisy": 0.35, "test": 0.25}  # of each class's source recordings
+MIN_SOURCES = 8  # a class needs this many source recordings (at least 2 in each pool)
+NOISE_RATE = 0.5  # share of noisy clips whose label set is wrong, missing or extra
+RELATED = 0.7  # share of label errors that pick a class of the same family
 LABEL_COUNTS, LABEL_P = (1, 2, 3), (0.83, 0.14, 0.03)
-IMPULSIVE_S = 1.0              # sources shorter than this repeat as sequences (steps, knocks, shots)
-FAMILIES = (                   # classes a labeller confuses more often with each other than with the rest
+IMPULSIVE_S = 1.0  # sources shorter than this repeat as sequences (steps, knocks, shots)
+FAMILIES = (  # classes a labeller confuses more often with each other than with the rest
     ("Bark", "Bleat", "Moo", "Neigh_and_whinny", "Fowl", "Chirp_and_tweet", "Growl_and_roar"),
     ("Thump_and_thud", "Clang", "Crash_and_break", "Walk_and_footsteps", "Door", "Computer_keyboard"),
     ("Gunshot_and_gunfire", "Explosion", "Gun_cocking", "Blade", "Whoosh"),
@@ -78,6 +78,7 @@ PRESETS = {
 
 
 # ---- pools ----
+
 
 def source_ids(index: pd.DataFrame) -> pd.Series:
     """A short id per source group (s + 8 hex digits of its name), the form the CSVs' sources column uses."""
@@ -107,6 +108,7 @@ def make_pools(index: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, list[str]]
 
 # ---- the plan: labels, lengths and fnames of every clip ----
 
+
 def _family(cls: str, classes) -> list[str]:
     fam = next((f for f in FAMILIES if cls in f), ())
     return [c for c in fam if c != cls and c in classes]
@@ -124,8 +126,11 @@ def _other(rng, labels, classes):
 def corrupt(rng, labels, classes):
     """A wrong label set: a label replaced, one added (if < 3) or one dropped (if > 1)."""
     spare = len(labels) < len(classes)
-    ops = ["replace", "replace"] * spare + (["add"] if len(labels) < 3 and spare else []) + (
-        ["drop"] if len(labels) > 1 else [])
+    ops = (
+        ["replace", "replace"] * spare
+        + (["add"] if len(labels) < 3 and spare else [])
+        + (["drop"] if len(labels) > 1 else [])
+    )
     if not ops:
         return sorted(labels)
     op, out = ops[rng.integers(len(ops))], list(labels)
@@ -153,7 +158,7 @@ def make_plan(seed, sizes, lengths, pools) -> dict[str, list[dict]]:
         rows = []
         for i in range(sizes[split]):
             rng = np.random.default_rng([seed, sid, i, 0])
-            first = classes[i % len(classes)]                       # balanced primary labels
+            first = classes[i % len(classes)]  # balanced primary labels
             k = int(rng.choice(LABEL_COUNTS, p=LABEL_P))
             rest = [c for c in classes if c != first]
             labels = sorted([first] + [str(c) for c in rng.choice(rest, k - 1, replace=False)])
@@ -163,18 +168,21 @@ def make_plan(seed, sizes, lengths, pools) -> dict[str, list[dict]]:
             corrupted = split == "train_noisy" and rng.random() < NOISE_RATE
             given = corrupt(rng, labels, classes) if corrupted else labels
             salt = 0
-            while (fname := hashlib.blake2b(f"real:{seed}:{split}:{i}:{salt}".encode(),
-                                            digest_size=4).hexdigest() + ".wav") in taken:
+            while (
+                fname := hashlib.blake2b(f"real:{seed}:{split}:{i}:{salt}".encode(), digest_size=4).hexdigest() + ".wav"
+            ) in taken:
                 salt += 1
             taken.add(fname)
-            rows.append(dict(index=i, fname=fname, labels=labels, sources=sources, given=given, corrupted=corrupted, n=n))
+            rows.append(
+                dict(index=i, fname=fname, labels=labels, sources=sources, given=given, corrupted=corrupted, n=n)
+            )
         plan[split] = rows
     return plan
 
 
 # ---- rendering ----
 
-_STATE = {}                    # per process: the bank, {source id: [its bank rows]}, the ambience rows
+_STATE = {}  # per process: the bank, {source id: [its bank rows]}, the ambience rows
 
 
 def _init_worker(bank_folder, files, ambience):
@@ -186,14 +194,14 @@ def _sequence(rng, files, first, n):
     at a steady pace with jitter, each at its own level."""
     bank, out = _STATE["bank"], np.zeros(n)
     pace, pos, row = rng.uniform(0.15, 0.8) * SR, 0, first
-    count = int(rng.integers(1, 4)) if rng.random() < 0.2 else None       # a few hits, or until the span is full
+    count = int(rng.integers(1, 4)) if rng.random() < 0.2 else None  # a few hits, or until the span is full
     while pos < n and (count is None or count > 0):
-        x = bank.audio(row)[:n - pos]
-        out[pos:pos + len(x)] += x * _db(rng, -4, 0)
+        x = bank.audio(row)[: n - pos]
+        out[pos : pos + len(x)] += x * _db(rng, -4, 0)
         pos += len(x) + int(pace * rng.uniform(0.7, 1.3))
         row = files[rng.integers(len(files))]
         count = None if count is None else count - 1
-    return out[:max(1, pos)]
+    return out[: max(1, pos)]
 
 
 def _event(rng, source, n):
@@ -203,9 +211,9 @@ def _event(rng, source, n):
     x = _STATE["bank"].audio(row)
     if len(x) < IMPULSIVE_S * SR and len(x) < n // 2 and rng.random() < 0.8:
         return _sequence(rng, files, row, n)
-    if len(x) > n:                             # a random stretch, faded in and out
+    if len(x) > n:  # a random stretch, faded in and out
         s = int(rng.integers(len(x) - n + 1))
-        x = x[s:s + n].astype(np.float64)
+        x = x[s : s + n].astype(np.float64)
         fade = min(n // 4, 441)
         x[:fade] *= np.linspace(0, 1, fade)
         x[-fade:] *= np.linspace(1, 0, fade)
@@ -221,7 +229,7 @@ def _bed(rng, n):
     if len(x) < n:
         x = np.tile(x, n // len(x) + 1)
     s = int(rng.integers(len(x) - n + 1))
-    return x[s:s + n] / 0.1 + 0.3 * _noise(rng, n)
+    return x[s : s + n] / 0.1 + 0.3 * _noise(rng, n)
 
 
 def _codec(rng, x):
@@ -230,7 +238,7 @@ def _codec(rng, x):
     z[f > rng.uniform(4000, 16000)] = 0
     mag = np.abs(z)
     z[mag < mag.max(axis=0, keepdims=True) * _db(rng, -45, -25)] = 0
-    return signal.istft(z, SR, nperseg=1024)[1][:len(x)]
+    return signal.istft(z, SR, nperseg=1024)[1][: len(x)]
 
 
 def _mix(rng, split, sources, n):
@@ -240,7 +248,7 @@ def _mix(rng, split, sources, n):
         span = n if len(sources) == 1 and rng.random() < 0.7 else max(int(n * rng.uniform(0.3, 1.0)), 1)
         e = _event(rng, str(source), span)
         start = int(rng.integers(n - len(e) + 1)) if len(e) < n else 0
-        x[start:start + len(e)] += e[:n - start] * _db(rng, -12 if noisy else -6, 0)
+        x[start : start + len(e)] += e[: n - start] * _db(rng, -12 if noisy else -6, 0)
     level = _level(x)
     return x + _bed(rng, n) * level * _db(rng, -30, -12) + _hum(rng, n) * level * _db(rng, -60, -40)
 
@@ -258,7 +266,7 @@ def render_clip(task):
             x = _codec(rng, x)
     peak = np.abs(x).max() + 1e-12
     x *= _db(rng, -24 if split == "train_noisy" else -12, -1) / peak
-    if split == "train_noisy" and rng.random() < 0.1:     # overdriven: clipped
+    if split == "train_noisy" and rng.random() < 0.1:  # overdriven: clipped
         p = np.abs(x).max()
         x = np.clip(x * _db(rng, 3, 12), -p, p)
     pcm = np.clip(np.round(x * 32767), -32768, 32767).astype(np.int16)
@@ -270,11 +278,22 @@ def render_clip(task):
 
 # ---- the build ----
 
+
 def _params(preset, seed, sizes, lengths, classes, dropped, bank):
-    return {"version": VERSION, "preset": preset, "seed": int(seed), "sizes": dict(sizes), "lengths": dict(lengths),
-            "classes": list(classes), "classes_left_out": list(dropped), "source_bank": bank.folder.name,
-            "sample_rate": SR, "pool_share": POOL_SHARE, "min_sources": MIN_SOURCES,
-            "noisy_label_error_rate": NOISE_RATE}
+    return {
+        "version": VERSION,
+        "preset": preset,
+        "seed": int(seed),
+        "sizes": dict(sizes),
+        "lengths": dict(lengths),
+        "classes": list(classes),
+        "classes_left_out": list(dropped),
+        "source_bank": bank.folder.name,
+        "sample_rate": SR,
+        "pool_share": POOL_SHARE,
+        "min_sources": MIN_SOURCES,
+        "noisy_label_error_rate": NOISE_RATE,
+    }
 
 
 def _read_meta(out):
@@ -287,11 +306,13 @@ def _read_meta(out):
 
 def _write_tables(tmp, plan, index, classes):
     """The CSVs: labels and sources of each split, the submission template, SOURCES.csv."""
+
     def table(rows, key, with_sources=True):
         df = pd.DataFrame({"fname": [r["fname"] for r in rows], "labels": [",".join(r[key]) for r in rows]})
         if with_sources:
             df["sources"] = [";".join(sorted(set(r["sources"]))) for r in rows]
         return df.sort_values("fname")
+
     kw = dict(index=False, lineterminator="\n")
     table(plan["train_curated"], "labels").to_csv(tmp / "train_curated.csv", **kw)
     table(plan["train_noisy"], "given").to_csv(tmp / "train_noisy.csv", **kw)
@@ -307,9 +328,11 @@ def _write_tables(tmp, plan, index, classes):
 
 
 def _stats(plan):
-    return {"hours": {s: round(sum(r["n"] for r in plan[s]) / SR / 3600, 3) for s in SPLITS},
-            "noisy_corrupted": sum(r["corrupted"] for r in plan["train_noisy"]),
-            "mean_labels": {s: round(float(np.mean([len(r["labels"]) for r in plan[s]] or [0])), 3) for s in SPLITS}}
+    return {
+        "hours": {s: round(sum(r["n"] for r in plan[s]) / SR / 3600, 3) for s in SPLITS},
+        "noisy_corrupted": sum(r["corrupted"] for r in plan["train_noisy"]),
+        "mean_labels": {s: round(float(np.mean([len(r["labels"]) for r in plan[s]] or [0])), 3) for s in SPLITS},
+    }
 
 
 def _render_all(tmp, tasks, bank, files, ambience, workers, progress):
@@ -355,8 +378,18 @@ def _building_folder(out: Path, params) -> Path:
     return tmp
 
 
-def build(out_dir, preset="default", seed=0, n_curated=None, n_noisy=None, n_test=None, workers=2, progress=True,
-          cache=DEFAULT_CACHE, bank: SourceBank | None = None) -> Path:
+def build(
+    out_dir,
+    preset="default",
+    seed=0,
+    n_curated=None,
+    n_noisy=None,
+    n_test=None,
+    workers=2,
+    progress=True,
+    cache=DEFAULT_CACHE,
+    bank: SourceBank | None = None,
+) -> Path:
     """Build the real-sound dataset into out_dir (a no-op when it already holds this build); return out_dir. `bank`
     replaces the pinned packages' source bank (tests use stand-in sources)."""
     log, out = get_logger(), Path(out_dir)
@@ -377,35 +410,44 @@ def build(out_dir, preset="default", seed=0, n_curated=None, n_noisy=None, n_tes
         log.info(f"real data: {out} already holds this build (preset {preset}, seed {seed}); nothing to do")
         return out
     if out.exists() and old is None and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"real data: {out} exists and is not a real-data build (no real_meta.json); "
-                        f"refusing to replace it")
+        raise UserError(
+            f"real data: {out} exists and is not a real-data build (no real_meta.json); refusing to replace it"
+        )
     t0 = time.time()
     plan = make_plan(seed, sizes, PRESETS[preset]["lengths"], pools)
     out.parent.mkdir(parents=True, exist_ok=True)
     check_free_space(out.parent, sum(r["n"] for s in SPLITS for r in plan[s]) * 2 + 50_000_000, "the real-sound set")
     tmp = _building_folder(out, params)
-    tasks = sorted(((int(seed), s, r["index"], r["sources"], r["n"], str(tmp / s / r["fname"])) for s in SPLITS
-                    for r in plan[s]), key=lambda t: -t[4])          # longest first: better load balance
+    tasks = sorted(
+        ((int(seed), s, r["index"], r["sources"], r["n"], str(tmp / s / r["fname"])) for s in SPLITS for r in plan[s]),
+        key=lambda t: -t[4],
+    )  # longest first: better load balance
     files = {src: list(g["row"]) for src, g in index.groupby("source")}
     ambience = list(np.flatnonzero(bank.index["class"] == "_ambience"))
-    log.info(f"real data: {len(classes)} classes, {index['source'].nunique()} source recordings; rendering "
-             f"{len(tasks)} clips ({sizes}) with {workers} worker(s) into {out}"
-             + (f"; left out (< {MIN_SOURCES} sources): {', '.join(dropped)}" if dropped else ""))
+    log.info(
+        f"real data: {len(classes)} classes, {index['source'].nunique()} source recordings; rendering "
+        f"{len(tasks)} clips ({sizes}) with {workers} worker(s) into {out}"
+        + (f"; left out (< {MIN_SOURCES} sources): {', '.join(dropped)}" if dropped else "")
+    )
     _render_all(tmp, tasks, bank, files, ambience, workers, progress)
     _write_tables(tmp, plan, index, classes)
     stats = _stats(plan)
-    atomic_write_json(tmp / "real_meta.json", {**params, "stats": stats})      # last: marks the build complete
+    atomic_write_json(tmp / "real_meta.json", {**params, "stats": stats})  # last: marks the build complete
     _swap_in(tmp, out)
-    log.info(f"real data: built {out} in {time.time() - t0:.1f} s ({stats['hours']} h of audio, "
-             f"{stats['noisy_corrupted']}/{sizes['train_noisy']} noisy label sets corrupted)")
+    log.info(
+        f"real data: built {out} in {time.time() - t0:.1f} s ({stats['hours']} h of audio, "
+        f"{stats['noisy_corrupted']}/{sizes['train_noisy']} noisy label sets corrupted)"
+    )
     return out
 
 
 # ---- verify ----
 
+
 def _logmel_stats(path) -> np.ndarray:
     """Mean and standard deviation over time of a clip's 64-band log-mel spectrogram (128 numbers)."""
     import librosa
+
     x, sr = sf.read(path, dtype="float32")
     m = np.log(librosa.feature.melspectrogram(y=x, sr=sr, n_fft=2048, hop_length=1024, n_mels=64) + 1e-6)
     return np.concatenate([m.mean(axis=1), m.std(axis=1)])
@@ -420,12 +462,14 @@ def baselines(out: Path, seed: int = 0) -> dict:
     from sklearn.preprocessing import StandardScaler
 
     from pipeline.metrics import lwlrap_overall
+
     classes = list(pd.read_csv(out / "sample_submission.csv", nrows=0).columns[1:])
 
     def xy(csv, folder):
         df = pd.read_csv(out / csv)
         y = np.array([[c in str(labs).split(",") for c in classes] for labs in df["labels"]], np.float32)
         return np.stack([_logmel_stats(out / folder / f) for f in df["fname"]]), y
+
     x_tr, y_tr = xy("train_curated.csv", "train_curated")
     x_te, y_te = xy("test_labels.csv", "test")
     rng = np.random.default_rng(seed)
@@ -448,24 +492,40 @@ def verify(out_dir, with_baselines=True) -> dict:
     twice = src.groupby("source")["pool"].nunique()
     problems = [f"source {s} is in {n} pools" for s, n in twice[twice > 1].items()]
     pool_of = dict(zip(src["source"], src["pool"]))
-    for split, csv in (("train_curated", "train_curated.csv"), ("train_noisy", "train_noisy.csv"),
-                       ("test", "test_sources.csv")):
+    for split, csv in (
+        ("train_curated", "train_curated.csv"),
+        ("train_noisy", "train_noisy.csv"),
+        ("test", "test_sources.csv"),
+    ):
         used = {s for cell in pd.read_csv(out / csv)["sources"] for s in str(cell).split(";")}
         wrong = sorted(s for s in used if pool_of.get(s) != split)
         if wrong:
             problems.append(f"{csv}: {len(wrong)} source(s) of another pool, e.g. {wrong[:3]}")
-    print("no source recording in two pools, and every split's clips use its own pool only: "
-          + ("yes" if not problems else "NO"))
+    print(
+        "no source recording in two pools, and every split's clips use its own pool only: "
+        + ("yes" if not problems else "NO")
+    )
     rows = []
-    for split, csv in (("train_curated", "train_curated.csv"), ("train_noisy", "train_noisy_truth.csv"),
-                       ("test", "test_labels.csv")):
+    for split, csv in (
+        ("train_curated", "train_curated.csv"),
+        ("train_noisy", "train_noisy_truth.csv"),
+        ("test", "test_labels.csv"),
+    ):
         df = pd.read_csv(out / csv)
         secs = np.array([sf.info(str(out / split / f)).duration for f in df["fname"]])
         card = df["labels"].str.count(",") + 1
-        rows.append(dict(split=split, clips=len(df), mean_labels=round(card.mean(), 3),
-                         **{f"labels={k}": int((card == k).sum()) for k in (1, 2, 3)},
-                         min_s=round(secs.min(), 2), median_s=round(float(np.median(secs)), 2),
-                         max_s=round(secs.max(), 2), hours=round(secs.sum() / 3600, 2)))
+        rows.append(
+            dict(
+                split=split,
+                clips=len(df),
+                mean_labels=round(card.mean(), 3),
+                **{f"labels={k}": int((card == k).sum()) for k in (1, 2, 3)},
+                min_s=round(secs.min(), 2),
+                median_s=round(float(np.median(secs)), 2),
+                max_s=round(secs.max(), 2),
+                hours=round(secs.sum() / 3600, 2),
+            )
+        )
     print(pd.DataFrame(rows).to_string(index=False) + "\n")
     given = pd.read_csv(out / "train_noisy.csv").set_index("fname")["labels"].str.split(",")
     truth = pd.read_csv(out / "train_noisy_truth.csv").set_index("fname")["labels"].str.split(",")[given.index]
@@ -473,31 +533,41 @@ def verify(out_dir, with_baselines=True) -> dict:
     extra = sum(len(set(g) - set(t)) for g, t in zip(given, truth))
     missing = sum(len(set(t) - set(g)) for g, t in zip(given, truth))
     n_true = sum(len(t) for t in truth)
-    noise = dict(clips_with_a_wrong_label_set=round(float(np.mean(wrong)), 3),
-                 given_labels_not_true=round(extra / sum(len(g) for g in given), 3),
-                 true_labels_missing=round(missing / n_true, 3))
+    noise = dict(
+        clips_with_a_wrong_label_set=round(float(np.mean(wrong)), 3),
+        given_labels_not_true=round(extra / sum(len(g) for g in given), 3),
+        true_labels_missing=round(missing / n_true, 3),
+    )
     print(f"noisy labels: {noise}\n")
     result = {"per_pool": per_pool.to_dict(), "problems": problems, "noise": noise, "splits": rows}
     if with_baselines:
         result["baselines"] = baselines(out)
-        print(f"baselines on the test split: chance lwlrap {result['baselines']['chance']:.4f}, logistic "
-              f"regression on log-mel means and stds (curated clips) {result['baselines']['logistic']:.4f}")
+        print(
+            f"baselines on the test split: chance lwlrap {result['baselines']['chance']:.4f}, logistic "
+            f"regression on log-mel means and stds (curated clips) {result['baselines']['logistic']:.4f}"
+        )
     if problems:
         raise UserError("real data: " + "; ".join(problems))
     return result
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m pipeline.real_data", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m pipeline.real_data",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--out", default="data/real", help="output folder (default data/real)")
     ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
     ap.add_argument("--n-curated", type=int, help="number of curated clips (overrides the preset)")
     ap.add_argument("--n-noisy", type=int, help="number of noisy clips (overrides the preset)")
     ap.add_argument("--n-test", type=int, help="number of test clips (overrides the preset)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache", default=str(DEFAULT_CACHE),
-                    help=f"where the packages and the decoded source bank are kept (default {DEFAULT_CACHE})")
+    ap.add_argument(
+        "--cache",
+        default=str(DEFAULT_CACHE),
+        help=f"where the packages and the decoded source bank are kept (default {DEFAULT_CACHE})",
+    )
     ap.add_argument("--workers", type=int, default=2, help="processes (the output does not depend on it)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--verify", action="store_true", help="print the statistics, checks and baselines of --out")

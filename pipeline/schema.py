@@ -7,21 +7,24 @@ live beside the code that uses them (train.mode, model.name, teacher_student.rul
     problems(cfg)          # ["config: train.epochs = -1: must be an integer >= 1", ...]; [] when all is well
     rule_for("warmup.lr")  # the Rule of train.lr; rule.bad is a value it refuses (tests try one per key)
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pipeline.utils import AMP_CHOICES
 
-OVERLAYS = {"warmup": "train"}     # as in pipeline.config
+OVERLAYS = {"warmup": "train"}  # as in pipeline.config
 
 
 @dataclass(frozen=True)
 class Rule:
     """check(value) -> None when accepted, else what is accepted ("an integer >= 1"); bad: a refused value."""
+
     check: Callable[[Any], str | None]
     bad: Any
 
@@ -43,6 +46,7 @@ def number(lo=None, hi=None, lo_open=False, hi_open=False, integer=False) -> Rul
         ok = ok and (lo is None or (v > lo if lo_open else v >= lo))
         ok = ok and (hi is None or (v < hi if hi_open else v <= hi))
         return None if ok else what
+
     return Rule(check, lo if lo_open else lo - 1)
 
 
@@ -55,11 +59,13 @@ PROB = number(0, 1)
 
 def choice(options, pattern: str | None = None, shown: str | None = None) -> Rule:
     """One of `options` (a tuple, or a callable returning one: read when checked), or a full match of `pattern`."""
+
     def check(v):
         opts = options() if callable(options) else options
         if v in opts or (pattern and isinstance(v, str) and re.fullmatch(pattern, v)):
             return None
         return "one of " + " | ".join([*opts] + ([shown] if shown else []))
+
     return Rule(check, "nope")
 
 
@@ -86,39 +92,47 @@ def mapping() -> Rule:
 # ----------------------------------------------------------------------------- choices read from the code
 def _modes():
     from pipeline.modes import list_modes
+
     return tuple(list_modes())
 
 
 def _models():
     from models import list_models
+
     return tuple(list_models())
 
 
 def _model_params(name):
     from models import model_params
+
     return model_params(name)
 
 
 def _ts(name):
     def get():
         from pipeline.modes import teacher_student
+
         return getattr(teacher_student, name)
+
     return get
 
 
 def _norm_splits():
     from pipeline.data import SPLITS
+
     return ("none", *SPLITS)
 
 
 def _tta_count_windows():
     from pipeline.predict import TTA_COUNT_WINDOWS
+
     return TTA_COUNT_WINDOWS
 
 
 def _check_ssl(v):
     """ssl: {mode: {hyperparameter: value}}, modes and their hyperparameters as each mode declares them."""
     from pipeline.modes import MODES, list_modes
+
     modes = list_modes()
     if not isinstance(v, dict) or any(m not in modes or not isinstance(hp, (dict, type(None))) for m, hp in v.items()):
         return f"a mapping {{mode: {{hyperparameter: value}}}} over the modes {' | '.join(modes)}"
@@ -158,6 +172,7 @@ RULES: dict[str, Rule] = {
     "features.norm_split": choice(_norm_splits),
     "features.cache_dir": _path,
     "folds.n_splits": integer(2),
+    "folds.group_by": text("auto, none or a column of train_curated.csv"),
     "model.name": choice(_models, r"timm:\S+", "timm:<name>"),
     "model.params": mapping(),
     "model.pretrained_path": nullable(_path),
@@ -184,7 +199,7 @@ RULES: dict[str, Rule] = {
     "train.epochs": integer(1),
     "train.lr_warmup_epochs": integer(0),
     "train.batch_size": integer(1),
-    "train.frames": integer(1),        # every backbone pools a side shorter than its window over its own length
+    "train.frames": integer(1),  # every backbone pools a side shorter than its window over its own length
     "train.lr": number(0, lo_open=True),
     "train.optimizer": choice(("nadam", "adam", "sgd")),
     "train.schedule": choice(("warmup_cosine", "cosine", "constant")),
@@ -228,8 +243,13 @@ def _cross(cfg) -> list[tuple[str, Any, str]]:
     f, loss, out = cfg["features"], cfg["loss"], []
     nyquist = f["sample_rate"] / 2
     if f["fmax"] is not None and not f["fmin"] < f["fmax"] <= nyquist:
-        out.append(("features.fmax", f["fmax"], f"null or in (features.fmin, features.sample_rate / 2] = "
-                                                 f"({f['fmin']}, {nyquist}]"))
+        out.append(
+            (
+                "features.fmax",
+                f["fmax"],
+                f"null or in (features.fmin, features.sample_rate / 2] = ({f['fmin']}, {nyquist}]",
+            )
+        )
     if f["fmax"] is None and not f["fmin"] < nyquist:
         out.append(("features.fmin", f["fmin"], f"below features.sample_rate / 2 = {nyquist}"))
     if f["n_fft"] < f["hop_length"]:
@@ -238,14 +258,25 @@ def _cross(cfg) -> list[tuple[str, Any, str]]:
     accepted = _model_params(m["name"])
     unknown = sorted(set(m["params"] or {}) - set(accepted)) if accepted is not None else []
     if unknown:
-        colon = any(":" in str(k) for k in unknown)     # {width:0.125} is YAML for {"width:0.125": null}
-        out.append(("model.params", m["params"], f"a mapping of {m['name']}'s parameters {accepted} (unknown: "
-                                                  f"{unknown}; model.block_dropout is a key of its own"
-                                                  f"{'; YAML needs a space after the colon' if colon else ''})"))
+        colon = any(":" in str(k) for k in unknown)  # {width:0.125} is YAML for {"width:0.125": null}
+        out.append(
+            (
+                "model.params",
+                m["params"],
+                f"a mapping of {m['name']}'s parameters {accepted} (unknown: "
+                f"{unknown}; model.block_dropout is a key of its own"
+                f"{'; YAML needs a space after the colon' if colon else ''})",
+            )
+        )
     terms = ("bce", "focal", "arcface", "hinge")
     if not any(loss[t] > 0 for t in terms):
-        out.append(("(" + ", ".join(f"loss.{t}" for t in terms) + ")", tuple(loss[t] for t in terms),
-                    "weights of which at least one is > 0"))
+        out.append(
+            (
+                "(" + ", ".join(f"loss.{t}" for t in terms) + ")",
+                tuple(loss[t] for t in terms),
+                "weights of which at least one is > 0",
+            )
+        )
     return out
 
 

@@ -12,8 +12,8 @@ def test_stratified_and_deterministic():
     a, b = make_folds(y, 5, seed=1), make_folds(y, 5, seed=1)
     assert (a == b).all() and set(a) == set(range(5))
     assert not (a == make_folds(y, 5, seed=2)).all()
-    per_fold = np.stack([y[a == k].sum(0) for k in range(5)])     # (folds, classes) label counts
-    assert (per_fold.max(0) - per_fold.min(0) <= 2).all()          # every class spread evenly
+    per_fold = np.stack([y[a == k].sum(0) for k in range(5)])  # (folds, classes) label counts
+    assert (per_fold.max(0) - per_fold.min(0) <= 2).all()  # every class spread evenly
 
 
 def test_stage_writes_once(dataset, cfg_for):
@@ -33,3 +33,44 @@ def test_stage_writes_once(dataset, cfg_for):
 def test_too_many_folds(dataset, cfg_for):
     with pytest.raises(ValueError, match="n_splits=50"):
         folds.main(cfg_for(dataset, "folds.n_splits=50"))
+
+
+def test_group_folds_keep_each_recording_in_one_fold():
+    rng = np.random.default_rng(0)
+    n_cls, rec_per_cls = 6, 7
+    recs = [(c, f"r{c}-{j}") for c in range(n_cls) for j in range(rec_per_cls)]
+    groups, y = [], np.zeros((600, n_cls))
+    for i in range(600):
+        c, r = recs[rng.integers(len(recs))]
+        groups.append([r])
+        y[i, c] = 1
+        if i % 10 == 0:  # a tenth of the clips mix a second recording
+            c2, r2 = recs[rng.integers(len(recs))]
+            groups[-1].append(r2)
+            y[i, c2] = 1
+    fold, leak = folds.make_group_folds(groups, y, 5, seed=1)
+    single = [i for i, g in enumerate(groups) if len(g) == 1]
+    by_rec = {}
+    for i in single:
+        by_rec.setdefault(groups[i][0], set()).add(fold[i])
+    assert all(len(f) == 1 for f in by_rec.values())  # a recording's clips stay in one fold
+    assert 0 < leak <= 0.1
+    per_class = np.stack([y[fold == k].sum(0) for k in range(5)])
+    assert (per_class > 0).all()  # every class in every fold (7 recordings over 5 folds)
+    assert np.bincount(fold).min() > 600 / 5 * 0.5
+    assert (fold == folds.make_group_folds(groups, y, 5, seed=1)[0]).all()
+
+
+def test_the_stage_groups_by_the_sources_column_when_present(dataset, cfg_for):
+    import pandas as pd
+
+    cur = pd.read_csv(dataset / "train_curated.csv")
+    cur["sources"] = [f"rec{i % 6}" for i in range(len(cur))]
+    cur.to_csv(dataset / "train_curated.csv", index=False)
+    df = folds.main(cfg_for(dataset, "folds.n_splits=3"))
+    rec = cur.set_index("fname").loc[df["fname"], "sources"].to_numpy()
+    assert all(df["fold"][rec == r].nunique() == 1 for r in set(rec))
+    plain = folds.main(cfg_for(dataset, "folds.n_splits=3", "folds.group_by=none", "run.name=plain"))
+    assert any(plain["fold"][rec == r].nunique() > 1 for r in set(rec))
+    with pytest.raises(ValueError, match="folds.group_by=speaker: train_curated.csv has no column 'speaker'"):
+        folds.main(cfg_for(dataset, "folds.n_splits=3", "folds.group_by=speaker", "run.name=x"))

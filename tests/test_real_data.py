@@ -1,5 +1,6 @@
 """The real-sound set's builder and sources, without downloads: stand-in source recordings made here, small
 archives made here, and the fetch step's errors with apt-get and pip replaced."""
+
 from __future__ import annotations
 
 import filecmp
@@ -27,7 +28,7 @@ def _sound(rng, cls, take, seconds):
     f0 = (300, 900, 2500)[cls] * (1 + 0.07 * take)
     env = (np.sin(2 * np.pi * (1.5 + take) * t) > 0).astype(float) if cls == 1 else np.ones_like(t)
     x = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in (1, 2, 3)) * env + 0.05 * rng.standard_normal(len(t))
-    return (0.1 * x / np.sqrt(np.mean(x ** 2))).astype(np.float32)
+    return (0.1 * x / np.sqrt(np.mean(x**2))).astype(np.float32)
 
 
 def stand_in_entries(seed=0):
@@ -37,15 +38,43 @@ def stand_in_entries(seed=0):
         for take in range(9):
             for cut in range(1 + take % 2):  # some takes have two cuts
                 x = _sound(rng, c, take, rng.uniform(0.4, 1.6))
-                entries.append(dict(package="pkg-a", version="1", member=f"{cls.lower()}/take{take}_{cut}.ogg",
-                                    take=f"pkg-a:{cls.lower()}/take{take}", licence="CC0", credit="", audio=x,
-                                    **{"class": cls}))
+                entries.append(
+                    dict(
+                        package="pkg-a",
+                        version="1",
+                        member=f"{cls.lower()}/take{take}_{cut}.ogg",
+                        take=f"pkg-a:{cls.lower()}/take{take}",
+                        licence="CC0",
+                        credit="",
+                        audio=x,
+                        **{"class": cls},
+                    )
+                )
     dup = entries[0]["audio"] * 0.5  # the first Alpha recording again, shipped by another package at half level
-    entries.append(dict(package="pkg-b", version="2", member="copy.wav", take="pkg-b:copy", licence="CC0",
-                        credit="", audio=dup, **{"class": "Alpha"}))
-    entries.append(dict(package="pkg-b", version="2", member="amb.wav", take="pkg-b:amb", licence="CC0",
-                        credit="", audio=0.1 * rng.standard_normal(3 * SR).astype(np.float32),
-                        **{"class": "_ambience"}))
+    entries.append(
+        dict(
+            package="pkg-b",
+            version="2",
+            member="copy.wav",
+            take="pkg-b:copy",
+            licence="CC0",
+            credit="",
+            audio=dup,
+            **{"class": "Alpha"},
+        )
+    )
+    entries.append(
+        dict(
+            package="pkg-b",
+            version="2",
+            member="amb.wav",
+            take="pkg-b:amb",
+            licence="CC0",
+            credit="",
+            audio=0.1 * rng.standard_normal(3 * SR).astype(np.float32),
+            **{"class": "_ambience"},
+        )
+    )
     return entries
 
 
@@ -59,11 +88,11 @@ def test_takes_and_near_duplicates_make_one_source_group(bank):
     assert take_of("a/grass3.ogg") == "a/grass" and take_of("x.pk3!w/bullet-rifle-8x.ogg") == "w/bullet-rifle"
     assert take_of("s/civfemdeath01a.ogg") == "s/civfemdeath"
     copy = ix.loc[ix["member"] == "copy.wav", "group"].item()
-    assert copy == ix.loc[ix["member"] == "alpha/take0_0.ogg", "group"].item()      # found by content
+    assert copy == ix.loc[ix["member"] == "alpha/take0_0.ogg", "group"].item()  # found by content
     cuts = ix.loc[ix["take"] == "pkg-a:alpha/take1", "group"]
     assert len(cuts) == 2 and cuts.nunique() == 1
     alpha = ix[(ix["class"] == "Alpha") & (ix["package"] == "pkg-a")]
-    assert alpha["group"].nunique() == 9                                            # distinct takes stay apart
+    assert alpha["group"].nunique() == 9  # distinct takes stay apart
 
 
 def test_pools_are_disjoint_and_stratified(bank):
@@ -73,7 +102,7 @@ def test_pools_are_disjoint_and_stratified(bank):
     per = index.groupby(["class", "pool"])["source"].nunique().unstack()
     assert (per >= 2).all().all() and (per.sum(axis=1) == 9).all()
     few = bank.index[~bank.index["member"].str.match("gamma/take[78]")]
-    assert real_data.make_pools(few, seed=3)[1] == ["Gamma"]                         # 8 sources needed
+    assert real_data.make_pools(few, seed=3)[1] == ["Gamma"]  # 8 sources needed
 
 
 def build(out, bank, **kw):
@@ -87,8 +116,16 @@ def built(bank, tmp_path_factory):
 
 
 def test_build_writes_the_fsdkaggle2019_layout_with_sources(built, bank):
-    for name in ("train_curated.csv", "train_noisy.csv", "train_noisy_truth.csv", "test_labels.csv",
-                 "sample_submission.csv", "SOURCES.csv", "real_meta.json", "test_sources.csv"):
+    for name in (
+        "train_curated.csv",
+        "train_noisy.csv",
+        "train_noisy_truth.csv",
+        "test_labels.csv",
+        "sample_submission.csv",
+        "SOURCES.csv",
+        "real_meta.json",
+        "test_sources.csv",
+    ):
         assert (built / name).exists(), name
     cur = pd.read_csv(built / "train_curated.csv")
     assert list(cur.columns) == ["fname", "labels", "sources"]
@@ -111,8 +148,11 @@ def test_noisy_labels_are_corrupted_at_about_the_set_rate(built):
 def test_each_split_uses_its_own_pool(built):
     src = pd.read_csv(built / "SOURCES.csv")
     pool = dict(zip(src["source"], src["pool"]))
-    for split, csv in (("train_curated", "train_curated.csv"), ("train_noisy", "train_noisy.csv"),
-                       ("test", "test_sources.csv")):
+    for split, csv in (
+        ("train_curated", "train_curated.csv"),
+        ("train_noisy", "train_noisy.csv"),
+        ("test", "test_sources.csv"),
+    ):
         used = {s for cell in pd.read_csv(built / csv)["sources"] for s in cell.split(";")}
         assert used and {pool[s] for s in used} == {split}
 
@@ -140,6 +180,7 @@ def test_an_interrupted_build_resumes_and_equals_an_uninterrupted_one(bank, tmp_
         if calls["n"] > 25:
             raise KeyboardInterrupt
         return render(task)
+
     monkeypatch.setattr(real_data, "render_clip", dying)
     out = tmp_path / "real"
     with pytest.raises(KeyboardInterrupt):
@@ -162,6 +203,7 @@ def test_a_folder_that_is_not_a_build_is_not_replaced(bank, tmp_path):
 
 
 # ---- archives ----
+
 
 def _ar(members: dict[str, bytes]) -> bytes:
     out = b"!<arch>\n"
@@ -199,12 +241,22 @@ def test_package_members_reads_debs_and_nested_containers(tmp_path):
         z.writestr("sound/step1.ogg", b"STEP")
         z.writestr("sound/beep.ogg", b"BEEP")
     cat = _cat([("Sheep. By someone. CC0", b"RIFFsheep"), ("Cow. CC-BY", b"RIFFcow")])
-    deb = _deb(tmp_path, {"usr/share/a/dog.ogg": b"DOG", "usr/share/a/readme.txt": b"x",
-                          "usr/share/g/0snd.pk3": zbuf.getvalue(), "usr/share/o/opensfx.cat": cat})
+    deb = _deb(
+        tmp_path,
+        {
+            "usr/share/a/dog.ogg": b"DOG",
+            "usr/share/a/readme.txt": b"x",
+            "usr/share/g/0snd.pk3": zbuf.getvalue(),
+            "usr/share/o/opensfx.cat": cat,
+        },
+    )
     wanted = real_sources._wanted(["*/a/*.ogg", "*0snd.pk3!sound/step*", "*opensfx.cat!1.wav"])
     got = {m: (b, c) for m, b, c in package_members(deb, wanted)}
-    assert got == {"usr/share/a/dog.ogg": (b"DOG", ""), "usr/share/g/0snd.pk3!sound/step1.ogg": (b"STEP", ""),
-                   "usr/share/o/opensfx.cat!1.wav": (b"RIFFcow", "Cow. CC-BY")}
+    assert got == {
+        "usr/share/a/dog.ogg": (b"DOG", ""),
+        "usr/share/g/0snd.pk3!sound/step1.ogg": (b"STEP", ""),
+        "usr/share/o/opensfx.cat!1.wav": (b"RIFFcow", "Cow. CC-BY"),
+    }
     assert read_opensfx_cat(cat)[0] == ("0.wav", b"RIFFsheep", "Sheep. By someone. CC0")
     with pytest.raises(ValueError, match="opensfx.cat: entry 1 runs past the end"):
         read_opensfx_cat(cat[:-3])
@@ -228,6 +280,7 @@ def _fake_apt(monkeypatch, returncode=0, stderr="", payload=b"deb"):
         if returncode == 0:
             (Path(cwd) / PKG.file).write_bytes(payload)
         return subprocess.CompletedProcess(cmd, returncode, "", stderr)
+
     monkeypatch.setattr(real_sources.shutil, "which", lambda name: "/usr/bin/apt-get")
     monkeypatch.setattr(real_sources.subprocess, "run", run)
 
@@ -239,7 +292,7 @@ def test_fetch_errors_name_the_cause(tmp_path, monkeypatch):
     _fake_apt(monkeypatch)
     with pytest.raises(UserError, match="checksum mismatch for fake-sounds_1.0-1_all.deb"):
         real_sources.fetch(tmp_path, packages=[PKG])
-    assert not list(tmp_path.iterdir())                        # nothing half-downloaded stays
+    assert not list(tmp_path.iterdir())  # nothing half-downloaded stays
     _fake_apt(monkeypatch, 100, "E: Version '1.0-1' for 'fake-sounds' was not found")
     with pytest.raises(UserError, match="version 1.0-1 of fake-sounds not found"):
         real_sources.fetch(tmp_path, packages=[PKG])
@@ -250,13 +303,14 @@ def test_fetch_errors_name_the_cause(tmp_path, monkeypatch):
 
 
 def test_fetch_reuses_a_checked_file_and_refuses_a_full_disk(tmp_path, monkeypatch):
-    good = real_sources.Package(PKG.name, PKG.version, PKG.file, real_sources.hashlib.sha256(b"deb").hexdigest(),
-                                10, "CC0")
+    good = real_sources.Package(
+        PKG.name, PKG.version, PKG.file, real_sources.hashlib.sha256(b"deb").hexdigest(), 10, "CC0"
+    )
     _fake_apt(monkeypatch)
     assert real_sources.fetch(tmp_path, packages=[good]) == {good.name: tmp_path / good.file}
-    monkeypatch.setattr(real_sources.subprocess, "run", None)   # a second fetch downloads nothing
+    monkeypatch.setattr(real_sources.subprocess, "run", None)  # a second fetch downloads nothing
     assert real_sources.fetch(tmp_path, packages=[good])[good.name].read_bytes() == b"deb"
-    big = real_sources.Package(PKG.name, "2", "other.deb", PKG.sha256, 10 ** 15, "CC0")
+    big = real_sources.Package(PKG.name, "2", "other.deb", PKG.sha256, 10**15, "CC0")
     with pytest.raises(UserError, match="not enough disk space"):
         real_sources.fetch(tmp_path, packages=[big])
 

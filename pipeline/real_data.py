@@ -49,7 +49,7 @@ import soundfile as sf
 from scipy import signal
 
 from pipeline.demo_data import _db, _domain_shift, _hum, _level, _noise
-from pipeline.real_sources import DEFAULT_CACHE, SR, SourceBank, check_free_space
+from pipeline.real_sources import DEFAULT_CACHE, PACKAGE, SR, SourceBank, check_free_space
 from pipeline.utils import UserError, atomic_write_json, get_logger, user_errors
 from pipeline.utils import progress as progress_bar
 
@@ -323,6 +323,8 @@ def _write_tables(tmp, plan, index, classes):
     sub = pd.DataFrame(0, index=range(len(test)), columns=classes)
     sub.insert(0, "fname", list(test["fname"]))
     sub.to_csv(tmp / "sample_submission.csv", **kw)
+    known = index["package"].isin(list(PACKAGE))  # the pinned licence text (the bank keeps the one it was built with)
+    index.loc[known, "licence"] = index.loc[known, "package"].map(lambda p: PACKAGE[p].licence)
     cols = ["source", "pool", "class", "package", "version", "member", "take", "licence", "credit", "seconds"]
     index[cols].sort_values(["class", "source", "member"]).to_csv(tmp / "SOURCES.csv", **kw)
 

@@ -106,7 +106,7 @@ PACKAGES = (
         "gcompris-qt-data_3.1-2_all.deb",
         "e9cf06ab2105529068df73085784e835d2ff03f870d2a8091f09125d40abac9f",
         44196292,
-        "GPL-3+ / CC-BY-SA",
+        "Free Art License (the LR*_LA sounds: Lionel Allorge, Yves Combe)",
     ),
     Package(
         "openclonk-data",
@@ -486,7 +486,9 @@ def near_duplicates(prints: list[np.ndarray], classes, takes, threshold: float =
 
 
 def bank_key(class_map_path=CLASS_MAP, packages=PACKAGES) -> str:
-    text = Path(class_map_path).read_bytes() + repr((BANK_VERSION, SR, MAX_SOURCE_S, packages)).encode()
+    """The bank's name: a hash of the class map, the packages' contents and the decoding's settings."""
+    pins = [(p.name, p.version, p.sha256) for p in packages]
+    text = Path(class_map_path).read_bytes() + repr((BANK_VERSION, SR, MAX_SOURCE_S, DUPLICATE, pins)).encode()
     return hashlib.sha1(text).hexdigest()[:12]
 
 

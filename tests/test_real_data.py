@@ -112,7 +112,7 @@ def build(out, bank, **kw):
 
 @pytest.fixture(scope="module")
 def built(bank, tmp_path_factory):
-    return build(tmp_path_factory.mktemp("real") / "real", bank, n_noisy=200)
+    return build(tmp_path_factory.mktemp("real") / "real", bank, n_noisy=120)
 
 
 def test_build_writes_the_fsdkaggle2019_layout_with_sources(built, bank):
@@ -142,7 +142,7 @@ def test_noisy_labels_are_corrupted_at_about_the_set_rate(built):
     truth = pd.read_csv(built / "train_noisy_truth.csv")["labels"]
     wrong = np.mean([set(g.split(",")) != set(t.split(",")) for g, t in zip(given, truth)])
     assert 0.35 <= wrong <= 0.65
-    assert len(given) == 200
+    assert len(given) == 120
 
 
 def test_each_split_uses_its_own_pool(built):
@@ -165,9 +165,9 @@ def _same_tree(a: Path, b: Path):
 
 
 def test_build_is_deterministic_whatever_the_workers(bank, tmp_path, built):
-    other = build(tmp_path / "again", bank, n_noisy=200, workers=2)
+    other = build(tmp_path / "again", bank, n_noisy=120, workers=2)
     _same_tree(built, other)
-    seeded = build(tmp_path / "seed2", bank, n_noisy=200, seed=2)
+    seeded = build(tmp_path / "seed2", bank, n_noisy=120, seed=2)
     assert not filecmp.cmp(built / "train_curated.csv", seeded / "train_curated.csv", shallow=False)
 
 
@@ -184,12 +184,12 @@ def test_an_interrupted_build_resumes_and_equals_an_uninterrupted_one(bank, tmp_
     monkeypatch.setattr(real_data, "render_clip", dying)
     out = tmp_path / "real"
     with pytest.raises(KeyboardInterrupt):
-        build(out, bank, n_noisy=200)
+        build(out, bank, n_noisy=120)
     assert not out.exists()
     partial = next(tmp_path.glob(".real.building-*"))
     assert len(list(partial.rglob("*.wav"))) == 25
     monkeypatch.setattr(real_data, "render_clip", render)
-    build(out, bank, n_noisy=200)
+    build(out, bank, n_noisy=120)
     _same_tree(built, out)
     assert not list(tmp_path.glob(".real.building-*"))
 

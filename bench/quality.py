@@ -23,6 +23,7 @@ every key a row does not name (mixup lambda per pair; teacher-student's N_V / N_
 Finished runs are reused (runs/q_*), so a rerun costs only what is missing; runs/q_summary.json holds every figure.
 bench/plateau.py finds the budget (docs/results.md gives the one measured).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from common import cfg_for, fold_lwlrap, markdown_table, mean_std, test_lwlrap, train_seconds, write_section
 
 from pipeline import infer, train, warmup  # noqa: E402
@@ -48,15 +48,20 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=40, help="optimiser steps per epoch, the same for every variant")
-    ap.add_argument("--evals", type=int, default=0, help="validations per run (train.eval_every = epochs / evals; "
-                                                        "0: every epoch)")
+    ap.add_argument(
+        "--evals", type=int, default=0, help="validations per run (train.eval_every = epochs / evals; 0: every epoch)"
+    )
+    ap.add_argument("--section", default="quality", help="docs/results.md section (quality_real for data/real)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     seeds = [42 + i for i in range(a.seeds)]
     t_start = time.time()
     base = [f"train.steps_per_epoch={a.steps}", "run.progress=false", *a.overrides]
-    every = lambda epochs: [f"train.eval_every={max(1, epochs // a.evals)}"] if a.evals else []
-    results: dict = {}            # row name -> list of per-seed dicts
+
+    def every(epochs):
+        return [f"train.eval_every={max(1, epochs // a.evals)}"] if a.evals else []
+
+    results: dict = {}  # row name -> list of per-seed dicts
 
     def warm(seed):
         name = f"q_warm_s{seed}"
@@ -65,14 +70,31 @@ def main():
 
     def row(label, name, ov, seed, epochs=a.epochs):
         run = f"q_{name}_s{seed}"
-        cfg = cfg_for(a.config, [f"run.name={run}", f"run.seed={seed}", f"train.epochs={epochs}", *base,
-                                 *every(epochs), "train.folds=[0]", *ov], "train")
+        cfg = cfg_for(
+            a.config,
+            [
+                f"run.name={run}",
+                f"run.seed={seed}",
+                f"train.epochs={epochs}",
+                *base,
+                *every(epochs),
+                "train.folds=[0]",
+                *ov,
+            ],
+            "train",
+        )
         train.main(cfg)
         fdir = Path(f"runs/{run}/train/fold_0")
         last = pd.read_csv(fdir / "metrics.csv").iloc[-1]
-        r = {"label": label, "seed": seed, "val": fold_lwlrap(cfg, fdir), "test": test_lwlrap(cfg, fdir, tta=False),
-             "seconds": train_seconds(fdir), "overrides": ov,
-             **{k: float(last[k]) for k in ("pl_precision", "pl_recall", "pl_pos") if k in last}}
+        r = {
+            "label": label,
+            "seed": seed,
+            "val": fold_lwlrap(cfg, fdir),
+            "test": test_lwlrap(cfg, fdir, tta=False),
+            "seconds": train_seconds(fdir),
+            "overrides": ov,
+            **{k: float(last[k]) for k in ("pl_precision", "pl_recall", "pl_pos") if k in last},
+        }
         results.setdefault(name, []).append(r)
         print(f"{name} seed {seed}: val {r['val']:.4f} test {r['test']:.4f} ({r['seconds']:.0f} s)", flush=True)
         return r
@@ -80,14 +102,19 @@ def main():
     def best(names):
         return max(names, key=lambda n: np.mean([r["val"] for r in results[n]]))
 
-    ts = lambda g_pass, rule="threshold": ["train.mode=teacher_student", f"teacher_student.g_pass={g_pass}",
-                                           f"teacher_student.rule={rule}"]
+    def ts(g_pass, rule="threshold"):
+        return ["train.mode=teacher_student", f"teacher_student.g_pass={g_pass}", f"teacher_student.rule={rule}"]
+
     # phase 1
     for seed in seeds:
         w = warm(seed)
         row("curated only", "cur", ["train.mode=supervised", "train.init_from=null"], seed)
-        row("noisy labels as-is", "noisy", ["train.mode=supervised", "train.init_from=null",
-                                            "train.noisy_labelled=true"], seed)
+        row(
+            "noisy labels as-is",
+            "noisy",
+            ["train.mode=supervised", "train.init_from=null", "train.noisy_labelled=true"],
+            seed,
+        )
         row("noisy warm-up + supervised", "warm_sup", ["train.mode=supervised", w], seed)
         for gp in G_PASSES:
             row(f"teacher-student, g pass {gp}, threshold eta", f"ts_{gp}", [*ts(gp), w], seed)
@@ -100,10 +127,20 @@ def main():
     # phase 3
     for seed in seeds:
         w = warm(seed)
-        row(f"curated only, {2 * a.epochs} epochs (plateau check)", "cur_x2",
-            ["train.mode=supervised", "train.init_from=null"], seed, epochs=2 * a.epochs)
-        row(f"noisy warm-up + supervised, {2 * a.epochs} epochs (plateau check)", "warm_sup_x2",
-            ["train.mode=supervised", w], seed, epochs=2 * a.epochs)
+        row(
+            f"curated only, {2 * a.epochs} epochs (plateau check)",
+            "cur_x2",
+            ["train.mode=supervised", "train.init_from=null"],
+            seed,
+            epochs=2 * a.epochs,
+        )
+        row(
+            f"noisy warm-up + supervised, {2 * a.epochs} epochs (plateau check)",
+            "warm_sup_x2",
+            ["train.mode=supervised", w],
+            seed,
+            epochs=2 * a.epochs,
+        )
     recipe = best(["warm_sup"] + [n for n in results if n.startswith("ts_")])
     # phase 4
     extra = []
@@ -116,13 +153,20 @@ def main():
         out = infer.main(cfg_for(a.config, ovs, "infer"))
         fdir = f"runs/{run}/train/fold_0"
         seconds = sum(train_seconds(p) for p in Path(f"runs/{run}/train").glob("fold_*"))
-        extra.append({"seed": seed, "ensemble_val": out.get("oof_lwlrap"), "ensemble_test": out.get("test_lwlrap"),
-                      "ensemble_seconds": seconds,
-                      "tta_paper": test_lwlrap(cfg, fdir, tta=True, count_windows="paper"),
-                      "tta_all": test_lwlrap(cfg, fdir, tta=True, count_windows="all")})
+        extra.append(
+            {
+                "seed": seed,
+                "ensemble_val": out.get("oof_lwlrap"),
+                "ensemble_test": out.get("test_lwlrap"),
+                "ensemble_seconds": seconds,
+                "tta_paper": test_lwlrap(cfg, fdir, tta=True, count_windows="paper"),
+                "tta_all": test_lwlrap(cfg, fdir, tta=True, count_windows="all"),
+            }
+        )
         print(extra[-1], flush=True)
-    Path("runs/q_summary.json").write_text(json.dumps({"rows": results, "recipe": recipe, "g_pass": g_best,
-                                                        "phase4": extra}, default=str, indent=1))
+    Path("runs/q_summary.json").write_text(
+        json.dumps({"rows": results, "recipe": recipe, "g_pass": g_best, "phase4": extra}, default=str, indent=1)
+    )
     report(a, results, recipe, g_best, extra, len(seeds), (time.time() - t_start) / 60)
 
 
@@ -130,43 +174,75 @@ def report(a, results, recipe, g_best, extra, n_seeds, minutes):
     rows = []
     for name, rs in results.items():
         pl = [mean_std([r.get(k, float("nan")) for r in rs], 3) for k in ("pl_precision", "pl_recall", "pl_pos")]
-        rows.append([rs[0]["label"] + (" **(recipe)**" if name == recipe else ""),
-                     mean_std([r["val"] for r in rs]), mean_std([r["test"] for r in rs]), *pl,
-                     f"{np.mean([r['seconds'] for r in rs]):.0f}"])
+        rows.append(
+            [
+                rs[0]["label"] + (" **(recipe)**" if name == recipe else ""),
+                mean_std([r["val"] for r in rs]),
+                mean_std([r["test"] for r in rs]),
+                mean_std([r["val"] - r["test"] for r in rs]),
+                *pl,
+                f"{np.mean([r['seconds'] for r in rs]):.0f}",
+            ]
+        )
     e = {k: [x[k] for x in extra] for k in extra[0]} if extra else {}
     if extra:
         lab = results[recipe][0]["label"]
-        rows.append([f"{lab}: fold ensemble (3 folds, TTA)", mean_std(e["ensemble_val"]),
-                     mean_std(e["ensemble_test"]), "-", "-", "-", f"{np.mean(e['ensemble_seconds']):.0f}"])
-        rows.append([f"{lab}: fold 0, TTA k counted as the paper", "-", mean_std(e["tta_paper"]), "-", "-", "-", "-"])
-        rows.append([f"{lab}: fold 0, TTA k counting every window", "-", mean_std(e["tta_all"]), "-", "-", "-", "-"])
-    header = ["variant", "fold-0 val lwlrap", "test lwlrap", "PL precision", "PL recall", "PL positives per clip",
-              "training seconds"]
+        rows.append(
+            [
+                f"{lab}: fold ensemble (3 folds, TTA)",
+                mean_std(e["ensemble_val"]),
+                mean_std(e["ensemble_test"]),
+                mean_std([v - t for v, t in zip(e["ensemble_val"], e["ensemble_test"]) if None not in (v, t)]),
+                "-",
+                "-",
+                "-",
+                f"{np.mean(e['ensemble_seconds']):.0f}",
+            ]
+        )
+        rows.append([f"{lab}: fold 0, TTA k counted as the paper", "-", mean_std(e["tta_paper"]), *"-" * 5])
+        rows.append([f"{lab}: fold 0, TTA k counting every window", "-", mean_std(e["tta_all"]), *"-" * 5])
+    header = [
+        "variant",
+        "fold-0 val lwlrap",
+        "test lwlrap",
+        "val - test",
+        "PL precision",
+        "PL recall",
+        "PL positives per clip",
+        "training seconds",
+    ]
     table = markdown_table(header, rows)
-    gain = {n: np.mean([r["val"] for r in results[f"{n}_x2"]]) - np.mean([r["val"] for r in results[n]])
-            for n in ("cur", "warm_sup")}
+    gain = {
+        n: np.mean([r["val"] for r in results[f"{n}_x2"]]) - np.mean([r["val"] for r in results[n]])
+        for n in ("cur", "warm_sup")
+    }
 
     def diff(a_name, b_name, key):
         x, y = (np.array([r[key] for r in results[n]]) for n in (a_name, b_name))
         sd = np.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2)
         return f"{x.mean() - y.mean():+.4f} ({(x.mean() - y.mean()) / sd:+.1f} pooled sd)"
+
     ts_rows = [n for n in results if n.startswith("ts_")]
     ts_best = max(ts_rows, key=lambda n: np.mean([r["val"] for r in results[n]]))
-    text = (f"Choices on the validation means: g pass `{g_best}`; best teacher-student row `{ts_best}`; recipe for "
-            f"noisy data `{recipe}`. Plateau check (doubling the epochs): curated only {gain['cur']:+.4f}, noisy "
-            f"warm-up + supervised {gain['warm_sup']:+.4f} val lwlrap "
-            f"({'both within' if max(abs(g) for g in gain.values()) <= 0.01 else 'NOT both within'} 0.01). "
-            f"Best teacher-student row against noisy warm-up + supervised: val {diff(ts_best, 'warm_sup', 'val')}, "
-            f"test {diff(ts_best, 'warm_sup', 'test')}. The table took {minutes:.0f} minutes.")
+    text = (
+        f"Choices on the validation means: g pass `{g_best}`; best teacher-student row `{ts_best}`; recipe for "
+        f"noisy data `{recipe}`. Plateau check (doubling the epochs): curated only {gain['cur']:+.4f}, noisy "
+        f"warm-up + supervised {gain['warm_sup']:+.4f} val lwlrap "
+        f"({'both within' if max(abs(g) for g in gain.values()) <= 0.01 else 'NOT both within'} 0.01). "
+        f"Best teacher-student row against noisy warm-up + supervised: val {diff(ts_best, 'warm_sup', 'val')}, "
+        f"test {diff(ts_best, 'warm_sup', 'test')}. The table took {minutes:.0f} minutes."
+    )
     print(table)
     print(text)
-    body = (f"## Reference-system ablation over seeds (bench/quality.py)\n\n`.venv/bin/python bench/quality.py "
-            f"--seeds {n_seeds} --epochs {a.epochs} --steps {a.steps} --evals {a.evals} {shlex.join(a.overrides)}` on "
-            f"configs/{a.config}: "
-            f"every variant trains {a.epochs} epochs of {a.steps} steps on folds 1-2, validated on fold 0, for "
-            f"{n_seeds} seeds (each seed also redraws the folds and the warm-up); mean +- std over the seeds. "
-            f"Pseudo-label columns: the last epoch, against train_noisy_truth.csv.\n\n{table}\n\n{text}\n")
-    write_section("quality", body)
+    body = (
+        f"## Reference-system ablation over seeds (bench/quality.py)\n\n`.venv/bin/python bench/quality.py "
+        f"--seeds {n_seeds} --epochs {a.epochs} --steps {a.steps} --evals {a.evals} {shlex.join(a.overrides)}` on "
+        f"configs/{a.config}: "
+        f"every variant trains {a.epochs} epochs of {a.steps} steps on folds 1-2, validated on fold 0, for "
+        f"{n_seeds} seeds (each seed also redraws the folds and the warm-up); mean +- std over the seeds. "
+        f"Pseudo-label columns: the last epoch, against train_noisy_truth.csv.\n\n{table}\n\n{text}\n"
+    )
+    write_section(a.section, body)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ TRAIN_STAGE = $(if $(filter-out 0 1,$(NPROC)),$(PY) -m torch.distributed.run --s
 	--max-restarts=$(RESTARTS) -m pipeline.$(1) --config $(CONFIG) $(OVERRIDES),$(call STAGE,$(1)))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo-data features folds warmup train summary infer ensemble bundle score report demo test browser bench clean
+.PHONY: help setup demo-data features folds warmup train summary infer ensemble bundle score report demo test lint format browser bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -77,7 +77,17 @@ browser: ## Debian's headless Chromium, for the report's browser test (apt-get w
 	      >/dev/null; \
 	  else echo "no headless Chromium and no root to install it: the report's browser check will be skipped"; fi
 
-test: $(STAMP) browser ## the test suite (unit tests and one end-to-end run on tiny data)
+LINT_PATHS := pipeline models tests bench
+
+lint: $(STAMP) ## ruff (pyproject.toml): lint and format check of pipeline models tests bench; make test runs it first
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+format: $(STAMP) ## ruff: apply its safe fixes (import order, ...) and its layout to what make lint checks
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+
+test: $(STAMP) lint browser ## lint, then the test suite (unit tests and one end-to-end run on tiny data)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP) ## throughput and memory: bench/features.py, bench/train_step.py (~10 min; docs/benchmarks.md)

@@ -1,5 +1,6 @@
 """Shared pieces of the quality benchmarks: run stages in-process, score a fold model on the test set, write a
 table into a marked section of docs/results.md."""
+
 from __future__ import annotations
 
 import re
@@ -22,6 +23,7 @@ def cfg_for(config, overrides, stage):
 def train_seconds(folder) -> float:
     """Training time recorded in a fit's metrics.csv (so reused runs report what they cost)."""
     import pandas as pd
+
     return float(pd.read_csv(Path(folder) / "metrics.csv")["seconds"].sum())
 
 
@@ -34,15 +36,26 @@ def test_lwlrap(cfg, fold_dir, tta: bool, reversal: bool = True, count_windows: 
     from pipeline.features import FeatureCache
     from pipeline.metrics import lwlrap
     from pipeline.predict import predict_clips
+
     ds = load_dataset(cfg.data.root, check_audio=False)
     ck = load_checkpoint(Path(fold_dir) / "best.pt")
     model = create_model(**ck["model_config"])
     model.load_state_dict(ck["model"])
     cache = FeatureCache.open(cfg, "test")
-    p = predict_clips(model, cache, list(ds.test["fname"]), cfg.train.frames, cfg.infer.hop, ds.n_classes,
-                      batch_size=cfg.infer.batch_size, tta_counts=list(cfg.infer.tta_counts) if tta else None,
-                      reversal=reversal and model.n_out == 2 * ds.n_classes, aug_cfg=cfg.augment, seed=cfg.run.seed,
-                      tta_count_windows=count_windows or cfg.infer.tta_count_windows)
+    p = predict_clips(
+        model,
+        cache,
+        list(ds.test["fname"]),
+        cfg.train.frames,
+        cfg.infer.hop,
+        ds.n_classes,
+        batch_size=cfg.infer.batch_size,
+        tta_counts=list(cfg.infer.tta_counts) if tta else None,
+        reversal=reversal and model.n_out == 2 * ds.n_classes,
+        aug_cfg=cfg.augment,
+        seed=cfg.run.seed,
+        tta_count_windows=count_windows or cfg.infer.tta_count_windows,
+    )
     return lwlrap(ds.targets(ds.test), p)[0]
 
 
@@ -50,8 +63,10 @@ def fold_lwlrap(cfg, fold_dir) -> float:
     """lwlrap of one fold's held-out predictions (fold_dir/oof.csv): the fold's figure even when the run's pooled
     summary covers more folds (bench/quality.py's phase 4 trains the other folds of a row's run)."""
     import pandas as pd
+
     from pipeline.data import labels_to_matrix, load_dataset
     from pipeline.metrics import lwlrap
+
     ds = load_dataset(cfg.data.root, check_audio=False)
     oof = pd.read_csv(Path(fold_dir) / "oof.csv", dtype={"fname": str})
     y = labels_to_matrix(ds.curated.set_index("fname").loc[oof["fname"], "labels"], ds.classes)
@@ -61,6 +76,7 @@ def fold_lwlrap(cfg, fold_dir) -> float:
 def mean_std(values, digits: int = 4) -> str:
     """'mean +- std' (sample std, ddof 1) of the finite values, '-' when there are none."""
     import numpy as np
+
     v = np.array([x for x in values if x is not None and x == x], float)
     if not len(v):
         return "-"
@@ -71,8 +87,9 @@ def mean_std(values, digits: int = 4) -> str:
 def markdown_table(header, rows) -> str:
     def fmt(v):
         if isinstance(v, float):
-            return "-" if v != v else f"{v:.4f}"   # NaN: not measured for this row
+            return "-" if v != v else f"{v:.4f}"  # NaN: not measured for this row
         return str(v)
+
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -33,19 +33,19 @@ Columns:
     maxrss    getrusage peaks (exact): the main process, and the largest single worker
     others    cores used by other processes of the machine meanwhile
 """
-from __future__ import annotations
 
-import sys
-from pathlib import Path
+from __future__ import annotations
 
 import argparse
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -53,8 +53,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SR = 32000
-PARAMS = {"sample_rate": SR, "n_fft": 1024, "hop_length": 500, "n_mels": 128, "fmin": 0.0, "fmax": None,
-          "trim_db": 55.0, "log_floor": 1e-10}
+PARAMS = {
+    "sample_rate": SR,
+    "n_fft": 1024,
+    "hop_length": 500,
+    "n_mels": 128,
+    "fmin": 0.0,
+    "fmax": None,
+    "trim_db": 55.0,
+    "log_floor": 1e-10,
+}
 SPLIT_DIRS = ("train_curated", "train_noisy", "test")
 
 
@@ -62,6 +70,7 @@ SPLIT_DIRS = ("train_curated", "train_noisy", "test")
 def write_fallback(out: Path, n: int, seed: int = 0) -> Path:
     """n 44.1 kHz PCM_16 wavs: tones, chirps, clicks and noise; log-normal lengths (median 4 s) in [0.3, 30] s."""
     import soundfile as sf
+
     rng = np.random.default_rng(seed)
     sr = 44100
     d = out / "train_curated"
@@ -76,19 +85,20 @@ def write_fallback(out: Path, n: int, seed: int = 0) -> Path:
             y += rng.uniform(0.05, 0.3) * env * np.sin(2 * np.pi * (f0 + (f1 - f0) * t / (2 * secs)) * t)
         clicks = rng.random(len(t)) < 2e-4
         y[clicks] += rng.uniform(-0.5, 0.5, clicks.sum())
-        lead = np.zeros(int(rng.uniform(0, 0.5) * sr))                    # leading silence for the trim
-        sf.write(d / f"{i:08x}.wav", np.clip(np.concatenate([lead, y]), -1, 1).astype(np.float32), sr,
-                 subtype="PCM_16")
+        lead = np.zeros(int(rng.uniform(0, 0.5) * sr))  # leading silence for the trim
+        sf.write(d / f"{i:08x}.wav", np.clip(np.concatenate([lead, y]), -1, 1).astype(np.float32), sr, subtype="PCM_16")
     return out
 
 
 def make_audio(folder: Path, n: int) -> tuple[Path, str]:
     try:
         from pipeline import demo_data
+
         sizes = dict(n_curated=round(0.4 * n), n_noisy=round(0.4 * n))
         sizes["n_test"] = n - sizes["n_curated"] - sizes["n_noisy"]
-        return demo_data.build(folder / "demo", preset="default", workers=2, progress=False, **sizes), \
-            "pipeline.demo_data (preset default)"
+        return demo_data.build(
+            folder / "demo", preset="default", workers=2, progress=False, **sizes
+        ), "pipeline.demo_data (preset default)"
     except Exception as e:  # noqa: BLE001  (missing or broken generator: fall back to synthetic wavs)
         print(f"pipeline.demo_data unavailable ({type(e).__name__}: {e}); writing synthetic wavs", flush=True)
         return write_fallback(folder / "synthetic", n), "synthetic tones and noise"
@@ -104,6 +114,7 @@ def list_wavs(root: Path) -> list[Path]:
 
 def durations(files) -> np.ndarray:
     import soundfile as sf
+
     return np.array([sf.info(str(f)).duration for f in files])
 
 
@@ -115,13 +126,14 @@ def busy_seconds() -> float:
     """CPU seconds all processes of the machine have used since boot (from /proc/stat)."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
-    return (sum(v[:3]) + sum(v[5:8])) / HZ            # user nice system (idle iowait) irq softirq steal
+    return (sum(v[:3]) + sum(v[5:8])) / HZ  # user nice system (idle iowait) irq softirq steal
 
 
 def wait_quiet(max_wait: float, below: float = 0.15) -> float:
     """Wait (up to max_wait s) for a 1-s window in which other processes use less than `below` cores; returns the
     cores they used in the last window."""
     import resource
+
     t_end = time.time() + max_wait
     while True:
         b0, s0 = busy_seconds(), resource.getrusage(resource.RUSAGE_SELF)
@@ -213,8 +225,7 @@ def child(kind: str, files: list[str], workers: int, repeat: int) -> dict:
                 features.extract_split(files[:1], ["warm.wav"], tmp, "warm", PARAMS, 1, show=False)
 
             def run():
-                features.extract_split(files, [Path(f).name for f in files], tmp, "bench", PARAMS, workers,
-                                       show=False)
+                features.extract_split(files, [Path(f).name for f in files], tmp, "bench", PARAMS, workers, show=False)
 
         t = time.perf_counter()
         warm()
@@ -236,13 +247,29 @@ def child(kind: str, files: list[str], workers: int, repeat: int) -> dict:
 def run_child(kind: str, files: list[Path], workers: int, repeat: int, tmp: Path, poll: bool) -> dict:
     """Run one configuration in a fresh process; with `poll`, poll its process tree's memory meanwhile."""
     import resource
+
     lst = tmp / f"files-{kind}-{workers}-{len(files)}.json"
     lst.write_text(json.dumps([str(f) for f in files]))
     res = tmp / f"result-{kind}-{workers}-{len(files)}.json"
     r0 = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     b0, t0 = busy_seconds(), time.time()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", kind, "--files", str(lst), "--workers",
-                             str(workers), "--repeat", str(repeat), "--result", str(res)], cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            "--files",
+            str(lst),
+            "--workers",
+            str(workers),
+            "--repeat",
+            str(repeat),
+            "--result",
+            str(res),
+        ],
+        cwd=ROOT,
+    )
     mon = TreeMemory(proc.pid)
     if poll:
         mon.start()
@@ -265,9 +292,13 @@ def measure(kind: str, files: list[Path], workers: int, repeat: int, tmp: Path) 
     tables under its mmap lock and would slow it down), then a 1-pass memory run polled every 20 ms."""
     out = run_child(kind, files, workers, repeat, tmp, poll=False)
     mem = run_child(kind, files, workers, 1, tmp, poll=True)
-    out.update(tree_rss=mem["tree_rss"], tree_pss=mem["tree_pss"], procs=mem["procs"],
-               maxrss_self=max(out["maxrss_self"], mem["maxrss_self"]),
-               maxrss_child=max(out["maxrss_child"], mem["maxrss_child"]))
+    out.update(
+        tree_rss=mem["tree_rss"],
+        tree_pss=mem["tree_pss"],
+        procs=mem["procs"],
+        maxrss_self=max(out["maxrss_self"], mem["maxrss_self"]),
+        maxrss_child=max(out["maxrss_child"], mem["maxrss_child"]),
+    )
     return out
 
 
@@ -277,20 +308,26 @@ def main(argv=None):
     ap.add_argument("--clips", type=int, default=160, help="N: clips of the small set (default 160)")
     ap.add_argument("--scale", type=int, default=4, help="the large set has scale x N clips (default 4)")
     ap.add_argument("--workers", default="1,2", help="worker counts of fattag runs (default 1,2)")
-    ap.add_argument("--repeat", type=int, default=3, help="timed passes per configuration; the fastest is shown "
-                    "(default 3)")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="timed passes per configuration; the fastest is shown (default 3)"
+    )
     ap.add_argument("--data", type=Path, help="use the wavs of this folder (FSDKaggle2019 layout or any tree)")
     ap.add_argument("--keep", type=Path, help="build the audio here and keep it (default: a temporary folder)")
-    ap.add_argument("--quiet-wait", type=float, default=10.0,
-                    help="before each configuration, wait up to this many seconds for other processes to leave "
-                         "the CPUs idle (default 10; 0: do not wait)")
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        help="before each configuration, wait up to this many seconds for other processes to leave "
+        "the CPUs idle (default 10; 0: do not wait)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--files", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        Path(a.result).write_text(json.dumps(child(a.child, json.loads(Path(a.files).read_text()),
-                                                   int(a.workers), a.repeat)))
+        Path(a.result).write_text(
+            json.dumps(child(a.child, json.loads(Path(a.files).read_text()), int(a.workers), a.repeat))
+        )
         return
 
     worker_counts = [int(w) for w in a.workers.split(",")]
@@ -309,17 +346,20 @@ def main(argv=None):
         order = np.random.default_rng(0).permutation(len(files))
         big = [files[i] for i in order[:n_big]]
         d_big = durations(big)
-        longest = int(np.argmax(d_big))                 # moved into the N set too: memory grows with the longest
-        big.insert(0, big.pop(longest))                 # clip (work arrays), and we compare clip counts here
+        longest = int(np.argmax(d_big))  # moved into the N set too: memory grows with the longest
+        big.insert(0, big.pop(longest))  # clip (work arrays), and we compare clip counts here
         d_big = durations(big)
-        small = big[:a.clips]
-        d_small = d_big[:a.clips]
+        small = big[: a.clips]
+        d_small = d_big[: a.clips]
         dur_small, dur_big = d_small.sum(), d_big.sum()
         for f in big:  # into the page cache, so every configuration reads from memory
             f.read_bytes()
-        print(f"sets: N = {len(small)} clips ({dur_small:.0f} s of audio, median {np.median(d_small):.1f} s, longest "
-              f"{d_small.max():.1f} s), {len(big)} clips ({dur_big:.0f} s, median {np.median(d_big):.1f} s, longest "
-              f"{d_big.max():.1f} s)", flush=True)
+        print(
+            f"sets: N = {len(small)} clips ({dur_small:.0f} s of audio, median {np.median(d_small):.1f} s, longest "
+            f"{d_small.max():.1f} s), {len(big)} clips ({dur_big:.0f} s, median {np.median(d_big):.1f} s, longest "
+            f"{d_big.max():.1f} s)",
+            flush=True,
+        )
 
         runs = []
         for files_ in (small, big) if len(big) > len(small) else (small,):
@@ -335,16 +375,18 @@ def main(argv=None):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    base = {r["clips"]: r["audio"] / r["wall"] for r in rows if r["kind"] == "librosa"}   # x RT of the loop
+    base = {r["clips"]: r["audio"] / r["wall"] for r in rows if r["kind"] == "librosa"}  # x RT of the loop
 
     def vs(r):
         return r["audio"] / r["wall"] / base[r["clips"]]
 
-    mb = 2 ** 20
-    head = (f"{'configuration':<22}{'clips':>6}{'audio s':>9}{'start s':>8}{'1st s':>7}{'wall s':>8}{'clips/s':>9}"
-            f"{'x RT':>7}"
-            f"{'vs librosa':>11}{'CPU s':>7}{'tree PSS':>10}{'tree RSS':>10}{'maxrss main':>12}"
-            f"{'maxrss wkr':>11}{'others':>8}")
+    mb = 2**20
+    head = (
+        f"{'configuration':<22}{'clips':>6}{'audio s':>9}{'start s':>8}{'1st s':>7}{'wall s':>8}{'clips/s':>9}"
+        f"{'x RT':>7}"
+        f"{'vs librosa':>11}{'CPU s':>7}{'tree PSS':>10}{'tree RSS':>10}{'maxrss main':>12}"
+        f"{'maxrss wkr':>11}{'others':>8}"
+    )
     print("\nFeature stage: log-mel (32 kHz, n_fft 1024, hop 500, 128 mels, trim 55 dB), warm page cache")
     print(head)
     print("-" * len(head))
@@ -352,14 +394,20 @@ def main(argv=None):
         name = "librosa loop (1 proc)" if r["kind"] == "librosa" else f"fattag workers={r['workers']}"
         xrt = r["audio"] / r["wall"]
         wk = f"{r['maxrss_child'] / mb:.0f} MB" if r["kind"] == "fattag" and r["workers"] > 1 else "-"
-        print(f"{name:<22}{r['clips']:>6}{r['audio']:>9.0f}{r['start']:>8.2f}{r['first']:>7.2f}{r['wall']:>8.2f}"
-              f"{r['clips'] / r['wall']:>9.1f}{xrt:>7.0f}{vs(r):>10.2f}x{r['cpu']:>7.1f}"
-              f"{r['tree_pss'] / mb:>7.0f} MB{r['tree_rss'] / mb:>7.0f} MB{r['maxrss_self'] / mb:>9.0f} MB"
-              f"{wk:>11}{r['others']:>8.2f}")
-    print("others: cores used by other processes of the machine meanwhile (0 = quiet; above ~0.2 the figures "
-          "are disturbed)")
-    print("\ntargets: fattag workers=1 >= 1.3x and workers=2 >= 1.7x the 1-process librosa loop on the same clips; "
-          "peak memory flat in clips")
+        print(
+            f"{name:<22}{r['clips']:>6}{r['audio']:>9.0f}{r['start']:>8.2f}{r['first']:>7.2f}{r['wall']:>8.2f}"
+            f"{r['clips'] / r['wall']:>9.1f}{xrt:>7.0f}{vs(r):>10.2f}x{r['cpu']:>7.1f}"
+            f"{r['tree_pss'] / mb:>7.0f} MB{r['tree_rss'] / mb:>7.0f} MB{r['maxrss_self'] / mb:>9.0f} MB"
+            f"{wk:>11}{r['others']:>8.2f}"
+        )
+    print(
+        "others: cores used by other processes of the machine meanwhile (0 = quiet; above ~0.2 the figures "
+        "are disturbed)"
+    )
+    print(
+        "\ntargets: fattag workers=1 >= 1.3x and workers=2 >= 1.7x the 1-process librosa loop on the same clips; "
+        "peak memory flat in clips"
+    )
     for w in worker_counts:
         sel = [r for r in rows if r["kind"] == "fattag" and r["workers"] == w]
         need = 1.3 if w == 1 else 1.7

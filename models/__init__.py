@@ -12,11 +12,21 @@ Backbones (registered with @register_model): vgg8 (reference), cnn_skip, wrn28_2
 models/panns.py, with load_panns), timm:<name> (models/timm_backbone.py). Weights come only from local files.
 Every backbone takes `block_dropout` and applies all its dropout through modules that `dropout_modules` lists.
 """
+
 from . import cnn, panns  # noqa: F401  (register the backbones)
 from .layers import dropout_modules
 from .panns import load_panns
 from .registry import build_backbone, list_models, model_params, register_model
 from .tagger import CosineHead, Tagger, create_model
 
-__all__ = ["create_model", "register_model", "list_models", "build_backbone", "Tagger", "CosineHead", "load_panns",
-           "dropout_modules"]
+__all__ = [
+    "create_model",
+    "register_model",
+    "list_models",
+    "build_backbone",
+    "Tagger",
+    "CosineHead",
+    "load_panns",
+    "dropout_modules",
+    "model_params",
+]

@@ -6,6 +6,7 @@ A backbone maps a log-mel batch (B, 1, F, T) to a pooled embedding (B, D) and sa
     report = backbone.load_pretrained("weights/x.pth")
     report["loaded"], report["skipped"], report["missing"]      # lists of parameter/buffer names
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 def strip_prefix(state: dict, prefix: str) -> dict:
     """`state` with `prefix` removed from its keys when every key has it; unchanged otherwise."""
     if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
+        return {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -30,17 +31,21 @@ def read_state_dict(path) -> dict:
     gives its backbone's tensors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights not found: {path} (weights are never downloaded; give a local file)")
+        raise FileNotFoundError(
+            f"pretrained weights not found: {path} (weights are never downloaded; give a local file)"
+        )
     ckpt = torch.load(path, map_location="cpu")
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
             break
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a state dict (or one under 'model'/'state_dict'), got {type(ckpt).__name__}")
+        raise ValueError(
+            f"{path}: expected a state dict (or one under 'model'/'state_dict'), got {type(ckpt).__name__}"
+        )
     state = strip_prefix({k: v for k, v in ckpt.items() if torch.is_tensor(v)}, "module.")
     if any(k.startswith("backbone.") for k in state):
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     return state
 
 
@@ -60,16 +65,28 @@ def load_matching(module: nn.Module, state: dict, path, skip=()) -> dict:
         else:
             loaded.append(k)
     if conflicts:
-        raise ValueError(f"{path}: {len(conflicts)} tensor shape(s) conflict with the model (wrong width/depth?): "
-                         + "; ".join(conflicts[:5]) + (" ..." if len(conflicts) > 5 else ""))
+        raise ValueError(
+            f"{path}: {len(conflicts)} tensor shape(s) conflict with the model (wrong width/depth?): "
+            + "; ".join(conflicts[:5])
+            + (" ..." if len(conflicts) > 5 else "")
+        )
     if not loaded:
-        raise ValueError(f"{path}: no tensor name matched the model (file keys e.g. {list(state)[:4]}, "
-                         f"model keys e.g. {list(own)[:4]})")
+        raise ValueError(
+            f"{path}: no tensor name matched the model (file keys e.g. {list(state)[:4]}, "
+            f"model keys e.g. {list(own)[:4]})"
+        )
     module.load_state_dict({k: state[k] for k in loaded}, strict=False)
     done = set(loaded)
     report = dict(path=str(path), loaded=loaded, skipped=skipped, missing=[k for k in own if k not in done])
-    log.info("%s: loaded %d tensors, skipped %d %s, missing (left as initialised) %d %s", path, len(loaded),
-             len(skipped), skipped[:8], len(report["missing"]), report["missing"][:8])
+    log.info(
+        "%s: loaded %d tensors, skipped %d %s, missing (left as initialised) %d %s",
+        path,
+        len(loaded),
+        len(skipped),
+        skipped[:8],
+        len(report["missing"]),
+        report["missing"][:8],
+    )
     return report
 
 

@@ -7,6 +7,7 @@
 All map a log-mel batch (B, 1, F, T) to (B, out_dim); any F and T >= 1 work (pooling never shrinks a side to 0).
 All take `block_dropout` (default 0: none), an nn.Dropout in every block (layers.dropout_modules finds them).
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,15 @@ class ConvNet(Backbone):
     Shapes: (B, 1, F, T) -> blocks -> (B, C, F / 2^p, T / 2^p) -> (B, C), C = out_dim.
     """
 
-    def __init__(self, channels, pool_last: bool, skip: bool = False, width: float = 1.0, pool: str = "avgmax",
-                 block_dropout: float = 0.0):
+    def __init__(
+        self,
+        channels,
+        pool_last: bool,
+        skip: bool = False,
+        width: float = 1.0,
+        pool: str = "avgmax",
+        block_dropout: float = 0.0,
+    ):
         super().__init__()
         self.pool, self.pool_last, self.skip = check_pool(pool), pool_last, skip
         self.blocks = nn.ModuleList()
@@ -40,17 +48,17 @@ class ConvNet(Backbone):
             cout = scaled(c, width)
             self.blocks.append(ConvBlock(cin, cout))
             cin = cin + cout if skip else cout
-        self.drops = nn.ModuleList(nn.Dropout(block_dropout) for _ in channels)     # no tensors: state dict unchanged
+        self.drops = nn.ModuleList(nn.Dropout(block_dropout) for _ in channels)  # no tensors: state dict unchanged
         self.out_dim = cin
 
     def forward(self, x):
         for i, block in enumerate(self.blocks):
-            y = block(x)                                        # (B, C_i, F', T')
-            x = torch.cat([x, y], 1) if self.skip else y        # (B, C_in + C_i, F', T') with skip
+            y = block(x)  # (B, C_i, F', T')
+            x = torch.cat([x, y], 1) if self.skip else y  # (B, C_in + C_i, F', T') with skip
             if self.pool_last or i < len(self.blocks) - 1:
-                x = pool2(x)                                    # (B, C, F' / 2, T' / 2)
+                x = pool2(x)  # (B, C, F' / 2, T' / 2)
             x = self.drops[i](x)
-        return global_pool(x, self.pool)                        # (B, out_dim)
+        return global_pool(x, self.pool)  # (B, out_dim)
 
 
 @register_model("vgg8")
@@ -66,8 +74,7 @@ def cnn_skip(width: float = 1.0, skip: bool = True, pool: str = "avgmax", block_
     """The FAT2019 public-kernel CNN: 4 blocks of 64, 128, 256, 512 channels (x width), each two conv3x3-BN-ReLU
     then 2x2 average pooling and dropout `block_dropout`; with `skip` a block's input is concatenated to its output
     before pooling. (B, 1, F, T) -> (B, D), D = 1 + 64 + 128 + 256 + 512 (scaled) with skip, 512 (scaled) without."""
-    return ConvNet((64, 128, 256, 512), pool_last=True, skip=skip, width=width, pool=pool,
-                   block_dropout=block_dropout)
+    return ConvNet((64, 128, 256, 512), pool_last=True, skip=skip, width=width, pool=pool, block_dropout=block_dropout)
 
 
 class WRNBlock(nn.Module):
@@ -79,8 +86,15 @@ class WRNBlock(nn.Module):
     (B, Cin, H, W) -> (B, Cout, ceil(H / stride), ceil(W / stride)).
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, activate_before_residual: bool = False,
-                 bn_momentum: float = 0.001, dropout: float = 0.0):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        activate_before_residual: bool = False,
+        bn_momentum: float = 0.001,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin, momentum=bn_momentum)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False)
@@ -95,7 +109,7 @@ class WRNBlock(nn.Module):
         o = self.act(self.bn1(x))
         if self.activate_before_residual:
             x = o
-        o = self.conv2(self.drop(self.act(self.bn2(self.conv1(o)))))     # (B, Cout, H / stride, W / stride)
+        o = self.conv2(self.drop(self.act(self.bn2(self.conv1(o)))))  # (B, Cout, H / stride, W / stride)
         return o + (x if self.shortcut is None else self.shortcut(x))
 
 
@@ -109,8 +123,9 @@ class WideResNet(Backbone):
     (B, 1, F, T) -> (B, 64 * widen).
     """
 
-    def __init__(self, depth: int = 28, widen: int = 2, pool: str = "avg", bn_momentum: float = 0.001,
-                 block_dropout: float = 0.0):
+    def __init__(
+        self, depth: int = 28, widen: int = 2, pool: str = "avg", bn_momentum: float = 0.001, block_dropout: float = 0.0
+    ):
         super().__init__()
         if (depth - 4) % 6 or depth < 10:
             raise ValueError(f"depth={depth}: must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...)")
@@ -120,9 +135,16 @@ class WideResNet(Backbone):
         blocks = []
         for g, (cin, cout, stride) in enumerate(zip(widths[:-1], widths[1:], (1, 2, 2))):
             for i in range(n):
-                blocks.append(WRNBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1,
-                                       activate_before_residual=(g == 0 and i == 0), bn_momentum=bn_momentum,
-                                       dropout=block_dropout))
+                blocks.append(
+                    WRNBlock(
+                        cin if i == 0 else cout,
+                        cout,
+                        stride if i == 0 else 1,
+                        activate_before_residual=(g == 0 and i == 0),
+                        bn_momentum=bn_momentum,
+                        dropout=block_dropout,
+                    )
+                )
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(widths[-1], momentum=bn_momentum)
         self.act = nn.LeakyReLU(0.1)
@@ -132,5 +154,5 @@ class WideResNet(Backbone):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
 
     def forward(self, x):
-        x = self.blocks(self.stem(x))                   # (B, 64w, F / 4, T / 4) (rounded up)
-        return global_pool(self.act(self.bn(x)), self.pool)     # (B, out_dim)
+        x = self.blocks(self.stem(x))  # (B, 64w, F / 4, T / 4) (rounded up)
+        return global_pool(self.act(self.bn(x)), self.pool)  # (B, out_dim)

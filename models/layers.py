@@ -9,6 +9,7 @@ Tensors are (B, C, F, T): batch, channels, frequency (mel bins), time (frames).
     for m in dropout_modules(model):
         m.training = True
 """
+
 from __future__ import annotations
 
 import sys
@@ -47,7 +48,7 @@ def pool2(x, size: int = 2):
 
 def global_pool(x, pool: str = "avgmax"):
     """(B, C, F, T) -> (B, C): mean over frequency, then over time max + mean ("avgmax"), mean ("avg") or max."""
-    x = x.mean(2)                                   # (B, C, T)
+    x = x.mean(2)  # (B, C, T)
     if pool == "avg":
         return x.mean(2)
     if pool == "max":
@@ -79,7 +80,7 @@ def _rate(m: nn.Module) -> float:
     """The drop probability of a torch dropout or timm DropPath / DropBlock2d / PatchDropout module; 0 for others."""
     if isinstance(m, nn.modules.dropout._DropoutNd):
         return m.p
-    timm_layers = sys.modules.get("timm.layers")     # no timm module can exist unless timm was imported
+    timm_layers = sys.modules.get("timm.layers")  # no timm module can exist unless timm was imported
     if timm_layers is not None:
         if isinstance(m, (timm_layers.DropPath, timm_layers.DropBlock2d)):
             return m.drop_prob or 0.0
@@ -114,6 +115,6 @@ def dropout_modules(model: nn.Module) -> list:
     for m in model.modules():
         if _fused_attention_dropout(m):
             unused.add(id(getattr(m, "attn_drop", None)))
-        if getattr(m, "has_skip", None) is False:      # timm: `if self.has_skip: x = self.drop_path(x) + shortcut`
+        if getattr(m, "has_skip", None) is False:  # timm: `if self.has_skip: x = self.drop_path(x) + shortcut`
             unused.add(id(getattr(m, "drop_path", None)))
     return [m for m in model.modules() if (_rate(m) > 0 and id(m) not in unused) or _fused_attention_dropout(m)]

@@ -10,6 +10,7 @@ skipped, and so is bn0 when the checkpoint's mel-bin count differs from ours (PA
 nn.Dropout modules here (block_drops, fc_drop: no tensors, so checkpoints load as before), which the dropout switches
 of the training modes (layers.dropout_modules) reach.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -35,8 +36,15 @@ class Cnn14(Backbone):
     weights apply unchanged. Output (B, 2048 * width). The PANNs front end and SpecAugment live elsewhere in fattag.
     """
 
-    def __init__(self, n_mels: int = 128, width: float = 1.0, dropout: float = 0.2, fc_dropout: float = 0.5,
-                 pool: str = "avgmax", block_dropout: float = 0.0):
+    def __init__(
+        self,
+        n_mels: int = 128,
+        width: float = 1.0,
+        dropout: float = 0.2,
+        fc_dropout: float = 0.5,
+        pool: str = "avgmax",
+        block_dropout: float = 0.0,
+    ):
         super().__init__()
         self.n_mels, self.pool = n_mels, check_pool(pool)
         self.bn0 = nn.BatchNorm2d(n_mels)
@@ -45,7 +53,7 @@ class Cnn14(Backbone):
             setattr(self, f"conv_block{i}", ConvBlock(cin, scaled(c, width)))
             cin = scaled(c, width)
         p = block_dropout if block_dropout > 0 else dropout
-        self.block_drops = nn.ModuleList(nn.Dropout(p) for _ in range(6))     # modules, not F.dropout: switchable
+        self.block_drops = nn.ModuleList(nn.Dropout(p) for _ in range(6))  # modules, not F.dropout: switchable
         self.fc_drop = nn.Dropout(fc_dropout)
         self.fc1 = nn.Linear(cin, cin)
         init_layer(self.fc1)
@@ -54,16 +62,16 @@ class Cnn14(Backbone):
     def forward(self, x):
         if x.shape[2] != self.n_mels:
             raise ValueError(f"cnn14 was built for n_mels={self.n_mels} (model params) but got F={x.shape[2]} mel bins")
-        x = self.bn0(x.transpose(1, 2)).transpose(1, 2)          # normalise each mel bin: (B, 1, F, T)
-        x = x.transpose(2, 3)                                     # PANNs layout (B, 1, T, F)
+        x = self.bn0(x.transpose(1, 2)).transpose(1, 2)  # normalise each mel bin: (B, 1, F, T)
+        x = x.transpose(2, 3)  # PANNs layout (B, 1, T, F)
         for i in range(1, 7):
-            x = getattr(self, f"conv_block{i}")(x)               # (B, C_i, T', F')
+            x = getattr(self, f"conv_block{i}")(x)  # (B, C_i, T', F')
             if i < 6:
-                x = pool2(x)                                      # (B, C_i, T' / 2, F' / 2)
+                x = pool2(x)  # (B, C_i, T' / 2, F' / 2)
             x = self.block_drops[i - 1](x)
-        x = global_pool(x.transpose(2, 3), self.pool)             # (B, C, F', T') -> (B, C)
+        x = global_pool(x.transpose(2, 3), self.pool)  # (B, C, F', T') -> (B, C)
         x = self.fc_drop(x)
-        return F.relu_(self.fc1(x))                               # (B, out_dim) embedding
+        return F.relu_(self.fc1(x))  # (B, out_dim) embedding
 
     def load_pretrained(self, path) -> dict:
         return load_panns(self, path)
@@ -79,5 +87,5 @@ def load_panns(module, path) -> dict:
     state = read_state_dict(path)
     skip = PANNS_SKIP
     if "bn0.weight" in state and state["bn0.weight"].shape != module.bn0.weight.shape:
-        skip = skip + ("bn0.",)                                   # e.g. 64-bin PANNs into our 128 bins
+        skip = skip + ("bn0.",)  # e.g. 64-bin PANNs into our 128 bins
     return load_matching(module, state, path, skip=skip)

@@ -1,11 +1,12 @@
 """The backbone registry (timm-like): `@register_model("name")` on a backbone class or factory, then build by name.
 
-    @register_model("my_cnn")
-    class MyCNN(Backbone): ...                      # forward (B, 1, F, T) -> (B, out_dim)
+@register_model("my_cnn")
+class MyCNN(Backbone): ...                      # forward (B, 1, F, T) -> (B, out_dim)
 
-    list_models()                                   # ['cnn14', 'cnn_skip', 'vgg8', 'wrn28_2']; 'timm:<name>' also works
-    bb = build_backbone("vgg8", width=0.25)         # or "timm:resnet18", pretrained_path="weights/resnet18.pth"
+list_models()                                   # ['cnn14', 'cnn_skip', 'vgg8', 'wrn28_2']; 'timm:<name>' also works
+bb = build_backbone("vgg8", width=0.25)         # or "timm:resnet18", pretrained_path="weights/resnet18.pth"
 """
+
 from __future__ import annotations
 
 import inspect
@@ -15,11 +16,13 @@ _MODELS: dict = {}
 
 def register_model(name: str):
     """Decorator: register a backbone class or factory (keyword parameters only) under `name`."""
+
     def deco(fn):
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
         _MODELS[name] = fn
         return fn
+
     return deco
 
 
@@ -53,13 +56,15 @@ def build_backbone(name: str, pretrained_path=None, **params):
     """
     if name.startswith("timm:"):
         from .timm_backbone import TimmBackbone
-        backbone = TimmBackbone(name[len("timm:"):], **params)
+
+        backbone = TimmBackbone(name[len("timm:") :], **params)
     elif name in _MODELS:
         _check_params(name, params)
         backbone = _MODELS[name](**params)
     else:
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())} "
-                         "(or 'timm:<name>' for any timm model)")
+        raise ValueError(
+            f"unknown model {name!r}; registered: {', '.join(list_models())} (or 'timm:<name>' for any timm model)"
+        )
     if pretrained_path:
         backbone.pretrained_report = backbone.load_pretrained(pretrained_path)
     return backbone

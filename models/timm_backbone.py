@@ -11,6 +11,7 @@ takes it) and the dropout on the pooled features. timm's own `drop_rate` (dropou
 reach of the modes' dropout switches; TimmBackbone applies it as the nn.Dropout `head_drop` instead (default 0, also
 for models whose timm default is not, e.g. ghostnet's 0.2).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,7 +33,7 @@ def _create(name: str, params: dict, optional: dict):
     while True:
         try:
             return timm.create_model(name, pretrained=False, in_chans=1, num_classes=0, **params, **optional)
-        except TypeError as e:                          # "... got an unexpected keyword argument 'drop_path_rate'"
+        except TypeError as e:  # "... got an unexpected keyword argument 'drop_path_rate'"
             rejected = [k for k in optional if f"'{k}'" in str(e)]
             if not rejected:
                 raise
@@ -55,11 +56,11 @@ class TimmBackbone(Backbone):
         if not timm.is_model(name):
             raise ValueError(f"unknown timm model {name!r}; see timm.list_models('*{name[:6]}*')")
         head_p = params.pop("drop_rate", block_dropout)
-        optional = {"drop_rate": 0.0}                   # timm's pre-classifier dropout: head_drop below instead
+        optional = {"drop_rate": 0.0}  # timm's pre-classifier dropout: head_drop below instead
         if block_dropout > 0 and "drop_path_rate" not in params:
             optional["drop_path_rate"] = block_dropout
         self.model = _create(name, params, optional)
-        self.head_drop = nn.Dropout(head_p)             # a module, where timm would often call F.dropout
+        self.head_drop = nn.Dropout(head_p)  # a module, where timm would often call F.dropout
         info = getattr(self.model, "feature_info", None)
         self.min_size = min_size or (info[-1]["reduction"] if info else 32)
         # pooled-feature width; some models (e.g. MobileNetV3) add a head conv after pooling: head_hidden_size
@@ -69,12 +70,12 @@ class TimmBackbone(Backbone):
         f, t = x.shape[-2:]
         if f < self.min_size or t < self.min_size:
             x = x.repeat(1, 1, math.ceil(self.min_size / f), math.ceil(self.min_size / t))
-            x = x[..., :max(f, self.min_size), :max(t, self.min_size)]     # (B, 1, >= min_size, >= min_size)
-        return self.head_drop(self.model(x))                                # (B, out_dim)
+            x = x[..., : max(f, self.min_size), : max(t, self.min_size)]  # (B, 1, >= min_size, >= min_size)
+        return self.head_drop(self.model(x))  # (B, out_dim)
 
     def load_pretrained(self, path) -> dict:
         """Load a local timm / torchvision state dict: classifier keys dropped, the stem adapted 3 -> 1 channel."""
-        state = strip_prefix(read_state_dict(path), "model.")     # "model." from a fattag TimmBackbone
+        state = strip_prefix(read_state_dict(path), "model.")  # "model." from a fattag TimmBackbone
         cfg, own = self.model.pretrained_cfg, self.model.state_dict()
         for conv in _names(cfg.get("first_conv")):
             k = conv + ".weight"

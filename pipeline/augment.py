@@ -18,6 +18,7 @@ on any device, or None for torch's global one):
 
 None of them modifies its input.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -26,11 +27,20 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["crop_or_pad", "center", "build_albu", "spec_augment", "time_reverse", "mixup",
-           "BatchAugment", "build_batch_augment"]
+__all__ = [
+    "crop_or_pad",
+    "center",
+    "build_albu",
+    "spec_augment",
+    "time_reverse",
+    "mixup",
+    "BatchAugment",
+    "build_batch_augment",
+]
 
 
 # ---------------------------------------------------------------------------------------------- per clip (numpy)
+
 
 def crop_or_pad(spec: np.ndarray, frames: int, rng: np.random.Generator) -> np.ndarray:
     """spec (F, T) -> (F, frames): a random crop when T >= frames, else the clip tiled along time from a random
@@ -39,11 +49,11 @@ def crop_or_pad(spec: np.ndarray, frames: int, rng: np.random.Generator) -> np.n
     if n == 0:
         raise ValueError("crop_or_pad: empty clip (0 frames)")
     if n < frames:
-        spec = np.tile(spec, (1, -(-frames // n) + 1))      # >= frames + n - 1 frames
+        spec = np.tile(spec, (1, -(-frames // n) + 1))  # >= frames + n - 1 frames
         start = int(rng.integers(n))
     else:
         start = int(rng.integers(n - frames + 1))
-    return np.ascontiguousarray(spec[:, start:start + frames])
+    return np.ascontiguousarray(spec[:, start : start + frames])
 
 
 def center(spec: np.ndarray, frames: int) -> np.ndarray:
@@ -68,18 +78,19 @@ class _Albu:
     """An albumentations pipeline on spectrograms; see build_albu."""
 
     def __init__(self, specs: list):
-        self.specs = specs          # [(class, kwargs)]
-        self.composes = {}          # input shape -> A.Compose
+        self.specs = specs  # [(class, kwargs)]
+        self.composes = {}  # input shape -> A.Compose
 
     def _compose(self, shape):
         if shape not in self.composes:
             import albumentations as A
+
             self.composes[shape] = A.Compose([_make(cls, kw, shape) for cls, kw in self.specs])
         return self.composes[shape]
 
     def __call__(self, spec: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         compose = self._compose(spec.shape)
-        compose.set_random_seed(int(rng.integers(2 ** 32)))
+        compose.set_random_seed(int(rng.integers(2**32)))
         lo, hi = float(spec.min()), float(spec.max())
         scale = hi - lo if hi > lo else 1.0
         out = compose(image=((spec - lo) / scale).astype(np.float32))["image"]
@@ -104,8 +115,9 @@ def build_albu(spec_list):
     """
     if not spec_list:
         return None
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")      # no online version check on import
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no online version check on import
     import albumentations as A
+
     specs = []
     for i, entry in enumerate(spec_list):
         where = f"augment.albumentations[{i}]"
@@ -120,7 +132,7 @@ def build_albu(spec_list):
         if bad and not any(q.kind is q.VAR_KEYWORD for q in params.values()):
             raise ValueError(f"config key {where}: {entry['name']} takes no argument(s) {bad}")
         try:
-            _make(cls, kw, (64, 64))                                    # bad values fail here, not in a worker
+            _make(cls, kw, (64, 64))  # bad values fail here, not in a worker
         except Exception as e:
             raise ValueError(f"config key {where}: {entry['name']}({kw}): {e}") from e
         specs.append((cls, kw))
@@ -128,6 +140,7 @@ def build_albu(spec_list):
 
 
 # ----------------------------------------------------------------------------------------------- per batch (torch)
+
 
 def _rand(shape, generator, device) -> torch.Tensor:
     """Uniform [0, 1) numbers on `device`, drawn on the generator's device (so a CPU generator serves CUDA)."""
@@ -144,8 +157,14 @@ def _band_mask(n_batch, size, n_masks, width, generator, device) -> torch.Tensor
     return ((pos >= start) & (pos < start + w)).any(1)
 
 
-def spec_augment(x: torch.Tensor, freq_masks: int = 2, time_masks: int = 2, freq_width: float = 0.1,
-                 time_width: float = 0.1, generator: torch.Generator | None = None) -> torch.Tensor:
+def spec_augment(
+    x: torch.Tensor,
+    freq_masks: int = 2,
+    time_masks: int = 2,
+    freq_width: float = 0.1,
+    time_width: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """SpecAugment without time warp: x (B, ..., F, T) -> new tensor of that shape.
 
     Each sample gets its own `freq_masks` frequency bands and `time_masks` time bands set to 0 (the mean of
@@ -176,9 +195,17 @@ def time_reverse(x: torch.Tensor, y: torch.Tensor, p: float = 0.5, generator: to
     return x2, torch.cat([y * (1 - r), y * r], 1)
 
 
-def mixup(x: torch.Tensor, y: torch.Tensor | None, alpha: float = 0.4, generator: torch.Generator | None = None,
-          perm: torch.Tensor | None = None, per_sample: bool = False, lam: torch.Tensor | None = None, *,
-          per_pair: bool = False):
+def mixup(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    alpha: float = 0.4,
+    generator: torch.Generator | None = None,
+    perm: torch.Tensor | None = None,
+    per_sample: bool = False,
+    lam: torch.Tensor | None = None,
+    *,
+    per_pair: bool = False,
+):
     """mixup: x (B, ...), y (B, C) or None -> (x2, y2, lam, perm).
 
     x2 = lam x + (1 - lam) x[perm], y2 likewise, with lam = max(l, 1 - l), l ~ Beta(alpha, alpha), so lam >= 0.5 and
@@ -197,9 +224,9 @@ def mixup(x: torch.Tensor, y: torch.Tensor | None, alpha: float = 0.4, generator
     if perm is None:
         perm = torch.randperm(b, generator=generator, device=gen_device).to(x.device)
     if lam is None:
-        seed = int(torch.randint(2 ** 62, (1,), generator=generator, device=gen_device))
-        l = np.random.default_rng(seed).beta(alpha, alpha, size=b if per_pair else ())
-        lam = torch.as_tensor(np.maximum(l, 1 - l), dtype=torch.float32, device=x.device)
+        seed = int(torch.randint(2**62, (1,), generator=generator, device=gen_device))
+        draw = np.random.default_rng(seed).beta(alpha, alpha, size=b if per_pair else ())
+        lam = torch.as_tensor(np.maximum(draw, 1 - draw), dtype=torch.float32, device=x.device)
 
     def mix(v):
         lv = lam.to(v.device, v.dtype)
@@ -231,8 +258,10 @@ class BatchAugment:
     def reverse(self, x, y, generator=None):
         """Time reversal with augment.reversal_p, if time_reversal; else (x, y)."""
         if y.shape[-1] != self.n_classes:
-            raise ValueError(f"batch augment: targets have {y.shape[-1]} classes, expected n_classes = "
-                             f"{self.n_classes} (before time reversal doubles them)")
+            raise ValueError(
+                f"batch augment: targets have {y.shape[-1]} classes, expected n_classes = "
+                f"{self.n_classes} (before time reversal doubles them)"
+            )
         return time_reverse(x, y, self.reversal_p, generator) if self.time_reversal else (x, y)
 
     def mix(self, x, y, generator=None, **kw):
@@ -248,9 +277,11 @@ class BatchAugment:
         return self.mix(x, y, generator)[:2]
 
     def __repr__(self):
-        return (f"BatchAugment(spec_augment={self.spec_on and self.spec_kw}, "
-                f"reversal_p={self.reversal_p if self.time_reversal else 'off'}, mixup_alpha={self.mixup_alpha}, "
-                f"mixup_per_pair={self.mixup_per_pair})")
+        return (
+            f"BatchAugment(spec_augment={self.spec_on and self.spec_kw}, "
+            f"reversal_p={self.reversal_p if self.time_reversal else 'off'}, mixup_alpha={self.mixup_alpha}, "
+            f"mixup_per_pair={self.mixup_per_pair})"
+        )
 
 
 def build_batch_augment(aug_cfg, n_classes: int, time_reversal: bool = True) -> BatchAugment:

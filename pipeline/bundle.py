@@ -22,6 +22,7 @@ Writes bundles/<run.name>/ (built in a temporary folder, then renamed into place
 Then `python -m pipeline.predict_dir --bundle bundles/<run> --audio DIR --out submission.csv` (run from the bundle
 folder, or anywhere with the bundle on PYTHONPATH) predicts a folder of clips from the bundle alone.
 """
+
 from __future__ import annotations
 
 import platform
@@ -39,14 +40,32 @@ from pipeline.features import feature_params, norm_stats
 from pipeline.infer import export, fold_dirs, predicted_from
 from pipeline.predict import predict_settings
 from pipeline.predict_dir import FORMAT, MANIFEST, sha256
-from pipeline.utils import (ROOT, UserError, atomic_write_json, atomic_write_text, get_logger, git_commit, run_dir,
-                            user_errors)
+from pipeline.utils import (
+    ROOT,
+    UserError,
+    atomic_write_json,
+    atomic_write_text,
+    get_logger,
+    git_commit,
+    run_dir,
+    user_errors,
+)
 
 BUNDLES = Path("bundles")
 CODE = ("pipeline", "models")
 # The pinned requirements that prediction imports (torchvision and timm only for timm:<name> models).
-PREDICT_REQUIREMENTS = ("torch", "numpy", "scipy", "librosa", "soxr", "soundfile", "scikit-learn", "pandas", "tqdm",
-                        "pyyaml")
+PREDICT_REQUIREMENTS = (
+    "torch",
+    "numpy",
+    "scipy",
+    "librosa",
+    "soxr",
+    "soundfile",
+    "scikit-learn",
+    "pandas",
+    "tqdm",
+    "pyyaml",
+)
 TIMM_REQUIREMENTS = ("torchvision", "timm")
 
 
@@ -70,7 +89,7 @@ def run_config(cfg, run: str):
 def shared_settings(cfg) -> dict:
     """What every model of a bundle must share, flat: feature parameters, normalisation, inference settings."""
     flat = {f"features.{k}": v for k, v in feature_params(cfg).items()}
-    flat.update({f"predict.{k}": v for k, v in predict_settings(cfg).items() if k != "seed"})   # seed: per model
+    flat.update({f"predict.{k}": v for k, v in predict_settings(cfg).items() if k != "seed"})  # seed: per model
     flat["normalisation"] = norm_stats(cfg)
     return flat
 
@@ -80,30 +99,44 @@ def check_compatible(cfg, other, run: str):
     mine, theirs = shared_settings(cfg), shared_settings(other)
     differ = [k for k in mine if mine[k] != theirs[k]]
     if differ:
-        raise UserError(f"infer.runs: run {run} differs from run {cfg.run.name} in {differ}; a bundle holds models "
-                        f"that share one feature and inference setting")
+        raise UserError(
+            f"infer.runs: run {run} differs from run {cfg.run.name} in {differ}; a bundle holds models "
+            f"that share one feature and inference setting"
+        )
 
 
 def export_models(cfg, runs, out: Path, classes, log) -> list[dict]:
     """Export every fold model of `runs` into out/weights/<run>/; the manifest's model entries (equal weights,
     as pipeline.ensemble averages every fold of every run)."""
     from pipeline.engine import load_checkpoint
+
     entries = []
     for run in runs:
         rcfg = run_config(cfg, run)
         for fdir in fold_dirs(rcfg):
             odir = Path("runs") / run / "infer" / fdir.name
             if (odir / "done.json").exists() and not predicted_from(odir, fdir / "best.pt"):
-                log.warning(f"{fdir / 'best.pt'} is newer than its `make infer` predictions: the bundle holds the "
-                            f"new model, submissions/{run}.csv the old one (run `make infer` to refresh it)")
+                log.warning(
+                    f"{fdir / 'best.pt'} is newer than its `make infer` predictions: the bundle holds the "
+                    f"new model, submissions/{run}.csv the old one (run `make infer` to refresh it)"
+                )
             rel = Path("weights") / run / f"{fdir.name}.pt"
             export(fdir / "best.pt", out / rel)
             ck = load_checkpoint(out / rel)
             if list(ck["classes"]) != list(classes):
                 raise UserError(f"{fdir / 'best.pt'}: its classes differ from {cfg.data.root}'s sample_submission.csv")
-            entries.append({"file": str(rel), "run": run, "fold": fdir.name, "source": str(fdir / "best.pt"),
-                            "model": ck["model_config"]["name"], "sha256": sha256(out / rel),
-                            "train_config_hash": config_hash(ck["cfg"]), "seed": int(rcfg.run.seed)})
+            entries.append(
+                {
+                    "file": str(rel),
+                    "run": run,
+                    "fold": fdir.name,
+                    "source": str(fdir / "best.pt"),
+                    "model": ck["model_config"]["name"],
+                    "sha256": sha256(out / rel),
+                    "train_config_hash": config_hash(ck["cfg"]),
+                    "seed": int(rcfg.run.seed),
+                }
+            )
             log.info(f"bundled {fdir / 'best.pt'} as {rel}")
     for e in entries:
         e["weight"] = 1.0 / len(entries)
@@ -112,8 +145,19 @@ def export_models(cfg, runs, out: Path, classes, log) -> list[dict]:
 
 def download_wheels(reqs: Path, dest: Path, pip_args=(), log=None):
     """pip download the requirements' wheels (and their dependencies) into dest; a failure is a UserError."""
-    cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--disable-pip-version-check",
-           "-r", str(reqs), "-d", str(dest), *pip_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-r",
+        str(reqs),
+        "-d",
+        str(dest),
+        *pip_args,
+    ]
     if log:
         log.info("downloading wheels: " + shlex.join(cmd))
     try:
@@ -123,17 +167,20 @@ def download_wheels(reqs: Path, dest: Path, pip_args=(), log=None):
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
         tail = " | ".join([ln for ln in lines if ln.startswith("ERROR")][-2:] or lines[-3:])
-        raise UserError(f"--wheels: pip download of {reqs.name} failed (exit {done.returncode}; the bundle was neither "
-                        f"written nor changed): {tail}")
+        raise UserError(
+            f"--wheels: pip download of {reqs.name} failed (exit {done.returncode}; the bundle was neither "
+            f"written nor changed): {tail}"
+        )
 
 
 def readme(manifest: dict, name: str) -> str:
-    models = "\n".join(f"- `{m['file']}`: {m['model']}, weight {m['weight']:.4g}, from `{m['source']}`"
-                       for m in manifest["models"])
+    models = "\n".join(
+        f"- `{m['file']}`: {m['model']}, weight {m['weight']:.4g}, from `{m['source']}`" for m in manifest["models"]
+    )
     return f"""# fattag bundle `{name}`
 
-{len(manifest['models'])} model(s) of run `{manifest['run']}` ({len(manifest['classes'])} classes), code at git commit
-`{manifest['git_commit']}`, built {manifest['created']}. `manifest.json` holds the feature parameters, the
+{len(manifest["models"])} model(s) of run `{manifest["run"]}` ({len(manifest["classes"])} classes), code at git commit
+`{manifest["git_commit"]}`, built {manifest["created"]}. `manifest.json` holds the feature parameters, the
 normalisation statistics, the inference and ensemble settings and each model file's sha256.
 
 {models}
@@ -184,8 +231,10 @@ def main(cfg, wheels: bool = False, pip_args=()) -> dict:
     save_config(cfg, run_dir(cfg, "bundle"))
     ds = dataset(cfg)
     if ds.single_label:
-        raise ValueError("data.single_label_csv is set: single-label datasets have no test split and no `make infer`; "
-                         "there is nothing to bundle for a submission")
+        raise ValueError(
+            "data.single_label_csv is set: single-label datasets have no test split and no `make infer`; "
+            "there is nothing to bundle for a submission"
+        )
     runs = [cfg.run.name] + [r for r in cfg.infer.runs if r != cfg.run.name]
     for run in runs[1:]:
         check_compatible(cfg, run_config(cfg, run), run)
@@ -201,11 +250,17 @@ def main(cfg, wheels: bool = False, pip_args=()) -> dict:
         atomic_write_text(tmp / "requirements.txt", "\n".join(reqs) + "\n")
         save_config(cfg, tmp)
         import torch
+
         manifest = {
-            "format": FORMAT, "run": cfg.run.name, "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "format": FORMAT,
+            "run": cfg.run.name,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
             "git_commit": git_commit(),
-            "config_hash": {"config": config_hash(cfg), "features": config_hash(cfg, ("features",)),
-                            "infer": config_hash(cfg, ("infer", "augment"))},
+            "config_hash": {
+                "config": config_hash(cfg),
+                "features": config_hash(cfg, ("features",)),
+                "infer": config_hash(cfg, ("infer", "augment")),
+            },
             "classes": list(ds.classes),
             "features": feature_params(cfg),
             "normalisation": {"split": cfg.features.norm_split, "mean": mean, "std": std},
@@ -229,15 +284,22 @@ def main(cfg, wheels: bool = False, pip_args=()) -> dict:
 
 
 def add_args(ap):
-    ap.add_argument("--wheels", action="store_true",
-                    help="also pip download the requirements' wheels into <bundle>/wheels (needs PyPI)")
-    ap.add_argument("--pip-args", default="",
-                    help="more `pip download` arguments for --wheels, e.g. \"--platform manylinux2014_x86_64 "
-                         "--python-version 3.10\" for a notebook with another Python")
+    ap.add_argument(
+        "--wheels",
+        action="store_true",
+        help="also pip download the requirements' wheels into <bundle>/wheels (needs PyPI)",
+    )
+    ap.add_argument(
+        "--pip-args",
+        default="",
+        help='more `pip download` arguments for --wheels, e.g. "--platform manylinux2014_x86_64 '
+        '--python-version 3.10" for a notebook with another Python',
+    )
 
 
 if __name__ == "__main__":
-    cfg, args = cli("bundle", "Write bundles/<run.name>/: the run's inference models, manifest and code.",
-                    extra=add_args)
+    cfg, args = cli(
+        "bundle", "Write bundles/<run.name>/: the run's inference models, manifest and code.", extra=add_args
+    )
     with user_errors("bundle"):
         main(cfg, wheels=args.wheels, pip_args=shlex.split(args.pip_args))

@@ -16,6 +16,7 @@ configs/demo.yaml, as in the Makefile): `cli(stage, description, main=main)` par
 the user caused prints one line and exits with status 2 (pipeline.utils.user_errors; FATTAG_DEBUG=1 shows the
 traceback).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ from pipeline.utils import UserError, atomic_write_text, user_errors
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 BASE = CONFIG_DIR / "base.yaml"
-DEFAULT = CONFIG_DIR / "demo.yaml"       # the command line's default config, the Makefile's too: runs offline
+DEFAULT = CONFIG_DIR / "demo.yaml"  # the command line's default config, the Makefile's too: runs offline
 
 # Keys whose value is free-form (validated by the code that uses them).
 OPEN = {"model.params", "ssl", "augment.albumentations"}
@@ -127,8 +128,9 @@ def _schema_type(schema: dict, dotted: str):
         try:
             return _schema_type(schema, f"{OVERLAYS[section]}.{parts[1]}")
         except ConfigError:
-            raise ConfigError(f"unknown config key '{dotted}' (a {section} key must be a "
-                              f"{OVERLAYS[section]} key)") from None
+            raise ConfigError(
+                f"unknown config key '{dotted}' (a {section} key must be a {OVERLAYS[section]} key)"
+            ) from None
     node = schema
     for i, p in enumerate(parts):
         prefix = ".".join(parts[: i + 1])
@@ -149,8 +151,7 @@ def _check_value(key: str, value, expected):
         return float(value)
     if expected is None or isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
-    raise ConfigError(
-        f"config key '{key}' expects {expected.__name__}, got {type(value).__name__} ({value!r})")
+    raise ConfigError(f"config key '{key}' expects {expected.__name__}, got {type(value).__name__} ({value!r})")
 
 
 def _validate(cfg: dict, schema: dict, prefix=""):
@@ -189,7 +190,7 @@ def _set(cfg: dict, dotted: str, value):
 
 
 # Choice keys whose YAML spelling can read as a boolean (YAML 1.1: off / on / true / false): the boolean's meaning.
-BOOL_CHOICES = {"amp": {False: "off", True: "bf16"}}     # in train and its warmup overlay; `amp: true` of old configs
+BOOL_CHOICES = {"amp": {False: "off", True: "bf16"}}  # in train and its warmup overlay; `amp: true` of old configs
 
 
 def _normalise(cfg: dict):
@@ -248,8 +249,10 @@ def save_config(cfg, folder) -> str:
     h = config_hash(cfg)
     body = yaml.safe_dump({k: to_plain(v) for k, v in cfg.items() if k != "_meta"}, sort_keys=False)
     meta = cfg.get("_meta", {})
-    head = (f"# config_hash: {h}\n# from: {meta.get('config_file')}  overrides: {meta.get('overrides')}\n"
-            f"# stage: {meta.get('stage')}\n")
+    head = (
+        f"# config_hash: {h}\n# from: {meta.get('config_file')}  overrides: {meta.get('overrides')}\n"
+        f"# stage: {meta.get('stage')}\n"
+    )
     atomic_write_text(folder / "config.yaml", head + body)
     return h
 
@@ -259,8 +262,11 @@ def cli(stage: str, description: str, argv=None, extra=None, main=None):
     main(cfg) and return its result. Either way a user's error (a bad config, bad data, a missing earlier stage)
     prints `fattag <stage>: error: ...` and exits with status 2 (pipeline.utils.user_errors)."""
     ap = argparse.ArgumentParser(prog=f"python -m pipeline.{stage}", description=description)
-    ap.add_argument("--config", default=None,
-                    help="YAML config (default: configs/demo.yaml, the offline demo; base.yaml: the reference)")
+    ap.add_argument(
+        "--config",
+        default=None,
+        help="YAML config (default: configs/demo.yaml, the offline demo; base.yaml: the reference)",
+    )
     if extra:
         extra(ap)
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=1 run.name=x")

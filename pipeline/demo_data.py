@@ -22,6 +22,7 @@ Every clip's labels, length and audio derive from (seed, split, index) alone, so
 whatever the number of workers. The build goes to a temporary sibling folder that is renamed onto `out` at the end;
 a rerun with the same parameters is a no-op, one with other parameters replaces the folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,16 +41,17 @@ import pandas as pd
 import soundfile as sf
 from scipy import signal
 
-from pipeline.utils import atomic_write_json, get_logger, progress as progress_bar
+from pipeline.utils import atomic_write_json, get_logger
+from pipeline.utils import progress as progress_bar
 
-VERSION = 2                    # bump whenever the generator's output changes (2: single_label.csv)
+VERSION = 2  # bump whenever the generator's output changes (2: single_label.csv)
 SR = 44100
 SPLITS = ("train_curated", "train_noisy", "test")
-NOISE_RATE = 0.4               # share of noisy clips whose label set is corrupted
+NOISE_RATE = 0.4  # share of noisy clips whose label set is corrupted
 LABEL_COUNTS, LABEL_P = (1, 2, 3), (0.75, 0.20, 0.05)
-TAIL = 1.5                     # seconds a source may ring on after its last note-off
-KITS = (0, 8, 16, 24, 25, 32, 40)   # drum kits (bank 128): Standard, Room, Power, Electronic, TR 808, Jazz, Brush
-SF2 = None                     # set lazily: os.path.join(dirname(pretty_midi.__file__), "TimGM6mb.sf2")
+TAIL = 1.5  # seconds a source may ring on after its last note-off
+KITS = (0, 8, 16, 24, 25, 32, 40)  # drum kits (bank 128): Standard, Room, Power, Electronic, TR 808, Jazz, Brush
+SF2 = None  # set lazily: os.path.join(dirname(pretty_midi.__file__), "TimGM6mb.sf2")
 
 _LEN_DEFAULT = {"median": 4.0, "sigma": 0.7, "min": 0.3, "max": 30.0, "noisy": 15.0}
 _LEN_TINY = {"median": 1.5, "sigma": 0.7, "min": 0.3, "max": 4.0, "noisy": 4.0}
@@ -66,40 +68,84 @@ CLASSES = {
     "Applause": dict(kind="held", progs=(126,), keys=(55, 72), swell=(0.1, 0.5)),
     "Bass_drum": dict(kind="hits", kit=(35, 36), sub=(1, 2), density=(0.4, 0.9)),
     "Bass_guitar": dict(kind="line", progs=(32, 33, 34, 35, 36, 37), keys=(28, 55)),
-    "Bicycle_bell": dict(kind="bursts", progs=(112,), keys=(84, 100), kit=(53, 81), n=(2, 8), gap=(0.05, 0.1),
-                         pause=(0.6, 2.5), hold=0.4),
-    "Chirp_and_tweet": dict(kind="bursts", progs=(123,), keys=(60, 96), palette=(3, 8), n=(1, 6), gap=(0.07, 0.2),
-                            pause=(0.2, 1.5), hold=0.2),
-    "Church_bell": dict(kind="bursts", progs=(14,), keys=(36, 64), palette=(1, 4), n=(1, 4), gap=(0.6, 1.5),
-                        pause=(0.8, 3.0), hold=3.0),
+    "Bicycle_bell": dict(
+        kind="bursts", progs=(112,), keys=(84, 100), kit=(53, 81), n=(2, 8), gap=(0.05, 0.1), pause=(0.6, 2.5), hold=0.4
+    ),
+    "Chirp_and_tweet": dict(
+        kind="bursts",
+        progs=(123,),
+        keys=(60, 96),
+        palette=(3, 8),
+        n=(1, 6),
+        gap=(0.07, 0.2),
+        pause=(0.2, 1.5),
+        hold=0.2,
+    ),
+    "Church_bell": dict(
+        kind="bursts", progs=(14,), keys=(36, 64), palette=(1, 4), n=(1, 4), gap=(0.6, 1.5), pause=(0.8, 3.0), hold=3.0
+    ),
     "Clapping": dict(kind="hits", kit=(39,), sub=(1, 2), density=(0.7, 1.0), bpm=(90, 200), layers=3),
     "Electric_guitar": dict(kind="line", progs=(26, 27, 28, 29, 30), keys=(40, 84), chords=0.2),
     "Flute": dict(kind="line", progs=(72, 73, 74), keys=(60, 96), sustain=True),
     "Glockenspiel": dict(kind="line", progs=(9,), keys=(72, 108)),
-    "Gong": dict(kind="bursts", kit=(49, 52, 57), tune=(-24, -10), palette=(1, 2), n=(1, 2), gap=(1.0, 2.5),
-                 pause=(2.0, 5.0), hold=4.0),
+    "Gong": dict(
+        kind="bursts",
+        kit=(49, 52, 57),
+        tune=(-24, -10),
+        palette=(1, 2),
+        n=(1, 2),
+        gap=(1.0, 2.5),
+        pause=(2.0, 5.0),
+        hold=4.0,
+    ),
     "Harmonica": dict(kind="line", progs=(22,), keys=(60, 84), sustain=True, chords=0.3),
     "Hi-hat": dict(kind="hits", kit=(42, 42, 42, 44, 46), sub=(2, 4), density=(0.5, 1.0)),
-    "Knock": dict(kind="bursts", progs=(115,), keys=(36, 60), kit=(37, 76, 77), n=(2, 5), gap=(0.12, 0.3),
-                  pause=(0.8, 3.0), hold=0.1),
+    "Knock": dict(
+        kind="bursts",
+        progs=(115,),
+        keys=(36, 60),
+        kit=(37, 76, 77),
+        n=(2, 5),
+        gap=(0.12, 0.3),
+        pause=(0.8, 3.0),
+        hold=0.1,
+    ),
     "Marimba_and_xylophone": dict(kind="line", progs=(12, 13), keys=(48, 96)),
     "Piano": dict(kind="line", progs=(0, 1, 2), keys=(36, 96), chords=0.3),
     "Strum": dict(kind="strum", progs=(24, 25, 26, 27)),
-    "Telephone_ring": dict(kind="bursts", progs=(124,), keys=(55, 72), n=(6, 14), gap=(0.08, 0.16),
-                           pause=(1.5, 4.0), hold=0.15),
-    "Tick-tock": dict(kind="hits", progs=(115,), keys=(60, 84), kit=(31, 33, 76, 77), sub=(1,), density=(1.0, 1.0),
-                      bpm=(50, 130), alternate=True),
+    "Telephone_ring": dict(
+        kind="bursts", progs=(124,), keys=(55, 72), n=(6, 14), gap=(0.08, 0.16), pause=(1.5, 4.0), hold=0.15
+    ),
+    "Tick-tock": dict(
+        kind="hits",
+        progs=(115,),
+        keys=(60, 84),
+        kit=(31, 33, 76, 77),
+        sub=(1,),
+        density=(1.0, 1.0),
+        bpm=(50, 130),
+        alternate=True,
+    ),
     "Trumpet": dict(kind="line", progs=(56, 59), keys=(55, 82), sustain=True),
     "Violin": dict(kind="line", progs=(40, 110), keys=(55, 91), sustain=True),
     "Waves_and_surf": dict(kind="held", progs=(122,), keys=(48, 72), swell=(0.5, 0.9)),
 }
 CLASS_NAMES = sorted(CLASSES)
 SCALES = ((0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10), (0, 2, 4, 7, 9), (0, 3, 5, 7, 10))
-CHORDS = ((40, 47, 52, 56, 59, 64), (45, 52, 57, 61, 64), (50, 57, 62, 66), (43, 47, 50, 55, 59, 67),
-          (48, 52, 55, 60, 64), (45, 52, 57, 60, 64), (40, 47, 52, 55, 59, 64), (50, 57, 62, 65))
+CHORDS = (
+    (40, 47, 52, 56, 59, 64),
+    (45, 52, 57, 61, 64),
+    (50, 57, 62, 66),
+    (43, 47, 50, 55, 59, 67),
+    (48, 52, 55, 60, 64),
+    (45, 52, 57, 60, 64),
+    (40, 47, 52, 55, 59, 64),
+    (50, 57, 62, 65),
+)
 
 
 # ---- note patterns: each returns [(start s, key, velocity, hold s)] for a source of L seconds ----
+
 
 def _start(rng, L):
     return rng.uniform(0, min(0.05, L / 10))
@@ -113,7 +159,7 @@ def _line(rng, L, keys, spec):
     """A melody (random walk on a scale) with occasional chords."""
     sustain = spec.get("sustain", False)
     beat = 60 / rng.uniform(60, 110 if sustain else 160)
-    steps, probs = ((0.5, 1, 2), (.3, .45, .25)) if sustain else ((0.25, 0.5, 1), (.3, .5, .2))
+    steps, probs = ((0.5, 1, 2), (0.3, 0.45, 0.25)) if sustain else ((0.25, 0.5, 1), (0.3, 0.5, 0.2))
     lo, hi = keys[0], keys[-1]
     root = int(rng.integers(lo, max(lo + 1, hi - 11)))
     scale = SCALES[rng.integers(len(SCALES))]
@@ -146,7 +192,7 @@ def _strum(rng, L, keys, spec):
     for j, (t, i) in enumerate(times):
         if j == 0 or i % 8 == 0:
             chord = CHORDS[rng.integers(len(CHORDS))]
-        ks = chord if i % 2 == 0 else chord[-int(rng.integers(3, 5)):][::-1]
+        ks = chord if i % 2 == 0 else chord[-int(rng.integers(3, 5)) :][::-1]
         hold = (times[j + 1][0] if j + 1 < len(times) else L) - t
         dly, v = rng.uniform(0.008, 0.03), _vel(rng, base - 10 * (i % 2))
         notes += [(t + n * dly, k + capo, _vel(rng, v, 5), max(hold - n * dly, 0.05)) for n, k in enumerate(ks)]
@@ -203,6 +249,7 @@ def _synth():
     if _SYNTH is None:
         import pretty_midi
         import tinysoundfont
+
         SF2 = os.path.join(os.path.dirname(pretty_midi.__file__), "TimGM6mb.sf2")
         syn = tinysoundfont.Synth(samplerate=SR)
         _SYNTH = (syn, syn.sfload(SF2))
@@ -234,7 +281,7 @@ def _play(bank, preset, drums, tune, notes, stop, n):
         out.append(np.frombuffer(syn.generate_simple(n - pos), np.float32).reshape(-1, 2).mean(1))
     syn.sounds_off()
     x = np.concatenate(out).astype(np.float64)
-    x[-min(n, 220):] *= np.linspace(1, 0, min(n, 220))  # 5-ms fade where a ringing source is cut
+    x[-min(n, 220) :] *= np.linspace(1, 0, min(n, 220))  # 5-ms fade where a ringing source is cut
     return x
 
 
@@ -242,8 +289,8 @@ def _level(x):
     """Level of the active part: RMS over the 50-ms frames within 20 dB of the loudest frame."""
     f = len(x) // 2205
     if f < 2:
-        return float(np.sqrt(np.mean(x ** 2)))
-    r = np.sqrt(np.mean(x[:f * 2205].reshape(f, 2205) ** 2, axis=1))
+        return float(np.sqrt(np.mean(x**2)))
+    r = np.sqrt(np.mean(x[: f * 2205].reshape(f, 2205) ** 2, axis=1))
     return float(np.sqrt(np.mean(r[r >= 0.1 * r.max()] ** 2)))
 
 
@@ -273,18 +320,19 @@ def _noise(rng, n):
     x = rng.standard_normal(n + 2000)
     color = rng.integers(3)
     if color == 1:  # pink (Kellet's economy filter)
-        x = signal.lfilter([0.049922035, -0.095993537, 0.050612699, -0.004408786],
-                           [1, -2.494956002, 2.017265875, -0.522189400], x)
+        x = signal.lfilter(
+            [0.049922035, -0.095993537, 0.050612699, -0.004408786], [1, -2.494956002, 2.017265875, -0.522189400], x
+        )
     elif color == 2:  # brown, high-passed so it does not drift
         x = signal.lfilter([1], [1, -0.995], x)
     x = x[2000:]
-    return x / (np.sqrt(np.mean(x ** 2)) + 1e-12)
+    return x / (np.sqrt(np.mean(x**2)) + 1e-12)
 
 
 def _hum(rng, n):
     f0, t = (50.0, 60.0)[rng.integers(2)], np.arange(n) / SR
     x = sum(rng.uniform(0.1, 1) / h * np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 2 * np.pi)) for h in (1, 2, 3, 5))
-    return x / (np.sqrt(np.mean(x ** 2)) + 1e-12)
+    return x / (np.sqrt(np.mean(x**2)) + 1e-12)
 
 
 def _db(rng, lo, hi):
@@ -299,7 +347,7 @@ def _domain_shift(rng, x):
         m = int(rt * SR)
         ir = rng.standard_normal(m) * np.exp(-6.9 * np.arange(m) / m)
         ir = signal.lfilter([0.3], [1, -0.7], ir)
-        ir /= np.sqrt(np.sum(ir ** 2))
+        ir /= np.sqrt(np.sum(ir**2))
         w = rng.uniform(0.2, 0.6)
         x = (1 - w) * x + w * signal.oaconvolve(x, ir)[:n]
     if rng.random() < 0.7:  # band-limiting: cheap microphone, phone, codec
@@ -335,7 +383,7 @@ def _render_clip(task):
         a = min(a, n - 1)
         b = max(min(b, n), a + 1)
         src = render_source(name, rng, (b - a) / SR, limit=n - a)
-        x[a:a + len(src)] += src * _db(rng, -12 if noisy else -6, 0)
+        x[a : a + len(src)] += src * _db(rng, -12 if noisy else -6, 0)
     level = _level(x)
     x += _noise(rng, n) * level * _db(rng, -55, -35)
     if rng.random() < 0.4:
@@ -356,6 +404,7 @@ def _render_clip(task):
 
 
 # ---- the plan: labels, lengths and fnames of every clip ----
+
 
 def _corrupt(rng, labels):
     """A wrong label set: one label replaced, one added (if < 3) or one dropped (if > 1)."""
@@ -385,8 +434,9 @@ def make_plan(seed, sizes, lengths):
             if split == "train_noisy":
                 sec = lengths["noisy"] if rng.random() < 0.85 else rng.uniform(1.0, lengths["noisy"])
             else:
-                sec = np.clip(rng.lognormal(np.log(lengths["median"]), lengths["sigma"]), lengths["min"],
-                              lengths["max"])
+                sec = np.clip(
+                    rng.lognormal(np.log(lengths["median"]), lengths["sigma"]), lengths["min"], lengths["max"]
+                )
             corrupted = split == "train_noisy" and rng.random() < NOISE_RATE
             given = _corrupt(rng, labels) if corrupted else labels
             salt = 0
@@ -396,18 +446,28 @@ def make_plan(seed, sizes, lengths):
                     break
                 salt += 1
             taken.add(fname)
-            rows.append(dict(index=i, fname=fname, labels=labels, given=given, corrupted=corrupted,
-                             n=int(round(sec * SR))))
+            rows.append(
+                dict(index=i, fname=fname, labels=labels, given=given, corrupted=corrupted, n=int(round(sec * SR)))
+            )
         plan[split] = rows
     return plan
 
 
 # ---- the build ----
 
+
 def _params(preset, seed, sizes, lengths):
-    return {"version": VERSION, "preset": preset, "seed": int(seed), "sizes": dict(sizes), "lengths": dict(lengths),
-            "classes": list(CLASS_NAMES), "sample_rate": SR, "soundfont": "TimGM6mb.sf2",
-            "noisy_label_error_rate": NOISE_RATE}
+    return {
+        "version": VERSION,
+        "preset": preset,
+        "seed": int(seed),
+        "sizes": dict(sizes),
+        "lengths": dict(lengths),
+        "classes": list(CLASS_NAMES),
+        "sample_rate": SR,
+        "soundfont": "TimGM6mb.sf2",
+        "noisy_label_error_rate": NOISE_RATE,
+    }
 
 
 def _read_meta(out):
@@ -428,8 +488,12 @@ def single_label_rows(plan, seed, n_folds=5) -> pd.DataFrame:
     clips, class by class and in a seeded order within each class, are dealt round-robin over the folds (the count
     running on from one class to the next): every fold gets each class's clips in turn, and the folds' sizes differ
     by one at most."""
-    rows = [(f"{split}/{r['fname']}", r["labels"][0]) for split in ("train_curated", "test") for r in plan[split]
-            if len(r["labels"]) == 1]
+    rows = [
+        (f"{split}/{r['fname']}", r["labels"][0])
+        for split in ("train_curated", "test")
+        for r in plan[split]
+        if len(r["labels"]) == 1
+    ]
     df = pd.DataFrame(rows, columns=["fname", "label"]).sort_values("fname").reset_index(drop=True)
     rng = np.random.default_rng([seed, 7])
     order = np.concatenate([rng.permutation(np.asarray(idx)) for _, idx in sorted(df.groupby("label").groups.items())])
@@ -438,8 +502,9 @@ def single_label_rows(plan, seed, n_folds=5) -> pd.DataFrame:
     return df
 
 
-def build(out_dir, preset="default", seed=0, n_curated=None, n_noisy=None, n_test=None, workers=2,
-          progress=True) -> Path:
+def build(
+    out_dir, preset="default", seed=0, n_curated=None, n_noisy=None, n_test=None, workers=2, progress=True
+) -> Path:
     """Build the demo dataset into out_dir (a no-op when it already holds this build); return out_dir."""
     log, out = get_logger(), Path(out_dir)
     if preset not in PRESETS:
@@ -454,8 +519,9 @@ def build(out_dir, preset="default", seed=0, n_curated=None, n_noisy=None, n_tes
         log.info(f"demo data: {out} already holds this build (preset {preset}, seed {seed}, {sizes}); nothing to do")
         return out
     if out.exists() and old is None and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"demo data: {out} exists and is not a demo build (no demo_meta.json); "
-                              f"refusing to replace it")
+        raise FileExistsError(
+            f"demo data: {out} exists and is not a demo build (no demo_meta.json); refusing to replace it"
+        )
     if old is not None:
         changed = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
         log.info(f"demo data: {out} holds a build with other parameters ({', '.join(changed)}); rebuilding it")
@@ -468,8 +534,9 @@ def build(out_dir, preset="default", seed=0, n_curated=None, n_noisy=None, n_tes
         tasks = []
         for split in SPLITS:
             (tmp / split).mkdir()
-            tasks += [(int(seed), split, r["index"], r["labels"], r["n"], str(tmp / split / r["fname"]))
-                      for r in plan[split]]
+            tasks += [
+                (int(seed), split, r["index"], r["labels"], r["n"], str(tmp / split / r["fname"])) for r in plan[split]
+            ]
         tasks.sort(key=lambda t: -t[4])  # longest first: better load balance
         log.info(f"demo data: rendering {len(tasks)} clips ({sizes}) with {workers} worker(s) into {out}")
         bar = progress_bar(total=len(tasks), enabled=progress, desc="demo data", unit="clip")
@@ -490,8 +557,10 @@ def build(out_dir, preset="default", seed=0, n_curated=None, n_noisy=None, n_tes
         sub.insert(0, "fname", sorted(r["fname"] for r in plan["test"]))
         sub.to_csv(tmp / "sample_submission.csv", index=False, lineterminator="\n")
         single_label_rows(plan, seed).to_csv(tmp / "single_label.csv", index=False, lineterminator="\n")
-        stats = {"hours": {s: round(sum(r["n"] for r in plan[s]) / SR / 3600, 4) for s in SPLITS},
-                 "noisy_corrupted": sum(r["corrupted"] for r in plan["train_noisy"])}
+        stats = {
+            "hours": {s: round(sum(r["n"] for r in plan[s]) / SR / 3600, 4) for s in SPLITS},
+            "noisy_corrupted": sum(r["corrupted"] for r in plan["train_noisy"]),
+        }
         atomic_write_json(tmp / "demo_meta.json", {**params, "stats": stats})  # last: marks the build complete
         if out.exists():  # swap: move the old folder aside, rename the new one in, delete the old
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))  # deleted below
@@ -503,14 +572,19 @@ def build(out_dir, preset="default", seed=0, n_curated=None, n_noisy=None, n_tes
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info(f"demo data: built {out} in {time.time() - t0:.1f} s ({stats['hours']} h of audio, "
-             f"{stats['noisy_corrupted']}/{sizes['train_noisy']} noisy label sets corrupted)")
+    log.info(
+        f"demo data: built {out} in {time.time() - t0:.1f} s ({stats['hours']} h of audio, "
+        f"{stats['noisy_corrupted']}/{sizes['train_noisy']} noisy label sets corrupted)"
+    )
     return out
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m pipeline.demo_data", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m pipeline.demo_data",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
     ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
     ap.add_argument("--n-curated", type=int, help="number of curated clips (overrides the preset)")

@@ -23,6 +23,7 @@ anything and a stage runs as a single process, unchanged. With WORLD_SIZE > 1:
   (logger()). Validation and calibration predictions are split over the ranks and gathered (sharded()), so every
   rank knows the metric that picks best.pt and the thresholds a mode calibrates.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -41,6 +42,7 @@ from pipeline.utils import UserError, get_logger
 @dataclass(frozen=True)
 class World:
     """This process's place in a data-parallel run (rank 0 of 1 outside torchrun)."""
+
     rank: int = 0
     size: int = 1
     local_rank: int = 0
@@ -81,18 +83,22 @@ def get_device(cfg):
     index = int(want.split(":")[1]) if ":" in want else 0
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     w = world()
-    if w.parallel:                                             # torchrun: one GPU per process
+    if w.parallel:  # torchrun: one GPU per process
         if ":" in want:
-            raise UserError(f"run.device={want}: under torchrun each process takes cuda:LOCAL_RANK; use "
-                            f"run.device=auto or cuda (CUDA_VISIBLE_DEVICES chooses the GPUs)")
+            raise UserError(
+                f"run.device={want}: under torchrun each process takes cuda:LOCAL_RANK; use "
+                f"run.device=auto or cuda (CUDA_VISIBLE_DEVICES chooses the GPUs)"
+            )
         index = w.local_rank
         if index >= count:
-            raise UserError(f"run.device={want}: torchrun started local rank {index} but this machine has {count} "
-                            f"CUDA device(s); use --nproc_per_node={count} at most, or run.device=cpu")
+            raise UserError(
+                f"run.device={want}: torchrun started local rank {index} but this machine has {count} "
+                f"CUDA device(s); use --nproc_per_node={count} at most, or run.device=cpu"
+            )
     if index >= count:
         there = f"this machine has {count} (cuda:0..cuda:{count - 1})" if count else "no CUDA device is available"
         raise UserError(f"run.device={want}: {there}; use run.device=auto or cpu")
-    torch.cuda.set_device(index)       # so that calls without a device (synchronize, memory stats) go to it
+    torch.cuda.set_device(index)  # so that calls without a device (synchronize, memory stats) go to it
     return torch.device("cuda", index)
 
 
@@ -102,7 +108,7 @@ def setup(cfg) -> World:
     w = world()
     if not w.parallel or dist.is_initialized():
         return w
-    device = get_device(cfg)                   # cuda:LOCAL_RANK in a torchrun run (run.device auto | cuda)
+    device = get_device(cfg)  # cuda:LOCAL_RANK in a torchrun run (run.device auto | cuda)
     store, rank, size = next(dist.rendezvous("env://"))
     # torchrun --max-restarts starts the ranks again over the store it kept, where the keys of the killed round (its
     # ranks' addresses) are still to be read: each round keys its process group under its own prefix
@@ -116,8 +122,14 @@ def setup(cfg) -> World:
 
 
 def _local_rank(rank, size, port, fn, args):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS") or "1")
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(size),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS") or "1",
+    )
     fn(rank, *args)
 
 
@@ -126,7 +138,9 @@ def spawn(fn, *args, size: int = 2):
     rank (RANK, WORLD_SIZE, LOCAL_RANK, a free MASTER_PORT): what the tests and bench/ddp.py use instead of a
     torchrun command line. fn must be importable (a module-level function); an error in one rank is raised here."""
     import socket
+
     import torch.multiprocessing as mp
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -200,9 +214,10 @@ def check_batch_sizes(sizes: dict, size: int):
     """sizes {config key: clips per step}; every one must split evenly over the ranks (a UserError names the key)."""
     bad = {k: v for k, v in sizes.items() if v % size}
     if bad:
-        raise UserError("; ".join(f"{k}: {v} clips per step do not split evenly over {size} processes"
-                                  for k, v in bad.items())
-                        + f" (each rank takes 1/{size} of every batch): use a multiple of {size}")
+        raise UserError(
+            "; ".join(f"{k}: {v} clips per step do not split evenly over {size} processes" for k, v in bad.items())
+            + f" (each rank takes 1/{size} of every batch): use a multiple of {size}"
+        )
 
 
 def all_gather(obj) -> list:
@@ -268,8 +283,14 @@ def mean_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 def _bn_buffers(nets) -> list[torch.Tensor]:
-    return [b for net in nets for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-            for b in (m.running_mean, m.running_var) if b is not None]
+    return [
+        b
+        for net in nets
+        for m in net.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        for b in (m.running_mean, m.running_var)
+        if b is not None
+    ]
 
 
 @torch.no_grad()
@@ -284,7 +305,7 @@ def average_buffers(nets):
     flat /= dist.get_world_size()
     i = 0
     for b in bufs:
-        b.copy_(flat[i:i + b.numel()].view_as(b))
+        b.copy_(flat[i : i + b.numel()].view_as(b))
         i += b.numel()
 
 
@@ -294,24 +315,30 @@ def prepare(mode, device, sync_bn: bool, log=None) -> bool:
     the BatchNorm running statistics need average_buffers after each step (CPU, or sync_bn off). A no-op (False)
     in a single process."""
     from torch.nn.parallel import DistributedDataParallel as DDP
+
     if not _active():
         return False
     use_sync = sync_bn and device.type == "cuda"
     if log and sync_bn and not use_sync:
-        log.info("train.sync_bn: torch's SyncBatchNorm runs on CUDA only; on the CPU each rank normalises with its "
-                 "own share's statistics, the running statistics averaged over the ranks after every step")
+        log.info(
+            "train.sync_bn: torch's SyncBatchNorm runs on CUDA only; on the CPU each rank normalises with its "
+            "own share's statistics, the running statistics averaged over the ranks after every step"
+        )
     for net in mode.networks():
         if use_sync:
-            torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)      # in place below the top module; same parameters
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # in place below the top module; same parameters
         unused = mode.unused_parameters(net)
-        if unused:            # no loss reaches them: the gradient averaging must not wait for their gradients
+        if unused:  # no loss reaches them: the gradient averaging must not wait for their gradients
             DDP._set_params_and_buffers_to_ignore_for_model(net, unused)
         # buffers are broadcast from rank 0 once, here, never at a forward (a mode's second forward would overwrite
         # statistics an earlier one saved for backward); average_buffers or SyncBatchNorm keep them equal
-        mode.wrappers[id(net)] = DDP(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                     forward_sync_buffers=False)
+        mode.wrappers[id(net)] = DDP(
+            net, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
+        )
     if log:
-        log.info(f"data-parallel: {dist.get_world_size()} processes ({dist.get_backend()}), "
-                 f"{len(mode.wrappers)} network(s) in DistributedDataParallel, "
-                 f"BatchNorm {'synchronised (SyncBatchNorm)' if use_sync else 'per rank, statistics averaged'}")
+        log.info(
+            f"data-parallel: {dist.get_world_size()} processes ({dist.get_backend()}), "
+            f"{len(mode.wrappers)} network(s) in DistributedDataParallel, "
+            f"BatchNorm {'synchronised (SyncBatchNorm)' if use_sync else 'per rank, statistics averaged'}"
+        )
     return not use_sync

@@ -9,6 +9,7 @@ moment, it resumes from last.pt at the epoch boundary and, given the same seed, 
 uninterrupted run on the CPU. Started with another config, it keeps the old run's last.pt, best.pt and metrics.csv
 as last.<key>.pt, best.<key>.pt and metrics.<key>.csv (the old key's first 12 characters) and trains from the start.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,17 @@ from pipeline.losses import build_loss
 from pipeline.metrics import accuracy, lwlrap
 from pipeline.modes import TrainContext, create_mode
 from pipeline.predict import predict_clips
-from pipeline.utils import (UserError, amp_dtype, atomic_path, atomic_to_csv, keep_freed_memory, make_scaler, mark_done,
-                            progress, remove_stale_outputs)
+from pipeline.utils import (
+    UserError,
+    amp_dtype,
+    atomic_path,
+    atomic_to_csv,
+    keep_freed_memory,
+    make_scaler,
+    mark_done,
+    progress,
+    remove_stale_outputs,
+)
 
 # Sections that decide what a training stage computes (progress bars, workers, inference do not).
 TRAIN_SECTIONS = ("data", "features", "folds", "model", "loss", "augment", "train", "teacher_student", "ssl")
@@ -49,16 +59,20 @@ PARALLEL_KEYS = ("sync_bn",)
 
 # What the warm-up (stage 1: supervised on the noisy set, every curated clip for validation) never reads: a change
 # of them leaves a finished warm-up valid.
-WARMUP_UNUSED = {"sections": ("folds", "teacher_student", "ssl"),
-                 "train": ("mode", "init_from", "calib_fraction", "noisy_labelled"), "data": ("labelled_fraction",)}
+WARMUP_UNUSED = {
+    "sections": ("folds", "teacher_student", "ssl"),
+    "train": ("mode", "init_from", "calib_fraction", "noisy_labelled"),
+    "data": ("labelled_fraction",),
+}
 
 
 def _key_sections(cfg) -> dict:
     """The train sections as plain dicts, less the choice of folds and the performance knobs; for the warm-up's
     config (its `_meta.stage`), less what the warm-up does not read (WARMUP_UNUSED)."""
     warmup = ((cfg.get("_meta") or {}).get("stage") == "warmup") if hasattr(cfg, "get") else False
-    plain = {k: to_plain(cfg[k]) for k in TRAIN_SECTIONS if k in cfg
-             and not (warmup and k in WARMUP_UNUSED["sections"])}
+    plain = {
+        k: to_plain(cfg[k]) for k in TRAIN_SECTIONS if k in cfg and not (warmup and k in WARMUP_UNUSED["sections"])
+    }
     for k in ("folds", "full", *PERFORMANCE_KEYS, *PARALLEL_KEYS):
         plain.get("train", {}).pop(k, None)
     if warmup:
@@ -66,7 +80,7 @@ def _key_sections(cfg) -> dict:
             for k in WARMUP_UNUSED[section]:
                 plain.get(section, {}).pop(k, None)
     elif plain.get("train", {}).get("init_from") == "warmup" and "warmup" in cfg:
-        plain["warmup"] = to_plain(cfg["warmup"])     # folds that start from the warm-up change with it
+        plain["warmup"] = to_plain(cfg["warmup"])  # folds that start from the warm-up change with it
     return plain
 
 
@@ -78,6 +92,7 @@ def train_key(cfg) -> str:
 
 def changed_keys(old_cfg, cfg, limit: int = 12) -> list[str]:
     """Dotted keys of the train sections whose values differ between two configs (plain dicts or Cfg)."""
+
     def flat(d, prefix=""):
         out = {}
         for k, v in (d or {}).items():
@@ -86,6 +101,7 @@ def changed_keys(old_cfg, cfg, limit: int = 12) -> list[str]:
             else:
                 out[f"{prefix}{k}"] = v
         return out
+
     a, b = flat(_key_sections(old_cfg or {})), flat(_key_sections(cfg))
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return diff[:limit] + ([f"... {len(diff) - limit} more"] if len(diff) > limit else [])
@@ -94,6 +110,7 @@ def changed_keys(old_cfg, cfg, limit: int = 12) -> list[str]:
 @dataclass
 class ClipSet:
     """Clips of FeatureCache splits: clip i is row pos[i] of caches[src[i]]; targets (N, C), true labels or None."""
+
     caches: list
     src: np.ndarray
     pos: np.ndarray
@@ -119,12 +136,19 @@ class ClipSet:
 def concat_clipsets(a: ClipSet, b: ClipSet) -> ClipSet:
     """The clips of a then b (truth kept only when both have it)."""
     truth = None if a.truth is None or b.truth is None else np.concatenate([a.truth, b.truth])
-    return ClipSet(a.caches + b.caches, np.concatenate([a.src, b.src + len(a.caches)]), np.concatenate([a.pos, b.pos]),
-                   np.concatenate([a.y, b.y]), truth, (a.fnames or []) + (b.fnames or []))
+    return ClipSet(
+        a.caches + b.caches,
+        np.concatenate([a.src, b.src + len(a.caches)]),
+        np.concatenate([a.pos, b.pos]),
+        np.concatenate([a.y, b.y]),
+        truth,
+        (a.fnames or []) + (b.fnames or []),
+    )
 
 
-def batch_stream(clips: ClipSet, batch_size: int, steps: int, frames: int, rng: np.random.Generator, albu=None,
-                 shard: tuple = (0, 1)):
+def batch_stream(
+    clips: ClipSet, batch_size: int, steps: int, frames: int, rng: np.random.Generator, albu=None, shard: tuple = (0, 1)
+):
     """Yield `steps` batches (x (B, 1, F, frames) float32, y (B, C), rows (B,)) from shuffled passes over the clips,
     a random crop (or repeat-pad) per clip. Prepared one batch ahead in a thread.
     shard (rank, size) of a data-parallel run: rng, the same on every rank, draws one shared order; this rank yields
@@ -138,7 +162,7 @@ def batch_stream(clips: ClipSet, batch_size: int, steps: int, frames: int, rng: 
         rng = np.random.default_rng(rng.integers(0, 2**63, size=size)[rank])
 
     def make(s):
-        rows = order[s * batch_size:(s + 1) * batch_size][part]
+        rows = order[s * batch_size : (s + 1) * batch_size][part]
         xs = []
         for r in rows:
             spec = crop_or_pad(clips.get(r), frames, rng)
@@ -202,8 +226,13 @@ def lr_factor(step: int, steps_per_epoch: int, cfg) -> float:
 
 def save_checkpoint(path, model, cfg, classes, **extra):
     """Atomically write a self-describing checkpoint: model_config + weights + config + classes + extra."""
-    state = {"model_config": model.config, "model": model.state_dict(), "cfg": to_plain(cfg),
-             "classes": list(classes), **extra}
+    state = {
+        "model_config": model.config,
+        "model": model.state_dict(),
+        "cfg": to_plain(cfg),
+        "classes": list(classes),
+        **extra,
+    }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -242,7 +271,7 @@ def init_from_checkpoint(model, path, log=None):
     if not loaded:
         raise UserError(f"{path}: no weights match this model ({model.config.get('name')})")
     model.load_state_dict(loaded, strict=False)
-    model.init_keys = set(getattr(model, "init_keys", ())) | set(loaded)   # what a second network copies (co-training)
+    model.init_keys = set(getattr(model, "init_keys", ())) | set(loaded)  # what a second network copies (co-training)
     if log:
         log.info(f"initialised {len(loaded)}/{len(own)} tensors from {path}")
     return model
@@ -252,8 +281,10 @@ def plot_curves(histories: dict, path, title=""):
     """One PNG: training loss and the validation metric (val_lwlrap or val_accuracy) per epoch for each fold (or
     stage), and the pseudo-label figures where a mode logs them."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     extra = sorted({c for h in histories.values() for c in h.columns if c.startswith("pl_")})
     metric = next((c for h in histories.values() for c in h.columns if c.startswith("val_")), "val_lwlrap")
     fig, axes = plt.subplots(1, 2 + bool(extra), figsize=(5 * (2 + bool(extra)), 3.6))
@@ -286,9 +317,20 @@ def val_metric(cfg) -> str:
 def predict_set(model, cfg, clips: ClipSet, device, n_classes, **kw) -> np.ndarray:
     """(N, C) sliding-window predictions (train.frames, train.eval_hop) of a one-split ClipSet's whole clips; in a
     data-parallel run each rank predicts its share of the clips and every rank gets all of them."""
-    return distributed.sharded(lambda names: predict_clips(model, clips.cache, names, cfg.train.frames,
-                                                           cfg.train.eval_hop, n_classes, batch_size=cfg.infer.batch_size,
-                                                           device=device, **kw), clips.fnames)
+    return distributed.sharded(
+        lambda names: predict_clips(
+            model,
+            clips.cache,
+            names,
+            cfg.train.frames,
+            cfg.train.eval_hop,
+            n_classes,
+            batch_size=cfg.infer.batch_size,
+            device=device,
+            **kw,
+        ),
+        clips.fnames,
+    )
 
 
 def validate(model, cfg, val: ClipSet, device, n_classes):
@@ -304,11 +346,22 @@ def build_mode(cfg, model, mode_name: str, n_classes: int, device, gen, log=None
     augmentation, random draws from `gen`; cardinality: the labelled clips' mean label count (rule topk)."""
     single = is_single_label(cfg)
     if single and model.n_out != n_classes:
-        raise ValueError("data.single_label_csv is set: single-label (softmax) training needs model.time_reversal "
-                         "false (reversed clips as new classes are a multi-label device)")
-    ctx = TrainContext(cfg, model, build_loss(cfg.loss, single), build_batch_augment(cfg.augment, n_classes,
-                       model.n_out != n_classes), n_classes, device, gen, log=log, single_label=single,
-                       extra={"cardinality": cardinality})
+        raise ValueError(
+            "data.single_label_csv is set: single-label (softmax) training needs model.time_reversal "
+            "false (reversed clips as new classes are a multi-label device)"
+        )
+    ctx = TrainContext(
+        cfg,
+        model,
+        build_loss(cfg.loss, single),
+        build_batch_augment(cfg.augment, n_classes, model.n_out != n_classes),
+        n_classes,
+        device,
+        gen,
+        log=log,
+        single_label=single,
+        extra={"cardinality": cardinality},
+    )
     return create_mode(mode_name, ctx)
 
 
@@ -316,6 +369,7 @@ def build_mode(cfg, model, mode_name: str, n_classes: int, device, gen, log=None
 class FitRun:
     """What fit's steps share: the set-up (set_up_fit), the state a resume restores (history, best, start) and the
     pieces every epoch uses."""
+
     cfg: Any
     out_dir: Path
     model: Any
@@ -325,12 +379,12 @@ class FitRun:
     world: distributed.World
     device: torch.device
     seed: int
-    rng: np.random.Generator         # epoch orders: the same on every rank
-    gen: torch.Generator             # the mode's random draws: each rank its own
-    key: str                         # train_key(cfg): what last.pt, best.pt and done.json are written for
+    rng: np.random.Generator  # epoch orders: the same on every rank
+    gen: torch.Generator  # the mode's random draws: each rank its own
+    key: str  # train_key(cfg): what last.pt, best.pt and done.json are written for
     b_lab: int
     b_unl: int
-    steps: int                       # steps per epoch
+    steps: int  # steps per epoch
     opt: Any
     sched: Any
     scaler: Any
@@ -351,8 +405,19 @@ class FitRun:
         return self.out_dir / "last.pt"
 
 
-def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabelled: ClipSet | None = None,
-        val: ClipSet | None = None, log=None, seed_offset: int = 0, calib: ClipSet | None = None) -> dict:
+def fit(
+    cfg,
+    out_dir,
+    model,
+    mode_name: str,
+    classes,
+    labelled: ClipSet,
+    unlabelled: ClipSet | None = None,
+    val: ClipSet | None = None,
+    log=None,
+    seed_offset: int = 0,
+    calib: ClipSet | None = None,
+) -> dict:
     """Train `model` with `mode_name`; resume from out_dir/last.pt when it was written for this config.
     calib: held-out labelled clips whose predictions set a mode's pseudo-label thresholds at each epoch start
     (rule class_threshold; pipeline/modes/pseudo.py).
@@ -374,34 +439,50 @@ def fit(cfg, out_dir, model, mode_name: str, classes, labelled: ClipSet, unlabel
         log_epoch(run, epoch, row)
     if run.world.main:
         mark_done(run.out_dir, run.key, best=run.best, epochs=cfg.train.epochs)
-    distributed.barrier()     # the other ranks leave once rank 0's files are complete (done.json included)
+    distributed.barrier()  # the other ranks leave once rank 0's files are complete (done.json included)
     return {"best": run.best, "history": pd.DataFrame(run.history)}
 
 
-def set_up_fit(cfg, out_dir: Path, model, mode_name: str, classes, labelled: ClipSet, unlabelled: ClipSet | None,
-               log, seed_offset: int) -> FitRun:
+def set_up_fit(
+    cfg,
+    out_dir: Path,
+    model,
+    mode_name: str,
+    classes,
+    labelled: ClipSet,
+    unlabelled: ClipSet | None,
+    log,
+    seed_offset: int,
+) -> FitRun:
     """Everything before the first epoch: the process group, out_dir cleared of a killed run's temporaries, the
     device and threads, the seeds, the mode, its batch sizes and steps, optimiser, schedule, augmentation, precision."""
     world = distributed.setup(cfg)
     if world.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         # what a killed run of this fold left under temporary names: never read, reclaimed now
-        remove_stale_outputs(out_dir, ("last.pt", "best.pt", "metrics.csv", "curves.png", "done.json", "oof.csv"),
-                             log)
+        remove_stale_outputs(out_dir, ("last.pt", "best.pt", "metrics.csv", "curves.png", "done.json", "oof.csv"), log)
     device = distributed.get_device(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     keep_freed_memory()
     seed = cfg.run.seed + seed_offset
-    torch.manual_seed(distributed.rank_seed(seed, world.rank))    # dropout: each rank its own draws
-    rng = np.random.default_rng(seed)                              # epoch orders: the same on every rank
+    torch.manual_seed(distributed.rank_seed(seed, world.rank))  # dropout: each rank its own draws
+    rng = np.random.default_rng(seed)  # epoch orders: the same on every rank
     gen = torch.Generator(device=device).manual_seed(distributed.rank_seed(seed, world.rank))
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    mode = build_mode(cfg, model, mode_name, len(classes), device, gen, log,
-                      float(labelled.y[:, :len(classes)].sum(1).mean()) if len(labelled) else 1.0)
+    mode = build_mode(
+        cfg,
+        model,
+        mode_name,
+        len(classes),
+        device,
+        gen,
+        log,
+        float(labelled.y[:, : len(classes)].sum(1).mean()) if len(labelled) else 1.0,
+    )
     if mode.uses_unlabelled and (unlabelled is None or len(unlabelled) == 0):
         raise ValueError(f"train.mode={mode_name} needs unlabelled (or noisy) clips and there are none")
     b_lab, b_unl = mode.batch_sizes()
@@ -418,10 +499,30 @@ def set_up_fit(cfg, out_dir: Path, model, mode_name: str, classes, labelled: Cli
     scaler = make_scaler(cfg.train.amp, device)
     if log:
         log.info(f"{out_dir}: device {device}, precision {dtype or 'float32'} (train.amp={cfg.train.amp})")
-    return FitRun(cfg=cfg, out_dir=out_dir, model=model, mode=mode, classes=classes, log=log, world=world,
-                  device=device, seed=seed, rng=rng, gen=gen, key=train_key(cfg), b_lab=b_lab, b_unl=b_unl,
-                  steps=steps, opt=opt, sched=sched, scaler=scaler, albu=albu, step_fn=step_fn, dtype=dtype,
-                  average_bn=average_bn)
+    return FitRun(
+        cfg=cfg,
+        out_dir=out_dir,
+        model=model,
+        mode=mode,
+        classes=classes,
+        log=log,
+        world=world,
+        device=device,
+        seed=seed,
+        rng=rng,
+        gen=gen,
+        key=train_key(cfg),
+        b_lab=b_lab,
+        b_unl=b_unl,
+        steps=steps,
+        opt=opt,
+        sched=sched,
+        scaler=scaler,
+        albu=albu,
+        step_fn=step_fn,
+        dtype=dtype,
+        average_bn=average_bn,
+    )
 
 
 def resume_fit(run: FitRun):
@@ -444,8 +545,10 @@ def read_last(run: FitRun) -> dict | None:
     if run.world.parallel:
         seen = distributed.all_gather(None if ck is None else (ck.get("key"), ck.get("epoch")))
         if len(set(seen)) > 1:
-            raise UserError(f"{last}: the ranks read different checkpoints ({seen}); a run of several machines "
-                            f"needs its runs/ folder on a file system they all share")
+            raise UserError(
+                f"{last}: the ranks read different checkpoints ({seen}); a run of several machines "
+                f"needs its runs/ folder on a file system they all share"
+            )
         distributed.barrier()
     return ck
 
@@ -471,16 +574,18 @@ def restore_fit(run: FitRun, ck: dict):
 def keep_old_run(run: FitRun, ck: dict):
     """Keep the old run's last.pt, best.pt and metrics.csv beside the new ones as <stem>.<old key>.<suffix>, and
     log which config keys changed."""
-    tag = str(ck.get('key', 'old')).split('-')[0][:12]
+    tag = str(ck.get("key", "old")).split("-")[0][:12]
     kept = []
     for p in (run.last, run.out_dir / "best.pt", run.out_dir / "metrics.csv"):
         if p.exists():
             os.replace(p, p.with_name(f"{p.stem}.{tag}{p.suffix}"))
             kept.append(f"{p.stem}.{tag}{p.suffix}")
     if run.log:
-        run.log.info(f"{run.last} was written for another config (changed: "
-                     f"{', '.join(changed_keys(ck.get('cfg'), run.cfg)) or 'the seed'}): kept as "
-                     f"{', '.join(kept)}, training from the start")
+        run.log.info(
+            f"{run.last} was written for another config (changed: "
+            f"{', '.join(changed_keys(ck.get('cfg'), run.cfg)) or 'the seed'}): kept as "
+            f"{', '.join(kept)}, training from the start"
+        )
 
 
 def calibrate_epoch(run: FitRun, calib: ClipSet | None):
@@ -497,14 +602,20 @@ def train_epoch(run: FitRun, epoch: int, labelled: ClipSet, unlabelled: ClipSet 
     run.model.train()
     s_lab, s_unl = run.rng.integers(0, 2**63, size=2)  # one generator per stream: threads never share one
     shard = (world.rank, world.size)
-    lab = batch_stream(labelled, run.b_lab, run.steps, cfg.train.frames, np.random.default_rng(s_lab), run.albu,
-                       shard)
-    unl = (batch_stream(unlabelled, run.b_unl, run.steps, cfg.train.frames, np.random.default_rng(s_unl),
-                        shard=shard) if run.b_unl else None)
+    lab = batch_stream(labelled, run.b_lab, run.steps, cfg.train.frames, np.random.default_rng(s_lab), run.albu, shard)
+    unl = (
+        batch_stream(unlabelled, run.b_unl, run.steps, cfg.train.frames, np.random.default_rng(s_unl), shard=shard)
+        if run.b_unl
+        else None
+    )
     sums: dict = {}
     wait = 0.0
-    bar = progress(range(run.steps), enabled=cfg.run.progress and world.main, leave=False,
-                   desc=f"{run.out_dir.parent.name}/{run.out_dir.name} epoch {epoch + 1}/{cfg.train.epochs}")
+    bar = progress(
+        range(run.steps),
+        enabled=cfg.run.progress and world.main,
+        leave=False,
+        desc=f"{run.out_dir.parent.name}/{run.out_dir.name} epoch {epoch + 1}/{cfg.train.epochs}",
+    )
     for s in bar:
         tw = time.time()
         batch = next_batch(run, lab, unl, unlabelled)
@@ -516,10 +627,14 @@ def train_epoch(run: FitRun, epoch: int, labelled: ClipSet, unlabelled: ClipSet 
     for it in (lab, unl):
         if it is not None:
             it.close()
-    sums = distributed.mean_values(sums)           # data-parallel: the mean over the ranks' shares
-    return {"epoch": epoch + 1, "lr": run.opt.param_groups[0]["lr"],
-            **{k: float(v) / run.steps for k, v in sums.items()},
-            **run.mode.epoch_logs(), "data_wait_share": wait / max(time.time() - t0, 1e-9)}
+    sums = distributed.mean_values(sums)  # data-parallel: the mean over the ranks' shares
+    return {
+        "epoch": epoch + 1,
+        "lr": run.opt.param_groups[0]["lr"],
+        **{k: float(v) / run.steps for k, v in sums.items()},
+        **run.mode.epoch_logs(),
+        "data_wait_share": wait / max(time.time() - t0, 1e-9),
+    }
 
 
 def next_batch(run: FitRun, lab, unl, unlabelled: ClipSet | None) -> dict:
@@ -530,9 +645,12 @@ def next_batch(run: FitRun, lab, unl, unlabelled: ClipSet | None) -> dict:
     batch = {"x": torch.from_numpy(x).to(device), "y": torch.from_numpy(y).to(device), "idx": rows}
     if unl is not None:
         ux, uy, urows = next(unl)
-        batch.update(ux=torch.from_numpy(ux).to(device), uy=torch.from_numpy(uy).to(device), uidx=urows,
-                     utruth=None if unlabelled.truth is None
-                     else torch.from_numpy(unlabelled.truth[urows]).to(device))
+        batch.update(
+            ux=torch.from_numpy(ux).to(device),
+            uy=torch.from_numpy(uy).to(device),
+            uidx=urows,
+            utruth=None if unlabelled.truth is None else torch.from_numpy(unlabelled.truth[urows]).to(device),
+        )
     if run.cfg.train.channels_last:
         for k in ("x", "ux"):
             if k in batch:
@@ -547,9 +665,9 @@ def train_step(run: FitRun, batch: dict, epoch: int, s: int, sums: dict):
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{run.out_dir}: non-finite loss at epoch {epoch + 1} step {s + 1}")
     run.opt.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()               # fp16: scaled gradients, steps skipped on overflow
+    run.scaler.scale(loss).backward()  # fp16: scaled gradients, steps skipped on overflow
     update(run.opt, run.sched, run.scaler, run.mode, run.average_bn)
-    for k, v in {"loss": loss.detach(), **logs}.items():   # tensors stay on the device: no sync per step
+    for k, v in {"loss": loss.detach(), **logs}.items():  # tensors stay on the device: no sync per step
         sums[k] = sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
 
 
@@ -580,23 +698,44 @@ def rng_state(run: FitRun) -> dict:
 def write_checkpoints(run: FitRun, epoch: int, row: dict, improved: bool):
     """The end of an epoch on disk (rank 0): best.pt when it improved, metrics.csv, then last.pt."""
     cfg = run.cfg
-    state = rng_state(run)                # a collective in a data-parallel run: every rank calls it
+    state = rng_state(run)  # a collective in a data-parallel run: every rank calls it
     if not run.world.main:
         return
     if improved:
         metric = "val_" + val_metric(cfg)
-        save_checkpoint(run.out_dir / "best.pt", run.mode.eval_model(), cfg, run.classes, epoch=epoch + 1,
-                        key=run.key, **{metric: row.get(metric)})
+        save_checkpoint(
+            run.out_dir / "best.pt",
+            run.mode.eval_model(),
+            cfg,
+            run.classes,
+            epoch=epoch + 1,
+            key=run.key,
+            **{metric: row.get(metric)},
+        )
     atomic_to_csv(pd.DataFrame(run.history), run.out_dir / "metrics.csv", index=False)
-    save_checkpoint(run.last, run.model, cfg, run.classes, epoch=epoch + 1, key=run.key,
-                    optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(), scaler=run.scaler.state_dict(),
-                    mode=run.mode.state_dict(), history=run.history, best=run.best, rng=state)
+    save_checkpoint(
+        run.last,
+        run.model,
+        cfg,
+        run.classes,
+        epoch=epoch + 1,
+        key=run.key,
+        optimizer=run.opt.state_dict(),
+        scheduler=run.sched.state_dict(),
+        scaler=run.scaler.state_dict(),
+        mode=run.mode.state_dict(),
+        history=run.history,
+        best=run.best,
+        rng=state,
+    )
 
 
 def log_epoch(run: FitRun, epoch: int, row: dict):
     if run.log:
-        run.log.info(f"{run.out_dir} epoch {epoch + 1}/{run.cfg.train.epochs} " + " ".join(
-            f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch",) and isinstance(v, float)))
+        run.log.info(
+            f"{run.out_dir} epoch {epoch + 1}/{run.cfg.train.epochs} "
+            + " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch",) and isinstance(v, float))
+        )
 
 
 def update(opt, sched, scaler, mode, average_bn: bool):
@@ -633,26 +772,42 @@ def resume_rank_rng(ck: dict, world, seed: int, gen, log=None):
         torch.manual_seed(s)
         gen.manual_seed(s)
     elif log:
-        log.warning(f"last.pt was written by {len(ranks) or 1} process(es), this run has {world.size}: the ranks' "
-                    f"random streams restart (the run goes on, not bit for bit as an uninterrupted one)")
+        log.warning(
+            f"last.pt was written by {len(ranks) or 1} process(es), this run has {world.size}: the ranks' "
+            f"random streams restart (the run goes on, not bit for bit as an uninterrupted one)"
+        )
 
 
-def build_model(cfg, n_classes: int, heads=("h",), seed: int | None = None, dropout: float | None = None,
-                block_dropout: float | None = None):
+def build_model(
+    cfg,
+    n_classes: int,
+    heads=("h",),
+    seed: int | None = None,
+    dropout: float | None = None,
+    block_dropout: float | None = None,
+):
     """The configured Tagger: model.name backbone, time-reversal outputs, heads, cosine heads if ArcFace is used.
     With `seed`, the initial weights are drawn from it (the same seed gives the same model); `dropout` replaces
     model.dropout (before the heads) and `block_dropout` model.block_dropout (in every backbone block)."""
     from models import create_model
+
     if seed is not None:
         torch.manual_seed(seed)
     params = dict(cfg.model.params)
     if cfg.model.name == "cnn14":
-        params.setdefault("n_mels", cfg.features.n_mels)   # its bn0 normalises each mel band
-    model = create_model(cfg.model.name, n_classes, time_reversal=cfg.model.time_reversal, heads=tuple(heads),
-                         arcface=cfg.loss.arcface > 0, dropout=cfg.model.dropout if dropout is None else dropout,
-                         block_dropout=cfg.model.block_dropout if block_dropout is None else block_dropout,
-                         pretrained_path=cfg.model.pretrained_path, params=params)
-    if cfg.model.pretrained_path:         # the backbone came from a file: a second network copies it (co-training)
+        params.setdefault("n_mels", cfg.features.n_mels)  # its bn0 normalises each mel band
+    model = create_model(
+        cfg.model.name,
+        n_classes,
+        time_reversal=cfg.model.time_reversal,
+        heads=tuple(heads),
+        arcface=cfg.loss.arcface > 0,
+        dropout=cfg.model.dropout if dropout is None else dropout,
+        block_dropout=cfg.model.block_dropout if block_dropout is None else block_dropout,
+        pretrained_path=cfg.model.pretrained_path,
+        params=params,
+    )
+    if cfg.model.pretrained_path:  # the backbone came from a file: a second network copies it (co-training)
         model.init_keys = {k for k in model.state_dict() if k.startswith("backbone.")}
     return model
 
@@ -660,10 +815,17 @@ def build_model(cfg, n_classes: int, heads=("h",), seed: int | None = None, drop
 def make_clipset(cache, df, classes, truth_df=None) -> ClipSet:
     """ClipSet of a dataset split's DataFrame (fname, labels) over its FeatureCache."""
     from pipeline.data import labels_to_matrix
+
     fnames = list(df["fname"])
     truth = None
     if truth_df is not None:
         t = truth_df.set_index("fname").loc[fnames, "labels"]
         truth = labels_to_matrix(list(t), classes)
-    return ClipSet([cache], np.zeros(len(fnames), int), np.array([cache.position(f) for f in fnames], int),
-                   labels_to_matrix(df["labels"], classes), truth, fnames)
+    return ClipSet(
+        [cache],
+        np.zeros(len(fnames), int),
+        np.array([cache.position(f) for f in fnames], int),
+        labels_to_matrix(df["labels"], classes),
+        truth,
+        fnames,
+    )

@@ -8,6 +8,7 @@ or geometric), in exactly sample_submission.csv's format, checked before it is w
 submissions/<run.name>.json holds the pooled OOF lwlrap (overall and per class, from the inference OOF predictions
 with TTA), the test lwlrap when the dataset has test_labels.csv, config hashes, the fold list and the git commit.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,8 +57,10 @@ def main(cfg) -> dict:
     log = get_logger()
     ds = dataset(cfg)
     if ds.single_label:
-        raise ValueError(f"data.single_label_csv is set: single-label datasets have no test split to ensemble; they are "
-                         f"scored by cross-validation (runs/{cfg.run.name}/train/summary.json, `make train`)")
+        raise ValueError(
+            f"data.single_label_csv is set: single-label datasets have no test split to ensemble; they are "
+            f"scored by cross-validation (runs/{cfg.run.name}/train/summary.json, `make train`)"
+        )
     runs = [cfg.run.name] + [r for r in cfg.infer.runs if r != cfg.run.name]
     tests, oofs, info = [], {}, {}
     for run in runs:
@@ -67,17 +70,25 @@ def main(cfg) -> dict:
         if oof_frames:
             oofs[run] = pd.concat(oof_frames, ignore_index=True)
         run_cfg = Path("runs") / run / "infer" / "config.yaml"
-        info[run] = {"folds": [d.name for d in dirs],
-                     "config_hash": run_cfg.read_text().split("\n")[0].split(": ")[-1] if run_cfg.exists() else None}
+        info[run] = {
+            "folds": [d.name for d in dirs],
+            "config_hash": run_cfg.read_text().split("\n")[0].split(": ")[-1] if run_cfg.exists() else None,
+        }
     sub = average(tests, ds.classes, cfg.ensemble.mean)
     sub = sub.set_index("fname").loc[ds.test["fname"]].reset_index()
     check_submission(sub, ds.test["fname"], ds.classes, source=f"ensemble of {runs}")
     path = SUBMISSIONS / f"{cfg.run.name}.csv"
-    remove_stale_outputs(SUBMISSIONS, (path.name, f"{cfg.run.name}.json"), log)   # a killed run's temporaries
+    remove_stale_outputs(SUBMISSIONS, (path.name, f"{cfg.run.name}.json"), log)  # a killed run's temporaries
     atomic_to_csv(sub, path, index=False, float_format="%.6f")
-    meta = {"submission": str(path), "runs": info, "n_models": len(tests), "mean": cfg.ensemble.mean,
-            "config_hash": config_hash(cfg), "git_commit": git_commit()}
-    if len(oofs) == len(runs):            # pooled OOF over the runs' folds, averaged across runs
+    meta = {
+        "submission": str(path),
+        "runs": info,
+        "n_models": len(tests),
+        "mean": cfg.ensemble.mean,
+        "config_hash": config_hash(cfg),
+        "git_commit": git_commit(),
+    }
+    if len(oofs) == len(runs):  # pooled OOF over the runs' folds, averaged across runs
         oof = average(list(oofs.values()), ds.classes, cfg.ensemble.mean)
         truth = labels_to_matrix(ds.curated.set_index("fname").loc[oof["fname"], "labels"], ds.classes)
         overall, per = lwlrap(truth, oof[ds.classes].to_numpy())
@@ -87,8 +98,10 @@ def main(cfg) -> dict:
         overall, per = lwlrap(ds.targets(ds.test), sub[ds.classes].to_numpy())
         meta.update(test_lwlrap=overall, test_per_class=per_class_dict(ds.classes, per))
     atomic_write_json(SUBMISSIONS / f"{cfg.run.name}.json", meta)
-    log.info(f"wrote {path} ({len(tests)} models from {len(runs)} run(s))"
-             + (f"; test lwlrap {meta['test_lwlrap']:.4f}" if "test_lwlrap" in meta else ""))
+    log.info(
+        f"wrote {path} ({len(tests)} models from {len(runs)} run(s))"
+        + (f"; test lwlrap {meta['test_lwlrap']:.4f}" if "test_lwlrap" in meta else "")
+    )
     return {"submission": path, **{k: v for k, v in meta.items() if k.endswith("lwlrap")}}
 
 

@@ -32,6 +32,7 @@ still missing.
     cache = FeatureCache.open(cfg, "curated")       # normalised (F, T) float32 arrays by fname
     cache.get("0a1b2c3d.wav"), cache.frames, cache.fnames
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,8 +49,18 @@ import pandas as pd
 
 from pipeline.config import cli, save_config
 from pipeline.data import SPLITS, dataset
-from pipeline.utils import (UserError, atomic_path, atomic_to_csv, atomic_write_json, file_lock, get_logger,
-                            progress, read_json, remove_stale_temps, user_errors)
+from pipeline.utils import (
+    UserError,
+    atomic_path,
+    atomic_to_csv,
+    atomic_write_json,
+    file_lock,
+    get_logger,
+    progress,
+    read_json,
+    remove_stale_temps,
+    user_errors,
+)
 
 PARAM_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "trim_db", "log_floor")
 CHUNK = 8  # clips per task
@@ -66,7 +77,7 @@ def feature_params(cfg) -> dict:
 def cache_dir(cfg) -> Path:
     root = Path(cfg.data.root).resolve()
     key = {"params": feature_params(cfg), "root": str(root)}
-    if cfg.data.single_label_csv is not None:      # its clips fill the splits: never mixed with the FSD layout's
+    if cfg.data.single_label_csv is not None:  # its clips fill the splits: never mixed with the FSD layout's
         key["single_label_csv"] = cfg.data.single_label_csv
     key = json.dumps(key, sort_keys=True)
     return Path(cfg.features.cache_dir) / f"{root.name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
@@ -104,8 +115,14 @@ class Extractor:
         if key not in Extractor._MELS:
             import librosa.filters
             import scipy.sparse
-            mel = librosa.filters.mel(sr=params["sample_rate"], n_fft=params["n_fft"], n_mels=params["n_mels"],
-                                      fmin=params["fmin"], fmax=params["fmax"])      # (n_mels, n_bins) float32
+
+            mel = librosa.filters.mel(
+                sr=params["sample_rate"],
+                n_fft=params["n_fft"],
+                n_mels=params["n_mels"],
+                fmin=params["fmin"],
+                fmax=params["fmax"],
+            )  # (n_mels, n_bins) float32
             Extractor._MELS[key] = scipy.sparse.csr_matrix(mel)
         self.mel = Extractor._MELS[key]
         n = params["n_fft"]
@@ -126,13 +143,14 @@ class Extractor:
         2^-15 (the same values as libsndfile's float conversion, for half the cost); other formats as float32."""
         import soundfile as sf
         import soxr
+
         try:
             with sf.SoundFile(str(path)) as f:
                 sr, pcm16 = f.samplerate, f.subtype == "PCM_16"
                 dtype = np.int16 if pcm16 else np.float32
-                if 0 <= f.frames < 2 ** 31:
-                    raw = f.read(out=self._buf("raw", (f.frames, f.channels), dtype))   # the frames read
-                else:                                  # length unknown to the header
+                if 0 <= f.frames < 2**31:
+                    raw = f.read(out=self._buf("raw", (f.frames, f.channels), dtype))  # the frames read
+                else:  # length unknown to the header
                     raw = f.read(dtype=dtype.__name__, always_2d=True)
         except Exception as e:  # soundfile raises several types
             raise FeatureError(f"{path}: unreadable audio: {e}") from None
@@ -145,12 +163,13 @@ class Extractor:
         y = y.mean(axis=1) if y.shape[1] > 1 else y[:, 0]
         if sr != self.p["sample_rate"]:
             return soxr.resample(y, sr, self.p["sample_rate"], quality="HQ").astype(np.float32, copy=False)
-        return np.array(y, dtype=np.float32)           # a copy: y may be a view of a work buffer
+        return np.array(y, dtype=np.float32)  # a copy: y may be a view of a work buffer
 
     def __call__(self, path):
         """Returns (logmel (frames, n_mels) float32, note str)."""
         import scipy.fft
         from numpy.lib.stride_tricks import sliding_window_view
+
         p = self.p
         n_fft, hop = p["n_fft"], p["hop_length"]
         y = self.load(path)
@@ -165,13 +184,13 @@ class Extractor:
         half = n_fft // 2
         x = self._buf("padded", (len(y) + 2 * half,))
         x[:half] = 0
-        x[half:half + len(y)] = y
-        x[half + len(y):] = 0
-        view = sliding_window_view(x, n_fft)[::hop]                              # (frames, n_fft), no copy
+        x[half : half + len(y)] = y
+        x[half + len(y) :] = 0
+        view = sliding_window_view(x, n_fft)[::hop]  # (frames, n_fft), no copy
         frames = np.multiply(view, self.window, out=self._buf("frames", view.shape))
-        spec = scipy.fft.rfft(frames, axis=1, overwrite_x=True)                 # (frames, n_bins) complex64
+        spec = scipy.fft.rfft(frames, axis=1, overwrite_x=True)  # (frames, n_bins) complex64
         power = np.square(spec.real, out=self._buf("power", spec.shape))
-        power += np.square(spec.imag, out=self._buf("imag2", spec.shape))       # (frames, n_bins) float32
+        power += np.square(spec.imag, out=self._buf("imag2", spec.shape))  # (frames, n_bins) float32
         del spec
         first, last = 0, power.shape[0]
         if p["trim_db"] is not None:
@@ -182,13 +201,13 @@ class Extractor:
             else:
                 loud = np.flatnonzero(energy > np.float32(peak * 10 ** (-p["trim_db"] / 10)))
                 first, last = loud[0], loud[-1] + 1
-        power_t = self._buf("power_t", (power.shape[1], last - first))           # the sparse product takes
-        np.copyto(power_t, power[first:last].T)                                 # (n_bins, frames) C-ordered
-        mel = self.mel @ power_t                                                # (n_mels, frames) float32
+        power_t = self._buf("power_t", (power.shape[1], last - first))  # the sparse product takes
+        np.copyto(power_t, power[first:last].T)  # (n_bins, frames) C-ordered
+        mel = self.mel @ power_t  # (n_mels, frames) float32
         np.maximum(mel, np.float32(p["log_floor"]), out=mel)
         np.log10(mel, out=mel)
         mel *= np.float32(10.0)
-        logmel = np.ascontiguousarray(mel.T)                                    # (frames, n_mels)
+        logmel = np.ascontiguousarray(mel.T)  # (frames, n_mels)
         if not np.isfinite(logmel).all():
             raise FeatureError(f"{path}: non-finite log-mel values")
         return logmel, "; ".join(notes)
@@ -203,14 +222,20 @@ def _work(paths):
     out = []
     for path in paths:
         logmel, note = _EXTRACTOR(path)
-        out.append((logmel.astype(np.float16), note, float(logmel.sum(dtype=np.float64)),
-                    float(np.square(logmel, dtype=np.float64).sum())))
+        out.append(
+            (
+                logmel.astype(np.float16),
+                note,
+                float(logmel.sum(dtype=np.float64)),
+                float(np.square(logmel, dtype=np.float64).sum()),
+            )
+        )
     return out
 
 
 def _chunked(paths, n):
     for i in range(0, len(paths), n):
-        yield paths[i:i + n]
+        yield paths[i : i + n]
 
 
 def extract_split(paths, fnames, out_dir: Path, split: str, params: dict, workers: int, show=True, log=None):
@@ -218,7 +243,7 @@ def extract_split(paths, fnames, out_dir: Path, split: str, params: dict, worker
     its log-mel sum and sum of squares, the normalisation statistics' terms); returns the split's json record."""
     rows, total, s1, s2 = [], 0, 0.0, 0.0
     bin_path = out_dir / f"{split}.f16"
-    remove_stale_temps(bin_path, log)                 # a killed build's partial file: never read, now reclaimed
+    remove_stale_temps(bin_path, log)  # a killed build's partial file: never read, now reclaimed
     with atomic_path(bin_path) as tmp, open(tmp, "wb") as fout:
         bar = progress(total=len(paths), enabled=show, desc=f"features {split}", unit="clip")
         chunks = _chunked(list(paths), CHUNK)
@@ -247,7 +272,7 @@ def extract_split(paths, fnames, out_dir: Path, split: str, params: dict, worker
             Extractor(params)  # the mel filterbank, built once here: forked workers inherit it (and its imports)
             with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(params,)) as ex:
                 pending = deque()
-                for chunk in chunks:              # at most 2 chunks per worker in flight: bounded memory
+                for chunk in chunks:  # at most 2 chunks per worker in flight: bounded memory
                     pending.append(ex.submit(_work, chunk))
                     if len(pending) >= 2 * workers:
                         consume(pending.popleft().result())
@@ -256,14 +281,21 @@ def extract_split(paths, fnames, out_dir: Path, split: str, params: dict, worker
         bar.close()
     index = pd.DataFrame(rows, columns=["fname", "offset", "frames", "note", "sum", "sumsq"])
     atomic_to_csv(index, out_dir / f"{split}.index.csv", index=False)
-    return {"split": split, "shape": [total, params["n_mels"]], "dtype": "float16", "clips": len(rows),
-            "sum": s1, "sumsq": s2, "count": total * params["n_mels"]}
+    return {
+        "split": split,
+        "shape": [total, params["n_mels"]],
+        "dtype": "float16",
+        "clips": len(rows),
+        "sum": s1,
+        "sumsq": s2,
+        "count": total * params["n_mels"],
+    }
 
 
 # --------------------------------------------------------------------------- shards, reuse and merge
 SHARD_ENV = (("RANK", "WORLD_SIZE"), ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"))
 INDEX_COLUMNS = ["fname", "offset", "frames", "note", "size", "mtime_ns", "sum", "sumsq"]
-COPY_FRAMES = 1 << 18                                 # frames per write when a merge copies rows (64 MB at 128 mels)
+COPY_FRAMES = 1 << 18  # frames per write when a merge copies rows (64 MB at 128 mels)
 
 
 def parse_shard(text: str | None, env=None) -> tuple[int, int] | None:
@@ -285,23 +317,30 @@ def parse_shard(text: str | None, env=None) -> tuple[int, int] | None:
                     first = int(env.get("SLURM_ARRAY_TASK_MIN") or 0) if rank.startswith("SLURM") else 0
                     i, n = int(env[rank]) - first, int(env[size])
                 except (KeyError, ValueError):
-                    raise UserError(f"--shard auto: {rank}={env.get(rank)!r} / {size}={env[size]!r} are not "
-                                    f"integers; give --shard i/n") from None
+                    raise UserError(
+                        f"--shard auto: {rank}={env.get(rank)!r} / {size}={env[size]!r} are not "
+                        f"integers; give --shard i/n"
+                    ) from None
                 source = f"{rank}={env.get(rank)} {size}={n}"
                 break
         else:
-            raise UserError("--shard auto: neither torchrun's RANK / WORLD_SIZE nor a SLURM array's "
-                            "SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT is set; give --shard i/n")
+            raise UserError(
+                "--shard auto: neither torchrun's RANK / WORLD_SIZE nor a SLURM array's "
+                "SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT is set; give --shard i/n"
+            )
     else:
         try:
             i, n = (int(v) for v in text.split("/"))
         except ValueError:
-            raise UserError(f"--shard {text}: expected i/n (shard i of n, counted from 0), e.g. --shard 0/4, "
-                            f"or auto") from None
+            raise UserError(
+                f"--shard {text}: expected i/n (shard i of n, counted from 0), e.g. --shard 0/4, or auto"
+            ) from None
         source = f"--shard {text}"
     if not 0 <= i < n:
-        raise UserError(f"{source}: shard {i} of {n} is outside 0..{n - 1} (shards are counted from 0; a SLURM "
-                        f"array with gaps needs --shard i/n)")
+        raise UserError(
+            f"{source}: shard {i} of {n} is outside 0..{n - 1} (shards are counted from 0; a SLURM "
+            f"array with gaps needs --shard i/n)"
+        )
     return i, n
 
 
@@ -311,8 +350,14 @@ def clip_table(ds, split: str) -> pd.DataFrame:
     df = ds.split(split)
     paths = [ds.wav_dirs[split] / f for f in df["fname"]]
     stats = [os.stat(p) for p in paths]
-    return pd.DataFrame({"fname": list(df["fname"]), "path": paths, "size": [st.st_size for st in stats],
-                         "mtime_ns": [st.st_mtime_ns for st in stats]})
+    return pd.DataFrame(
+        {
+            "fname": list(df["fname"]),
+            "path": paths,
+            "size": [st.st_size for st in stats],
+            "mtime_ns": [st.st_mtime_ns for st in stats],
+        }
+    )
 
 
 def read_meta(path: Path) -> dict:
@@ -321,8 +366,10 @@ def read_meta(path: Path) -> dict:
         raise FileNotFoundError(f"{path}: no completed '{path.stem}' features here; run `make features`")
     meta = read_json(path)
     if meta.get("stale"):
-        raise FileNotFoundError(f"{path}: the '{path.stem}' features are out of date for the dataset and being "
-                                f"rebuilt; run `make features` (or let the running shards finish)")
+        raise FileNotFoundError(
+            f"{path}: the '{path.stem}' features are out of date for the dataset and being "
+            f"rebuilt; run `make features` (or let the running shards finish)"
+        )
     return meta
 
 
@@ -332,7 +379,7 @@ def _read_index(path: Path) -> pd.DataFrame:
 
 
 def _open_f16(path: Path, frames: int, n_mels: int) -> np.ndarray:
-    if frames == 0:                                  # np.memmap cannot map an empty file
+    if frames == 0:  # np.memmap cannot map an empty file
         return np.empty((0, n_mels), np.float16)
     return np.memmap(path, dtype=np.float16, mode="r", shape=(frames, n_mels))
 
@@ -346,9 +393,12 @@ def _previous(out: Path, split: str, params: dict, log=None):
         return None
     try:
         meta, index = read_json(meta_path), _read_index(out / f"{split}.index.csv")
-        ok = (meta.get("params") == params and set(INDEX_COLUMNS) <= set(index.columns)
-              and int(index["frames"].sum()) == meta["shape"][0]
-              and bin_path.stat().st_size == 2 * meta["shape"][0] * meta["shape"][1])
+        ok = (
+            meta.get("params") == params
+            and set(INDEX_COLUMNS) <= set(index.columns)
+            and int(index["frames"].sum()) == meta["shape"][0]
+            and bin_path.stat().st_size == 2 * meta["shape"][0] * meta["shape"][1]
+        )
     except (OSError, ValueError, KeyError):
         ok = False
     if not ok:
@@ -406,16 +456,24 @@ def _extract_part(part: Part, todo: pd.DataFrame, params: dict, cfg, log, wait: 
     if part.done():
         return
     with file_lock(part.path("lock"), log, f"shard {part.i}/{part.n} of {part.stem.split('.')[0]}", wait=wait):
-        if part.done():                              # finished by the process we waited for
+        if part.done():  # finished by the process we waited for
             return
         m = len(todo)
-        share = todo.iloc[part.i * m // part.n:(part.i + 1) * m // part.n]
-        log.info(f"extracting {part.stem}: {len(share)} of the {m} clips to extract with {cfg.run.workers} "
-                 f"process(es)")
-        record = extract_split(list(share["path"]), list(share["fname"]), part.out, part.stem, params,
-                               cfg.run.workers, show=cfg.run.progress, log=log)
-        atomic_write_json(part.path("json"), {"clips": record["clips"], "frames": record["shape"][0],
-                                              "shard": [part.i, part.n]})
+        share = todo.iloc[part.i * m // part.n : (part.i + 1) * m // part.n]
+        log.info(f"extracting {part.stem}: {len(share)} of the {m} clips to extract with {cfg.run.workers} process(es)")
+        record = extract_split(
+            list(share["path"]),
+            list(share["fname"]),
+            part.out,
+            part.stem,
+            params,
+            cfg.run.workers,
+            show=cfg.run.progress,
+            log=log,
+        )
+        atomic_write_json(
+            part.path("json"), {"clips": record["clips"], "frames": record["shape"][0], "shard": [part.i, part.n]}
+        )
 
 
 def _merge(out: Path, split: str, clips: pd.DataFrame, key: str, params: dict, prev, parts: list, log) -> dict:
@@ -437,41 +495,60 @@ def _merge(out: Path, split: str, clips: pd.DataFrame, key: str, params: dict, p
         raise RuntimeError(f"{out}: the parts of '{split}' lack {len(missing)} clip(s), e.g. {missing[0]}")
     rows = table.loc[clips["fname"]].reset_index()
     src, start, frames = rows["src"].to_numpy(), rows["offset"].to_numpy(), rows["frames"].to_numpy()
-    (out / f"{split}.json").unlink(missing_ok=True)   # no longer describes the files about to be replaced
+    (out / f"{split}.json").unlink(missing_ok=True)  # no longer describes the files about to be replaced
     bin_path = out / f"{split}.f16"
     single = len(sources) == 1 and prev is None and len(rows) and (start == np.cumsum(frames) - frames).all()
-    if single:                                        # one part holding every clip in order: it is the file
+    if single:  # one part holding every clip in order: it is the file
         os.replace(parts[0].path("f16"), bin_path)
     else:
         with atomic_path(bin_path) as tmp, open(tmp, "wb") as fout:
             run = 0
-            for j in range(1, len(rows) + 1):        # copy runs of rows that lie one after another in a source
+            for j in range(1, len(rows) + 1):  # copy runs of rows that lie one after another in a source
                 if j < len(rows) and src[j] == src[run] and start[j] == start[j - 1] + frames[j - 1]:
                     continue
                 a, b = int(start[run]), int(start[j - 1] + frames[j - 1])
                 for c in range(a, b, COPY_FRAMES):
-                    fout.write(sources[src[run]][c:min(b, c + COPY_FRAMES)].tobytes())
+                    fout.write(sources[src[run]][c : min(b, c + COPY_FRAMES)].tobytes())
                 run = j
-    index = pd.DataFrame({"fname": rows["fname"], "offset": np.cumsum(frames) - frames, "frames": frames,
-                          "note": rows["note"], "size": clips["size"].to_numpy(),
-                          "mtime_ns": clips["mtime_ns"].to_numpy(), "sum": rows["sum"], "sumsq": rows["sumsq"]})
+    index = pd.DataFrame(
+        {
+            "fname": rows["fname"],
+            "offset": np.cumsum(frames) - frames,
+            "frames": frames,
+            "note": rows["note"],
+            "size": clips["size"].to_numpy(),
+            "mtime_ns": clips["mtime_ns"].to_numpy(),
+            "sum": rows["sum"],
+            "sumsq": rows["sumsq"],
+        }
+    )
     atomic_to_csv(index, out / f"{split}.index.csv", index=False)
     total = int(frames.sum())
-    record = {"split": split, "shape": [total, n_mels], "dtype": "float16", "clips": len(rows),
-              "sum": math.fsum(rows["sum"]), "sumsq": math.fsum(rows["sumsq"]), "count": total * n_mels,
-              "params": params, "key": key}
+    record = {
+        "split": split,
+        "shape": [total, n_mels],
+        "dtype": "float16",
+        "clips": len(rows),
+        "sum": math.fsum(rows["sum"]),
+        "sumsq": math.fsum(rows["sumsq"]),
+        "count": total * n_mels,
+        "params": params,
+        "key": key,
+    }
     counts = note_counts(rows["note"])
     if counts:
         record["notes"] = counts
         if log:
             log.info(f"{split}: " + ", ".join(f"{n} clip(s) {what}" for what, n in counts.items()))
-    atomic_write_json(out / f"{split}.json", record)   # the completion mark, written last
+    atomic_write_json(out / f"{split}.json", record)  # the completion mark, written last
     return record
 
 
-NOTE_KINDS = {"non-finite samples": "with non-finite samples (set to 0)",
-              "shorter than one frame": "shorter than one FFT frame (zero-padded)",
-              "silent": "silent (kept untrimmed)"}
+NOTE_KINDS = {
+    "non-finite samples": "with non-finite samples (set to 0)",
+    "shorter than one frame": "shorter than one FFT frame (zero-padded)",
+    "silent": "silent (kept untrimmed)",
+}
 
 
 def note_counts(notes) -> dict:
@@ -497,9 +574,9 @@ def _sweep(out: Path, split: str, log=None):
                     (out / f"{stem}.{ext}").unlink(missing_ok=True)
                     freed += remove_stale_temps(out / f"{stem}.{ext}")
                 (out / f"{stem}.lock").unlink(missing_ok=True)
-        except UserError:                             # being written right now: not ours to remove
+        except UserError:  # being written right now: not ours to remove
             continue
-    for name in (f"{split}.f16", f"{split}.index.csv", f"{split}.json"):   # the split's own temporaries
+    for name in (f"{split}.f16", f"{split}.index.csv", f"{split}.json"):  # the split's own temporaries
         freed += remove_stale_temps(out / name)
     if freed and log:
         log.info(f"{split}: removed parts and temporary files of earlier or killed shards ({freed / 1e6:.1f} MB)")
@@ -516,31 +593,36 @@ def build_split(out: Path, split: str, clips: pd.DataFrame, params: dict, cfg, s
     with file_lock(lock, log, f"the '{split}' split"):
         meta = read_json(meta_path) if meta_path.exists() else {}
         if meta.get("key") == key:
-            if meta.get("stale"):                     # the data went back to what these files hold
+            if meta.get("stale"):  # the data went back to what these files hold
                 atomic_write_json(meta_path, {k: v for k, v in meta.items() if k != "stale"})
-            _sweep(out, split, log)                   # parts a merge killed before its sweep left behind
+            _sweep(out, split, log)  # parts a merge killed before its sweep left behind
             return True
         prev = _previous(out, split, params, log)
-        if meta and not meta.get("stale"):           # readers stop trusting it; its rows stay for reuse
+        if meta and not meta.get("stale"):  # readers stop trusting it; its rows stay for reuse
             atomic_write_json(meta_path, {**meta, "stale": True})
     reused = np.zeros(len(clips), bool)
     if prev is not None:
         old = prev[1].set_index("fname")
         known = clips["fname"].isin(old.index).to_numpy()
         at = old.reindex(clips["fname"])
-        reused = known & (at["size"].to_numpy() == clips["size"].to_numpy()) & \
-            (at["mtime_ns"].to_numpy() == clips["mtime_ns"].to_numpy())
+        reused = (
+            known
+            & (at["size"].to_numpy() == clips["size"].to_numpy())
+            & (at["mtime_ns"].to_numpy() == clips["mtime_ns"].to_numpy())
+        )
     todo = clips[~reused]
     plan = _plan(key, prev, todo)
     n = shard[1] if shard else _complete_count(out, split, plan)
     parts = [Part(out, split, plan, i, n) for i in range(n)]
-    log.info(f"{split}: {len(todo)} of {len(clips)} clips to extract, {int(reused.sum())} reused from the previous "
-             f"build" + (f"; shard {shard[0]}/{n}" if shard else ""))
-    for part in ([parts[shard[0]]] if shard else parts):
+    log.info(
+        f"{split}: {len(todo)} of {len(clips)} clips to extract, {int(reused.sum())} reused from the previous "
+        f"build" + (f"; shard {shard[0]}/{n}" if shard else "")
+    )
+    for part in [parts[shard[0]]] if shard else parts:
         _extract_part(part, todo, params, cfg, log, wait=shard is None)
     with file_lock(lock, log, f"the '{split}' split"):
         if meta_path.exists() and read_json(meta_path).get("key") == key:
-            _sweep(out, split, log)                   # another shard merged first: a part it could not sweep
+            _sweep(out, split, log)  # another shard merged first: a part it could not sweep
             return True
         waiting = [p.i for p in parts if not p.done()]
         if waiting:
@@ -608,8 +690,9 @@ class FeatureCache:
     @property
     def arr(self):
         if self._arr is None:  # opened lazily so that forked loader workers each map it themselves
-            self._arr = np.memmap(self.folder / f"{self.split}.f16", dtype=np.float16, mode="r",
-                                  shape=tuple(self.meta["shape"]))
+            self._arr = np.memmap(
+                self.folder / f"{self.split}.f16", dtype=np.float16, mode="r", shape=tuple(self.meta["shape"])
+            )
         return self._arr
 
     def __len__(self):
@@ -626,11 +709,11 @@ class FeatureCache:
         i = key if isinstance(key, (int, np.integer)) else self.position(key)
         off, n = int(self.offsets[i]), int(self.frames[i])
         stop = n if length is None else min(n, start + length)
-        x = np.asarray(self.arr[off + start: off + stop], dtype=np.float32).T
+        x = np.asarray(self.arr[off + start : off + stop], dtype=np.float32).T
         return (x - self.mean) / self.std
 
     @classmethod
-    def open(cls, cfg, split: str) -> "FeatureCache":
+    def open(cls, cfg, split: str) -> FeatureCache:
         folder = cache_dir(cfg)
         mean, std = norm_stats(cfg, folder)
         return cls(folder, split, mean, std)
@@ -649,7 +732,7 @@ def norm_stats(cfg, folder=None):
         raise FileNotFoundError(f"{path}: no statistics for features.norm_split={split}; run `make features`")
     m = read_meta(path)
     mean = m["sum"] / m["count"]
-    std = max(np.sqrt(max(m["sumsq"] / m["count"] - mean ** 2, 0.0)), 1e-6)
+    std = max(np.sqrt(max(m["sumsq"] / m["count"] - mean**2, 0.0)), 1e-6)
     return mean, std
 
 
@@ -661,10 +744,14 @@ def main(cfg, shard=None) -> Path:
 
 
 def _shard_arg(ap):
-    ap.add_argument("--shard", default=None, metavar="i/n|auto",
-                    help="extract only shard i of n (from 0) of each split; the last shard to finish merges. auto: "
-                         "torchrun's RANK / WORLD_SIZE or a SLURM array's SLURM_ARRAY_TASK_ID / _COUNT (a torchrun "
-                         "launch shards by its ranks without this flag)")
+    ap.add_argument(
+        "--shard",
+        default=None,
+        metavar="i/n|auto",
+        help="extract only shard i of n (from 0) of each split; the last shard to finish merges. auto: "
+        "torchrun's RANK / WORLD_SIZE or a SLURM array's SLURM_ARRAY_TASK_ID / _COUNT (a torchrun "
+        "launch shards by its ranks without this flag)",
+    )
 
 
 if __name__ == "__main__":

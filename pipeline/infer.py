@@ -10,6 +10,7 @@ For each model runs/<run>/train/fold_<k>/best.pt (and fold_full when train.full)
     runs/<run>/infer/fold_<k>/oof.csv        the fold's held-out curated clips (not for fold_full)
 Each fold folder is marked done for its checkpoint and the infer settings; a rerun skips finished folds.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,16 @@ from pipeline.engine import load_checkpoint, save_checkpoint
 from pipeline.features import FeatureCache
 from pipeline.folds import read_folds
 from pipeline.predict import predict_settings, predict_with
-from pipeline.utils import atomic_to_csv, get_logger, is_done, keep_freed_memory, mark_done, progress, \
-    remove_stale_outputs, run_dir
+from pipeline.utils import (
+    atomic_to_csv,
+    get_logger,
+    is_done,
+    keep_freed_memory,
+    mark_done,
+    progress,
+    remove_stale_outputs,
+    run_dir,
+)
 
 
 def fold_dirs(cfg) -> list[Path]:
@@ -40,6 +49,7 @@ def predicted_from(odir: Path, best: Path) -> bool:
     """Whether the fold's finished predictions in odir were made from this best.pt (its modification time ends
     their key), whatever the infer settings were."""
     from pipeline.utils import read_json
+
     done = odir / "done.json"
     return done.exists() and read_json(done).get("key", "").endswith(f"-{best.stat().st_mtime_ns}")
 
@@ -47,6 +57,7 @@ def predicted_from(odir: Path, best: Path) -> bool:
 def export(best_path: Path, out_path: Path):
     """The inference checkpoint of a fold: the model without g and the ArcFace weights."""
     from models import create_model
+
     ck = load_checkpoint(best_path)
     model = create_model(**ck["model_config"])
     model.load_state_dict(ck["model"])
@@ -56,8 +67,15 @@ def export(best_path: Path, out_path: Path):
 
 
 def predict_frame(model, cfg, cache, fnames, classes, device) -> pd.DataFrame:
-    p = predict_with(model, cache, fnames, len(classes), predict_settings(cfg), device,
-                     progress=(lambda it: progress(it, cfg.run.progress, leave=False, desc="windows")))
+    p = predict_with(
+        model,
+        cache,
+        fnames,
+        len(classes),
+        predict_settings(cfg),
+        device,
+        progress=(lambda it: progress(it, cfg.run.progress, leave=False, desc="windows")),
+    )
     df = pd.DataFrame(p, columns=classes)
     df.insert(0, "fname", list(fnames))
     return df
@@ -69,13 +87,17 @@ def main(cfg, ensemble=True) -> dict:
     save_config(cfg, out)
     ds = dataset(cfg)
     if ds.single_label:
-        raise ValueError(f"data.single_label_csv is set: single-label datasets have no test split to predict; they are "
-                         f"scored by cross-validation (runs/{cfg.run.name}/train/summary.json, `make train`)")
+        raise ValueError(
+            f"data.single_label_csv is set: single-label datasets have no test split to predict; they are "
+            f"scored by cross-validation (runs/{cfg.run.name}/train/summary.json, `make train`)"
+        )
     device = get_device(cfg)
-    log.info(f"inference on {device} (train.amp={cfg.train.amp}; float32 on the CPU; "
-             f"{'channels_last' if cfg.train.channels_last else 'NCHW'})")
+    log.info(
+        f"inference on {device} (train.amp={cfg.train.amp}; float32 on the CPU; "
+        f"{'channels_last' if cfg.train.channels_last else 'NCHW'})"
+    )
     test_cache, cur_cache = FeatureCache.open(cfg, "test"), FeatureCache.open(cfg, "curated")
-    keep_freed_memory()            # batches of activations reuse freed memory (as in training and predict_dir)
+    keep_freed_memory()  # batches of activations reuse freed memory (as in training and predict_dir)
     folds = read_folds(cfg).set_index("fname")["fold"]
     key_base = config_hash(cfg, ("infer", "features", "augment")) + f"-f{cfg.train.frames}-s{cfg.run.seed}"
     written = []
@@ -89,19 +111,24 @@ def main(cfg, ensemble=True) -> dict:
             model = export(best, odir / "model.pt").to(device)
             log.info(f"{name}: predicting {len(test_cache)} test clips")
             with torch.no_grad():
-                atomic_to_csv(predict_frame(model, cfg, test_cache, test_cache.fnames, ds.classes, device),
-                              odir / "test.csv", index=False)
+                atomic_to_csv(
+                    predict_frame(model, cfg, test_cache, test_cache.fnames, ds.classes, device),
+                    odir / "test.csv",
+                    index=False,
+                )
                 if name != "fold_full":
                     k = int(name.split("_")[1])
                     held = [f for f in ds.curated["fname"] if folds[f] == k]
-                    atomic_to_csv(predict_frame(model, cfg, cur_cache, held, ds.classes, device),
-                                  odir / "oof.csv", index=False)
+                    atomic_to_csv(
+                        predict_frame(model, cfg, cur_cache, held, ds.classes, device), odir / "oof.csv", index=False
+                    )
             mark_done(odir, key, source=str(best))
         written.append(odir)
     log.info(f"inference done for {len(written)} model(s) in {out}")
     result = {"dir": out, "folds": [p.name for p in written]}
     if ensemble:
         from pipeline import ensemble as ens
+
         result.update(ens.main(cfg))
     return result
 

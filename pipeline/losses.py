@@ -16,6 +16,7 @@ config key: bce -> cross-entropy, focal -> the multi-class focal loss of Lin et 
 (the margin on the target class, softmax cross-entropy), hinge -> torch's multi-class margin loss (target: the
 argmax of y). Soft targets (mixup) enter cross-entropy as -sum_c y_c log p_c.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,18 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bce", "focal", "arcface", "hinge", "ce", "softmax_focal", "softmax_arcface", "multiclass_hinge",
-           "build_loss", "LossFn"]
+__all__ = [
+    "bce",
+    "focal",
+    "arcface",
+    "hinge",
+    "ce",
+    "softmax_focal",
+    "softmax_arcface",
+    "multiclass_hinge",
+    "build_loss",
+    "LossFn",
+]
 
 
 def _reduce(per_sample: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -45,8 +56,9 @@ def bce(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = Non
     return _reduce(F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(1), weight)
 
 
-def focal(logits: torch.Tensor, y: torch.Tensor, gamma: float = 2.0,
-          weight: torch.Tensor | None = None) -> torch.Tensor:
+def focal(
+    logits: torch.Tensor, y: torch.Tensor, gamma: float = 2.0, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Binary focal loss -sum_c (1-p)^gamma y log p + p^gamma (1-y) log(1-p), p = sigmoid(logits).
 
     logits (B, C), y (B, C) in [0, 1] (soft targets enter the formula as written) -> scalar. From logsigmoid, so
@@ -54,21 +66,27 @@ def focal(logits: torch.Tensor, y: torch.Tensor, gamma: float = 2.0,
     sigmoid_focal_loss(alpha=-1) summed over classes, averaged over the batch.
     """
     logits, y = _f32(logits, y)
-    log_p, log_q = F.logsigmoid(logits), F.logsigmoid(-logits)      # log p, log(1 - p)
+    log_p, log_q = F.logsigmoid(logits), F.logsigmoid(-logits)  # log p, log(1 - p)
     loss = -(torch.exp(gamma * log_q) * y * log_p + torch.exp(gamma * log_p) * (1 - y) * log_q)
     return _reduce(loss.sum(1), weight)
 
 
-def arcface(cos: torch.Tensor, y: torch.Tensor, s: float = 30.0, m: float = 0.5,
-            weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+def arcface(
+    cos: torch.Tensor,
+    y: torch.Tensor,
+    s: float = 30.0,
+    m: float = 0.5,
+    weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
     """Binary ArcFace: BCE on s * cos(theta_c + m) for positive classes and s * cos(theta_c) for negatives.
 
     cos (B, C): cosines between the embedding and each class's weight vector; y (B, C) in [0, 1] -> scalar.
     theta_c = arccos(cos_c), with cos clamped to [-1 + eps, 1 - eps] for the margin term so its gradient stays
     finite at cos = +-1. cos(theta + m) = cos cos(m) - sin(theta) sin(m). Where theta + m would pass pi
     (theta > pi - m, so cos(theta + m) would turn back up), the margin term is instead cos - m sin(m), the usual
-    ArcFace (insightface) fallback: monotone in cos, still below cos, with a small step at the switch. Soft targets interpolate the logits:
-    s * (y cos(theta + m) + (1 - y) cos(theta)), the binary case at y in {0, 1}.
+    ArcFace (insightface) fallback: monotone in cos, still below cos, with a small step at the switch. Soft targets
+    interpolate the logits: s * (y cos(theta + m) + (1 - y) cos(theta)), the binary case at y in {0, 1}.
     """
     cos, y = _f32(cos, y)
     logits = _arc_logits(cos, y, s, m, eps)
@@ -91,7 +109,7 @@ def hinge(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = N
     """
     logits, y = _f32(logits, y)
     pos = y >= 0.5
-    order = torch.sort((~pos).to(torch.uint8), dim=1, stable=True).indices      # positives first, in class order
+    order = torch.sort((~pos).to(torch.uint8), dim=1, stable=True).indices  # positives first, in class order
     slot = torch.arange(y.shape[1], device=y.device)
     target = torch.where(slot < pos.sum(1, keepdim=True), order, -1)
     return _reduce(F.multilabel_margin_loss(logits, target, reduction="none"), weight)
@@ -103,8 +121,9 @@ def ce(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None
     return _reduce(-(y * F.log_softmax(logits, 1)).sum(1), weight)
 
 
-def softmax_focal(logits: torch.Tensor, y: torch.Tensor, gamma: float = 2.0,
-                  weight: torch.Tensor | None = None) -> torch.Tensor:
+def softmax_focal(
+    logits: torch.Tensor, y: torch.Tensor, gamma: float = 2.0, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Multi-class focal loss (Lin et al. 2017): -sum_c y_c (1 - p_c)^gamma log p_c, p = softmax(z); gamma = 0
     is cross-entropy."""
     logits, y = _f32(logits, y)
@@ -112,8 +131,14 @@ def softmax_focal(logits: torch.Tensor, y: torch.Tensor, gamma: float = 2.0,
     return _reduce(-(y * (1 - log_p.exp()).clamp_min(0) ** gamma * log_p).sum(1), weight)
 
 
-def softmax_arcface(cos: torch.Tensor, y: torch.Tensor, s: float = 30.0, m: float = 0.5,
-                    weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+def softmax_arcface(
+    cos: torch.Tensor,
+    y: torch.Tensor,
+    s: float = 30.0,
+    m: float = 0.5,
+    weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
     """ArcFace as published (Deng et al. 2019): softmax cross-entropy of s cos(theta_y + m) for the target class and
     s cos(theta_c) for the others; soft targets interpolate the logits as in arcface."""
     cos, y = _f32(cos, y)
@@ -141,32 +166,35 @@ class LossFn:
     """The weighted sum of the configured loss terms; see build_loss."""
 
     def __init__(self, weights: dict, params: dict, single_label: bool = False):
-        self.weights = weights      # term -> weight (> 0 only)
-        self.params = params        # term -> keyword arguments
+        self.weights = weights  # term -> weight (> 0 only)
+        self.params = params  # term -> keyword arguments
         self.single_label = single_label
         self.fns = {k: (_SINGLE_LABEL if single_label else {n: f for n, (f, _) in _TERMS.items()})[k] for k in weights}
 
-    def terms(self, out: dict, y: torch.Tensor, head: str = "h",
-              weight: torch.Tensor | None = None) -> dict:
+    def terms(self, out: dict, y: torch.Tensor, head: str = "h", weight: torch.Tensor | None = None) -> dict:
         """Each term's (unweighted) value: {name: scalar tensor}. out[head] logits (B, C), out[head + "_cos"]
         cosines (B, C) when a cosine term is on, y (B, C)."""
         values = {}
         for name in self.weights:
             key = head + "_cos" if name in _COS_TERMS else head
             if key not in out:
-                raise KeyError(f"loss.{name} = {self.weights[name]} needs the model output '{key}', "
-                               f"but the model gives only {sorted(out)}")
+                raise KeyError(
+                    f"loss.{name} = {self.weights[name]} needs the model output '{key}', "
+                    f"but the model gives only {sorted(out)}"
+                )
             values[name] = self.fns[name](out[key], y, weight=weight, **self.params[name])
         return values
 
-    def __call__(self, out: dict, y: torch.Tensor, head: str = "h",
-                 weight: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, out: dict, y: torch.Tensor, head: str = "h", weight: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss: sum of weight * term, a scalar tensor."""
         return sum(self.weights[k] * v for k, v in self.terms(out, y, head, weight).items())
 
     def __repr__(self):
-        return "LossFn(" + " + ".join(f"{w:g}*{self.fns[k].__name__}{self.params[k] or ''}"
-                                      for k, w in self.weights.items()) + ")"
+        return (
+            "LossFn("
+            + " + ".join(f"{w:g}*{self.fns[k].__name__}{self.params[k] or ''}" for k, w in self.weights.items())
+            + ")"
+        )
 
 
 def build_loss(loss_cfg, single_label: bool = False) -> LossFn:

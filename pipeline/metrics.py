@@ -12,6 +12,7 @@ each class weighted by its number of clips), as in the ESC / UrbanSound8K semi-s
 
     scores = single_label_scores(y_true, y_prob)     # {"accuracy", "weighted_auc", "per_class_accuracy"}
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,11 @@ def lwlrap_overall(y_true, y_score) -> float:
     keep = _keep(y_true)
     if not keep.any():
         return float("nan")
-    return float(label_ranking_average_precision_score(
-        y_true[keep], np.asarray(y_score, np.float64)[keep], sample_weight=y_true[keep].sum(axis=1)))
+    return float(
+        label_ranking_average_precision_score(
+            y_true[keep], np.asarray(y_score, np.float64)[keep], sample_weight=y_true[keep].sum(axis=1)
+        )
+    )
 
 
 def per_class_precision(y_true, y_score):
@@ -41,7 +45,7 @@ def per_class_precision(y_true, y_score):
     prec = np.zeros(s.shape)
     for i in np.flatnonzero(y_true.any(axis=1)):
         row, pos = s[i], y_true[i]
-        at_or_above = row[None, :] >= row[pos][:, None]          # (n_pos, C)
+        at_or_above = row[None, :] >= row[pos][:, None]  # (n_pos, C)
         prec[i, pos] = (at_or_above & pos[None, :]).sum(1) / at_or_above.sum(1)
     return prec
 

@@ -14,6 +14,7 @@ With channels_last, the model and the batches run in NHWC memory format, as trai
     s = predict_settings(cfg)          # the config's inference settings as a plain dict (a bundle's manifest keeps it)
     p = predict_with(model, cache, fnames, n_classes=80, settings=s, device="cpu")  # what infer and predict_dir run
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,8 +33,8 @@ def window_starts(n: int, frames: int, hop: int) -> list[int]:
     return starts
 
 
-TTA_COUNT_WINDOWS = ("paper", "all")      # choices of infer.tta_count_windows
-AUG_KEYS = ("freq_masks", "time_masks", "freq_width", "time_width")    # the augment keys TTA's SpecAugment takes
+TTA_COUNT_WINDOWS = ("paper", "all")  # choices of infer.tta_count_windows
+AUG_KEYS = ("freq_masks", "time_masks", "freq_width", "time_width")  # the augment keys TTA's SpecAugment takes
 
 
 def _check_count_windows(mode: str):
@@ -79,8 +80,9 @@ def plan_windows(lengths, frames: int, hop: int, tta_counts=None, tta_count_wind
     return np.array(clip, int), np.array(start, int), np.array(aug, bool)
 
 
-def window_probs(logits: torch.Tensor, logits_rev: torch.Tensor | None, n_classes: int,
-                 softmax: bool = False) -> torch.Tensor:
+def window_probs(
+    logits: torch.Tensor, logits_rev: torch.Tensor | None, n_classes: int, softmax: bool = False
+) -> torch.Tensor:
     """(B, n_out) logits of windows [and of the reversed windows] -> (B, C) probabilities.
 
     With reversal: mean of sigmoid(original classes) of the window and sigmoid(reversed classes) of the reversed
@@ -89,20 +91,39 @@ def window_probs(logits: torch.Tensor, logits_rev: torch.Tensor | None, n_classe
     """
     if softmax:
         if logits_rev is not None or logits.shape[1] != n_classes:
-            raise ValueError("softmax predictions need a model without time-reversal classes (model.time_reversal "
-                             "false) and infer.reversal false")
+            raise ValueError(
+                "softmax predictions need a model without time-reversal classes (model.time_reversal "
+                "false) and infer.reversal false"
+            )
         return torch.softmax(logits.float(), 1)
     p = torch.sigmoid(logits[:, :n_classes].float())
     if logits_rev is None:
         return p
-    return 0.5 * (p + torch.sigmoid(logits_rev[:, n_classes:2 * n_classes].float()))
+    return 0.5 * (p + torch.sigmoid(logits_rev[:, n_classes : 2 * n_classes].float()))
 
 
 @torch.no_grad()
-def predict_clips(model, cache, fnames, frames: int, hop: int, n_classes: int, batch_size=128, device="cpu",
-                  tta_counts=None, reversal=False, mean="arithmetic", aug_cfg=None, seed=0, head="h",
-                  progress=None, softmax=False, tta_count_windows="paper", amp="off",
-                  channels_last=False) -> np.ndarray:
+def predict_clips(
+    model,
+    cache,
+    fnames,
+    frames: int,
+    hop: int,
+    n_classes: int,
+    batch_size=128,
+    device="cpu",
+    tta_counts=None,
+    reversal=False,
+    mean="arithmetic",
+    aug_cfg=None,
+    seed=0,
+    head="h",
+    progress=None,
+    softmax=False,
+    tta_count_windows="paper",
+    amp="off",
+    channels_last=False,
+) -> np.ndarray:
     """(N, C) clip probabilities for `fnames` of a FeatureCache (anything with its position / frames / get).
     Model in eval mode; TTA masks seeded by `seed` (they depend on batch_size: the windows are drawn per batch);
     aug_cfg: a mapping with freq_masks, time_masks, freq_width, time_width (the augment section);
@@ -110,6 +131,7 @@ def predict_clips(model, cache, fnames, frames: int, hop: int, n_classes: int, b
     (train.amp: bf16 | fp16 | off) runs the network under autocast on CUDA, as training does; channels_last
     converts the model (in place) and every batch to NHWC memory format."""
     from pipeline.utils import amp_dtype
+
     dtype = amp_dtype(amp, torch.device(device))
     if mean not in ("arithmetic", "geometric"):
         raise ValueError(f"mean must be arithmetic or geometric, got {mean!r}")
@@ -125,10 +147,10 @@ def predict_clips(model, cache, fnames, frames: int, hop: int, n_classes: int, b
     if channels_last:
         model.to(memory_format=torch.channels_last)
     steps = range(0, len(clip), batch_size)
-    for b in (progress(steps) if progress else steps):
+    for b in progress(steps) if progress else steps:
         sl = slice(b, b + batch_size)
         x = np.stack([repeat_pad(cache.get(pos[c], s, frames), frames) for c, s in zip(clip[sl], start[sl])])
-        x = torch.from_numpy(x)[:, None]                             # (B, 1, F, frames)
+        x = torch.from_numpy(x)[:, None]  # (B, 1, F, frames)
         if aug[sl].any():
             masked = spec_augment(x, generator=gen, **aug_kw)
             x = torch.where(torch.from_numpy(aug[sl])[:, None, None, None], masked, x)
@@ -156,19 +178,42 @@ def predict_settings(cfg) -> dict:
     (train.frames), the infer section's hop, batch size, TTA, reversal and window mean, TTA's SpecAugment keys,
     the TTA seed (run.seed), precision (train.amp) and memory format (train.channels_last)."""
     inf = cfg.infer
-    return {"frames": int(cfg.train.frames), "hop": int(inf.hop), "batch_size": int(inf.batch_size),
-            "tta": bool(inf.tta), "tta_counts": [int(c) for c in inf.tta_counts],
-            "tta_count_windows": inf.tta_count_windows, "reversal": bool(inf.reversal), "mean": inf.mean,
-            "augment": {k: cfg.augment[k] for k in AUG_KEYS}, "seed": int(cfg.run.seed), "amp": cfg.train.amp,
-            "channels_last": bool(cfg.train.channels_last)}
+    return {
+        "frames": int(cfg.train.frames),
+        "hop": int(inf.hop),
+        "batch_size": int(inf.batch_size),
+        "tta": bool(inf.tta),
+        "tta_counts": [int(c) for c in inf.tta_counts],
+        "tta_count_windows": inf.tta_count_windows,
+        "reversal": bool(inf.reversal),
+        "mean": inf.mean,
+        "augment": {k: cfg.augment[k] for k in AUG_KEYS},
+        "seed": int(cfg.run.seed),
+        "amp": cfg.train.amp,
+        "channels_last": bool(cfg.train.channels_last),
+    }
 
 
 def predict_with(model, cache, fnames, n_classes: int, settings: dict, device="cpu", progress=None) -> np.ndarray:
     """predict_clips with the settings of predict_settings (reversal only for a model with reversed classes):
     (N, C) clip probabilities. infer and predict_dir both predict through here, so they agree."""
     s = settings
-    return predict_clips(model, cache, fnames, s["frames"], s["hop"], n_classes, batch_size=s["batch_size"],
-                         device=device, tta_counts=list(s["tta_counts"]) if s["tta"] else None,
-                         reversal=s["reversal"] and model.n_out == 2 * n_classes, mean=s["mean"],
-                         aug_cfg=s["augment"], seed=s["seed"], tta_count_windows=s["tta_count_windows"],
-                         amp=s["amp"], channels_last=s["channels_last"], progress=progress)
+    return predict_clips(
+        model,
+        cache,
+        fnames,
+        s["frames"],
+        s["hop"],
+        n_classes,
+        batch_size=s["batch_size"],
+        device=device,
+        tta_counts=list(s["tta_counts"]) if s["tta"] else None,
+        reversal=s["reversal"] and model.n_out == 2 * n_classes,
+        mean=s["mean"],
+        aug_cfg=s["augment"],
+        seed=s["seed"],
+        tta_count_windows=s["tta_count_windows"],
+        amp=s["amp"],
+        channels_last=s["channels_last"],
+        progress=progress,
+    )

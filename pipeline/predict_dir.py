@@ -23,6 +23,7 @@ file and exits with status 2.
     bundle = load_bundle("bundles/demo"); cache = extract(paths, fnames, bundle, workers=2)
     sub = predict_bundle(bundle, cache, fnames, device="cpu")          # DataFrame fname + classes
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,7 @@ from pipeline.features import CHUNK, Extractor, FeatureCache, FeatureError, _chu
 from pipeline.utils import UserError, atomic_to_csv, keep_freed_memory, progress, read_json, user_errors
 
 MANIFEST = "manifest.json"
-FORMAT = 1            # manifest.json's layout version; bumped when a reader of the old one would misread it
+FORMAT = 1  # manifest.json's layout version; bumped when a reader of the old one would misread it
 MAX_LISTED = 5
 
 
@@ -76,6 +77,7 @@ def load_models(bundle: dict, device="cpu") -> list:
     """[(entry, model)] for the manifest's models: each file checked against its sha256 and the bundle's classes."""
     from models import create_model
     from pipeline.engine import load_checkpoint
+
     out = []
     for entry in bundle["models"]:
         path = bundle["dir"] / entry["file"]
@@ -118,8 +120,10 @@ def list_clips(audio, sample=None) -> tuple[list[str], list[Path]]:
     paths = [locate(f) for f in fnames]
     missing = [f for f, p in zip(fnames, paths) if p is None or not p.is_file()]
     if missing:
-        raise UserError(f"{sample or audio}: {len(missing)} clip(s) with no audio file in {where}: "
-                        f"{missing[:MAX_LISTED]}" + (" ..." if len(missing) > MAX_LISTED else ""))
+        raise UserError(
+            f"{sample or audio}: {len(missing)} clip(s) with no audio file in {where}: "
+            f"{missing[:MAX_LISTED]}" + (" ..." if len(missing) > MAX_LISTED else "")
+        )
     return fnames, paths
 
 
@@ -138,8 +142,10 @@ def sample_classes(sample, classes) -> list[str]:
     missing = [c for c in classes if c not in cols[1:]]
     extra = [c for c in cols[1:] if c not in classes]
     if missing or extra:
-        raise UserError(f"{sample}: class columns differ from the bundle's classes: missing {missing[:MAX_LISTED]}, "
-                        f"unexpected {extra[:MAX_LISTED]}")
+        raise UserError(
+            f"{sample}: class columns differ from the bundle's classes: missing {missing[:MAX_LISTED]}, "
+            f"unexpected {extra[:MAX_LISTED]}"
+        )
     return cols[1:]
 
 
@@ -151,7 +157,7 @@ class ClipFeatures(FeatureCache):
     def __init__(self, fnames, logmels, mean: float, std: float, n_mels: int):
         self.folder, self.split, self.meta = Path("(memory)"), "memory", {}
         self.fnames = list(fnames)
-        self.frames = np.array([len(a) for a in logmels], dtype=np.int64)        # logmels: (frames, n_mels) f16
+        self.frames = np.array([len(a) for a in logmels], dtype=np.int64)  # logmels: (frames, n_mels) f16
         self.offsets = np.concatenate([[0], np.cumsum(self.frames)[:-1]]).astype(np.int64)
         self._pos = {f: i for i, f in enumerate(self.fnames)}
         self.mean, self.std = float(mean), float(std)
@@ -172,9 +178,8 @@ def extract(paths, fnames, bundle: dict, workers: int = 1, show: bool = True) ->
                 logmels += [arr for arr, *_ in _work(chunk)]
                 bar.update(len(chunk))
         else:
-            Extractor(params)        # the mel filterbank, built here once: the forked workers inherit it
-            with ProcessPoolExecutor(min(workers, len(chunks)), initializer=_init_worker,
-                                     initargs=(params,)) as ex:
+            Extractor(params)  # the mel filterbank, built here once: the forked workers inherit it
+            with ProcessPoolExecutor(min(workers, len(chunks)), initializer=_init_worker, initargs=(params,)) as ex:
                 for out in ex.map(_work, chunks):
                     logmels += [arr for arr, *_ in out]
                     bar.update(len(out))
@@ -187,23 +192,33 @@ def extract(paths, fnames, bundle: dict, workers: int = 1, show: bool = True) ->
 
 
 # ------------------------------------------------------------------------------------------------ prediction
-def predict_bundle(bundle: dict, cache, fnames, device="cpu", models=None, settings=None,
-                   show: bool = True) -> pd.DataFrame:
+def predict_bundle(
+    bundle: dict, cache, fnames, device="cpu", models=None, settings=None, show: bool = True
+) -> pd.DataFrame:
     """Every model of the bundle on `fnames` of `cache`, averaged as the manifest says: fname + the bundle's
     classes. models: load_models's list (loaded here when None); settings: the manifest's predict settings by
     default."""
     import torch
+
     from pipeline.ensemble import average
     from pipeline.predict import predict_with
+
     classes = list(bundle["classes"])
     settings = settings or bundle["predict"]
     models = models if models is not None else load_models(bundle, device)
     frames, weights = [], []
     for entry, model in models:
         with torch.no_grad():
-            own = {**settings, "seed": entry.get("seed", settings["seed"])}     # TTA's seed: the model's run's
-            p = predict_with(model, cache, fnames, len(classes), own, device,
-                             progress=lambda it: progress(it, show, leave=False, desc=f"windows {entry['fold']}"))
+            own = {**settings, "seed": entry.get("seed", settings["seed"])}  # TTA's seed: the model's run's
+            p = predict_with(
+                model,
+                cache,
+                fnames,
+                len(classes),
+                own,
+                device,
+                progress=lambda it, entry=entry: progress(it, show, leave=False, desc=f"windows {entry['fold']}"),
+            )
         df = pd.DataFrame(p, columns=classes)
         df.insert(0, "fname", list(fnames))
         frames.append(df)
@@ -213,6 +228,7 @@ def predict_bundle(bundle: dict, cache, fnames, device="cpu", models=None, setti
 
 def check_device(value: str) -> str:
     from pipeline.schema import rule_for
+
     what = rule_for("run.device").check(value)
     if what:
         raise UserError(f"--device {value!r}: {what}")
@@ -222,7 +238,9 @@ def check_device(value: str) -> str:
 def run(args) -> pd.DataFrame:
     """What the command line does; returns the submission written to args.out."""
     import torch
+
     from pipeline.score import check_submission
+
     bundle = load_bundle(args.bundle)
     classes = list(bundle["classes"])
     out_classes = sample_classes(args.sample_submission, classes) if args.sample_submission else classes
@@ -237,35 +255,48 @@ def run(args) -> pd.DataFrame:
     device = get_device(SimpleNamespace(run=SimpleNamespace(device=check_device(args.device))))
     show = not args.quiet
     t0 = time.perf_counter()
-    cache = extract(paths, fnames, bundle, args.workers, show)      # before any torch work: the workers fork
+    cache = extract(paths, fnames, bundle, args.workers, show)  # before any torch work: the workers fork
     t1 = time.perf_counter()
-    keep_freed_memory()          # batches of activations reuse freed memory: 2-4x the network's speed (benchmarks.md)
+    keep_freed_memory()  # batches of activations reuse freed memory: 2-4x the network's speed (benchmarks.md)
     sub = predict_bundle(bundle, cache, fnames, device, settings=settings, show=show)
     t2 = time.perf_counter()
     sub = sub[["fname", *out_classes]]
     check_submission(sub, fnames, out_classes, source=f"predictions of {args.bundle}")
     atomic_to_csv(sub, args.out, index=False, float_format="%.6f")
-    print(f"wrote {args.out}: {len(sub)} clips x {len(out_classes)} classes, {len(bundle['models'])} model(s) "
-          f"on {device}; log-mels {t1 - t0:.2f} s, networks {t2 - t1:.2f} s")
+    print(
+        f"wrote {args.out}: {len(sub)} clips x {len(out_classes)} classes, {len(bundle['models'])} model(s) "
+        f"on {device}; log-mels {t1 - t0:.2f} s, networks {t2 - t1:.2f} s"
+    )
     return sub
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m pipeline.predict_dir", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m pipeline.predict_dir",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--bundle", required=True, help="a folder written by `make bundle` (holds manifest.json)")
     ap.add_argument("--audio", required=True, help="folder of wavs, or a CSV with fname [and path] columns")
     ap.add_argument("--out", required=True, help="the submission CSV to write")
-    ap.add_argument("--sample-submission", default=None,
-                    help="fixes the rows (fnames, in order) and the class columns' order")
+    ap.add_argument(
+        "--sample-submission", default=None, help="fixes the rows (fnames, in order) and the class columns' order"
+    )
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="feature processes (default: all cores)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--batch-size", type=int, default=0,
-                    help="windows per batch (default: the bundle's infer.batch_size; another value draws other "
-                         "TTA masks)")
-    ap.add_argument("--amp", choices=("bf16", "fp16", "off"), default=None,
-                    help="autocast on CUDA (default: the bundle's train.amp)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="windows per batch (default: the bundle's infer.batch_size; another value draws other TTA masks)",
+    )
+    ap.add_argument(
+        "--amp",
+        choices=("bf16", "fp16", "off"),
+        default=None,
+        help="autocast on CUDA (default: the bundle's train.amp)",
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap.parse_args(argv)
 

@@ -15,6 +15,7 @@ Writes runs/<run.name>/report.html, readable offline and attachable as it is (no
 A section whose inputs do not exist says what would produce them instead of failing. A missing train stage is an
 error (exit 2) that says so.
 """
+
 from __future__ import annotations
 
 import base64
@@ -36,8 +37,10 @@ SECTIONS = ("summary", "per-class", "curves", "pseudo-labels", "cardinality", "h
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -56,8 +59,11 @@ def note(text: str) -> str:
 
 
 def table_html(rows) -> str:
-    return "<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                               for k, v in rows) + "</table>"
+    return (
+        "<table>"
+        + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+        + "</table>"
+    )
 
 
 # --------------------------------------------------------------------------- inputs
@@ -68,8 +74,9 @@ def read_oof(train_dir: Path, ds) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]
     oof = pd.read_csv(path, dtype={"fname": str})
     missing = sorted(set(oof["fname"]) - set(ds.curated["fname"]))
     if missing:
-        raise UserError(f"{path}: {len(missing)} fname(s) not in the curated set, e.g. {missing[:3]} "
-                        f"(a run of another dataset?)")
+        raise UserError(
+            f"{path}: {len(missing)} fname(s) not in the curated set, e.g. {missing[:3]} (a run of another dataset?)"
+        )
     truth = ds.curated.set_index("fname").loc[oof["fname"], "labels"]
     return oof, labels_to_matrix(truth, ds.classes), oof[ds.classes].to_numpy(np.float64)
 
@@ -85,16 +92,17 @@ def read_test(cfg, ds):
     if not labels.exists():
         return None, f"{labels} does not exist (a competition's hidden labels): no test scores"
     from pipeline.data import read_labels_csv
+
     truth = read_labels_csv(labels, ds.classes, check_audio=False).set_index("fname")
     sub = pd.read_csv(sub_path, dtype={"fname": str})
     sub = sub[sub["fname"].isin(truth.index)]
-    return (labels_to_matrix(truth.loc[sub["fname"], "labels"], ds.classes),
-            sub[ds.classes].to_numpy(np.float64)), ""
+    return (labels_to_matrix(truth.loc[sub["fname"], "labels"], ds.classes), sub[ds.classes].to_numpy(np.float64)), ""
 
 
 def histories(cfg, trained) -> dict:
     """metrics.csv of the warm-up and of every fold finished for the run's training config, by name."""
     from pipeline.summary import finished_folds
+
     out = {}
     warm = run_dir(cfg, "warmup") / "metrics.csv"
     if warm.exists():
@@ -133,7 +141,9 @@ def curves_section(hist: dict) -> str:
     if not hist:
         return note("no metrics.csv found")
     import tempfile
-    from pipeline.engine import plot_curves          # the figure make train writes as curves.png
+
+    from pipeline.engine import plot_curves  # the figure make train writes as curves.png
+
     with tempfile.TemporaryDirectory() as tmp:
         plot_curves(hist, Path(tmp) / "curves.png")
         data = base64.b64encode((Path(tmp) / "curves.png").read_bytes()).decode()
@@ -144,8 +154,10 @@ def pseudo_section(hist: dict) -> str:
     cols = ("pl_precision", "pl_recall", "pl_pos", "pl_used", "pl_kept")
     with_pl = {k: h for k, h in hist.items() if any(c in h for c in cols)}
     if not with_pl:
-        return note("this run's mode logs no pseudo-labels (teacher_student, fixmatch, fmuc, pseudo_label, "
-                    "mixmatch and remixmatch do)")
+        return note(
+            "this run's mode logs no pseudo-labels (teacher_student, fixmatch, fmuc, pseudo_label, "
+            "mixmatch and remixmatch do)"
+        )
     plt = _plt()
     present = [c for c in cols if any(c in h for h in with_pl.values())]
     fig, axes = plt.subplots(1, len(present), figsize=(3.4 * len(present), 2.8), squeeze=False)
@@ -157,9 +169,10 @@ def pseudo_section(hist: dict) -> str:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    return (figure_html(fig, "pseudo-labels per epoch")
-            + note("precision and recall against the true labels where the dataset has them "
-                   "(train_noisy_truth.csv, or the hidden labels of clips made unlabelled)"))
+    return figure_html(fig, "pseudo-labels per epoch") + note(
+        "precision and recall against the true labels where the dataset has them "
+        "(train_noisy_truth.csv, or the hidden labels of clips made unlabelled)"
+    )
 
 
 def cardinality_section(ds, p_oof) -> str:
@@ -180,7 +193,7 @@ def cardinality_section(ds, p_oof) -> str:
 
 def hardest_section(cfg, ds, oof, y, p) -> str:
     if ds.single_label:
-        score = p[np.arange(len(p)), y.argmax(1)]                # probability given to the true class
+        score = p[np.arange(len(p)), y.argmax(1)]  # probability given to the true class
     else:
         prec = per_class_precision(y, p)
         n_true = y.sum(1)
@@ -188,6 +201,7 @@ def hardest_section(cfg, ds, oof, y, p) -> str:
     worst = np.argsort(score, kind="stable")[:HARDEST]
     try:
         from pipeline.features import FeatureCache
+
         cache = FeatureCache.open(cfg, "curated")
     except FileNotFoundError as e:
         cache, why = None, str(e)
@@ -197,8 +211,10 @@ def hardest_section(cfg, ds, oof, y, p) -> str:
         fname = oof["fname"].iloc[i]
         true = [c for c, t in zip(ds.classes, y[i]) if t > 0]
         top = [f"{ds.classes[j]} {p[i, j]:.2f}" for j in np.argsort(-p[i])[:3]]
-        caption = (f"<b>{html.escape(fname)}</b> score {score[i]:.2f}<br>true: {html.escape(', '.join(true))}"
-                   f"<br>predicted: {html.escape(', '.join(top))}")
+        caption = (
+            f"<b>{html.escape(fname)}</b> score {score[i]:.2f}<br>true: {html.escape(', '.join(true))}"
+            f"<br>predicted: {html.escape(', '.join(top))}"
+        )
         if cache is not None:
             fig, ax = plt.subplots(figsize=(4, 1.8))
             ax.imshow(cache.get(fname), origin="lower", aspect="auto", cmap="magma")
@@ -206,11 +222,16 @@ def hardest_section(cfg, ds, oof, y, p) -> str:
             img = figure_html(fig, f"log-mel of {fname}")
         else:
             img = ""
-        items.append(f'<figure>{img}<figcaption>{caption}</figcaption></figure>')
+        items.append(f"<figure>{img}<figcaption>{caption}</figcaption></figure>")
     text = "" if cache is not None else note(f"no spectrograms: {why}")
     what = "probability of the true class" if ds.single_label else "label-ranking precision"
-    return note(f"the {len(worst)} out-of-fold clips with the lowest {what}") + text + \
-        '<div class="grid">' + "".join(items) + "</div>"
+    return (
+        note(f"the {len(worst)} out-of-fold clips with the lowest {what}")
+        + text
+        + '<div class="grid">'
+        + "".join(items)
+        + "</div>"
+    )
 
 
 PAGE = """<!doctype html>
@@ -245,26 +266,44 @@ def main(cfg) -> Path:
     oof, y, p = read_oof(train_dir, ds)
     test = read_test(cfg, ds)
     trained = cfg
-    if (train_dir / "config.yaml").exists():         # describe the run as it was trained
+    if (train_dir / "config.yaml").exists():  # describe the run as it was trained
         from pipeline.config import load_config
+
         trained = load_config(train_dir / "config.yaml")
     hist = histories(cfg, trained)
-    rows = [("run", cfg.run.name), ("mode", trained.train.mode),
-            ("model", f"{trained.model.name} {dict(trained.model.params)}"), ("out-of-fold clips", len(oof))]
+    rows = [
+        ("run", cfg.run.name),
+        ("mode", trained.train.mode),
+        ("model", f"{trained.model.name} {dict(trained.model.params)}"),
+        ("out-of-fold clips", len(oof)),
+    ]
     if ds.single_label:
         s = single_label_scores(y, p)
         rows += [("OOF accuracy", f"{s['accuracy']:.4f}"), ("OOF weighted AUC", f"{s['weighted_auc']:.4f}")]
     else:
         rows.append(("OOF lwlrap", f"{lwlrap(y, p)[0]:.4f}"))
         rows.append(("test lwlrap", f"{lwlrap(*test[0])[0]:.4f}" if test[0] is not None else test[1]))
-    rows += [("folds", ", ".join(k for k in hist if k != "warm-up") or "-"),
-             ("config hash", config_hash(trained)), ("report written at commit", git_commit())]
-    parts = {"summary": table_html(rows), "per-class": per_class_section(ds, y, p, test),
-             "curves": curves_section(hist), "pseudo-labels": pseudo_section(hist),
-             "cardinality": cardinality_section(ds, p), "hardest": hardest_section(cfg, ds, oof, y, p)}
-    titles = {"summary": "Summary", "per-class": "Per-class scores", "curves": "Training curves",
-              "pseudo-labels": "Pseudo-labels per epoch", "cardinality": "Label cardinality",
-              "hardest": "Clips the models get most wrong"}
+    rows += [
+        ("folds", ", ".join(k for k in hist if k != "warm-up") or "-"),
+        ("config hash", config_hash(trained)),
+        ("report written at commit", git_commit()),
+    ]
+    parts = {
+        "summary": table_html(rows),
+        "per-class": per_class_section(ds, y, p, test),
+        "curves": curves_section(hist),
+        "pseudo-labels": pseudo_section(hist),
+        "cardinality": cardinality_section(ds, p),
+        "hardest": hardest_section(cfg, ds, oof, y, p),
+    }
+    titles = {
+        "summary": "Summary",
+        "per-class": "Per-class scores",
+        "curves": "Training curves",
+        "pseudo-labels": "Pseudo-labels per epoch",
+        "cardinality": "Label cardinality",
+        "hardest": "Clips the models get most wrong",
+    }
     body = "\n".join(f'<section id="{k}"><h2>{titles[k]}</h2>{parts[k]}</section>' for k in SECTIONS)
     out = run_dir(cfg, "report").parent / "report.html"
     atomic_write_text(out, PAGE.format(title=html.escape(cfg.run.name), body=body, n_sections=len(SECTIONS)))
@@ -274,5 +313,8 @@ def main(cfg) -> Path:
 
 
 if __name__ == "__main__":
-    cli("report", "Write runs/<run>/report.html: per-class scores, curves, pseudo-labels, cardinality, hardest clips.",
-        main=main)
+    cli(
+        "report",
+        "Write runs/<run>/report.html: per-class scores, curves, pseudo-labels, cardinality, hardest clips.",
+        main=main,
+    )

@@ -8,6 +8,7 @@ in order (by default the one beside LABELS.csv). The last line printed is `lwlra
 and per-class values. A bad submission or input prints one `fattag score: error: ...` line naming the file and what is
 wrong, and exits with status 2 (FATTAG_DEBUG=1 shows the traceback).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,12 +42,16 @@ def check_submission(sub: pd.DataFrame, fnames, classes, source="submission") ->
         missing = [c for c in want if c not in got]
         extra = [c for c in got if c not in want]
         if missing or extra:
-            raise SubmissionError(f"{source}: class columns differ from sample_submission.csv: missing "
-                                  f"{missing[:MAX_LISTED]}{'...' if len(missing) > MAX_LISTED else ''}, "
-                                  f"unexpected {extra[:MAX_LISTED]}")
+            raise SubmissionError(
+                f"{source}: class columns differ from sample_submission.csv: missing "
+                f"{missing[:MAX_LISTED]}{'...' if len(missing) > MAX_LISTED else ''}, "
+                f"unexpected {extra[:MAX_LISTED]}"
+            )
         first = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
-        raise SubmissionError(f"{source}: class columns out of order: column {first + 2} is '{got[first]}', "
-                              f"sample_submission.csv has '{want[first]}' there")
+        raise SubmissionError(
+            f"{source}: class columns out of order: column {first + 2} is '{got[first]}', "
+            f"sample_submission.csv has '{want[first]}' there"
+        )
     names = sub["fname"].astype(str)
     dup = names[names.duplicated()].tolist()
     if dup:
@@ -82,8 +87,11 @@ def score_files(sub_path, labels_path, sample_path=None, json_path=None) -> dict
     check_submission(sub, truth["fname"], classes, source=str(sub_path))
     sub = sub.set_index("fname").loc[truth["fname"]]
     overall, per_class = lwlrap(labels_to_matrix(truth["labels"], classes), sub[classes].to_numpy(np.float64))
-    result = {"lwlrap": overall, "n_clips": len(truth),
-              "per_class": {c: (None if np.isnan(v) else float(v)) for c, v in zip(classes, per_class)}}
+    result = {
+        "lwlrap": overall,
+        "n_clips": len(truth),
+        "per_class": {c: (None if np.isnan(v) else float(v)) for c, v in zip(classes, per_class)},
+    }
     if json_path:
         atomic_write_json(json_path, {"submission": str(sub_path), "labels": str(labels_path), **result})
     return result
@@ -104,8 +112,9 @@ def main(cfg) -> dict:
     labels = root / "test_labels.csv"
     if not labels.exists():
         raise DataError(f"{labels}: not found: this dataset has no test labels to score against")
-    result = score_files(sub, labels, root / "sample_submission.csv",
-                         json_path=Path("submissions") / f"{cfg.run.name}.score.json")
+    result = score_files(
+        sub, labels, root / "sample_submission.csv", json_path=Path("submissions") / f"{cfg.run.name}.score.json"
+    )
     report(result)
     return result
 
@@ -124,10 +133,11 @@ def cli(argv=None):
             report(score_files(files[0], files[1], a.sample, a.json))
         elif not files and (a.config or overrides):
             from pipeline.config import DEFAULT, load_config
+
             main(load_config(a.config or DEFAULT, overrides, stage="score"))
         else:
             ap.error("give SUBMISSION.csv LABELS.csv, or --config FILE [key=value ...]")
-    except (SubmissionError, DataError, FileNotFoundError) as e:     # a bad submission or input: the user's error
+    except (SubmissionError, DataError, FileNotFoundError) as e:  # a bad submission or input: the user's error
         if os.environ.get("FATTAG_DEBUG"):
             raise
         print(f"fattag score: error: {e}", file=sys.stderr)
@@ -136,5 +146,6 @@ def cli(argv=None):
 
 if __name__ == "__main__":
     from pipeline.utils import user_errors
+
     with user_errors("score"):
         cli()

@@ -13,6 +13,7 @@ so that two processes finishing together cannot leave the one that saw fewer fol
                          the folds it pools ("folds") and the run's mode
     train/curves.png     loss and validation curves of every finished fold (and train.full's model)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,16 +24,25 @@ import pandas as pd
 from pipeline.config import cli
 from pipeline.data import dataset, labels_to_matrix
 from pipeline.metrics import accuracy, lwlrap, single_label_scores
-from pipeline.utils import (UserError, atomic_to_csv, atomic_write_json, file_lock, get_logger, is_done,
-                            remove_stale_outputs, run_dir)
+from pipeline.utils import (
+    UserError,
+    atomic_to_csv,
+    atomic_write_json,
+    file_lock,
+    get_logger,
+    is_done,
+    remove_stale_outputs,
+    run_dir,
+)
 
 
 def finished_folds(cfg, out: Path) -> list:
     """The folds under `out` (train/) finished for this config: ints in order, then "full" when its model is done."""
     from pipeline.engine import train_key
+
     key, found = train_key(cfg), []
     for fdir in out.glob("fold_*"):
-        name = fdir.name[len("fold_"):]
+        name = fdir.name[len("fold_") :]
         k = int(name) if name.isdigit() else name
         if is_done(fdir, key) and (k == "full" or (fdir / "oof.csv").exists()):
             found.append(k)
@@ -42,15 +52,19 @@ def finished_folds(cfg, out: Path) -> list:
 def rebuild(cfg, ds=None, log=None) -> dict:
     """Rewrite oof.csv, summary.json and curves.png from every finished fold; returns {"dir", **summary}."""
     from pipeline.engine import plot_curves
+
     out = run_dir(cfg, "train")
     log = log or get_logger(folder=out)
     ds = ds or dataset(cfg)
     with file_lock(out / ".summary.lock", log, "the summary"):
-        remove_stale_outputs(out, ("oof.csv", "summary.json", "curves.png"), log)   # a killed rebuild's temporaries
+        remove_stale_outputs(out, ("oof.csv", "summary.json", "curves.png"), log)  # a killed rebuild's temporaries
         folds = finished_folds(cfg, out)
         if folds:
-            plot_curves({f"fold {k}": pd.read_csv(out / f"fold_{k}" / "metrics.csv") for k in folds},
-                        out / "curves.png", f"{cfg.run.name} train")
+            plot_curves(
+                {f"fold {k}": pd.read_csv(out / f"fold_{k}" / "metrics.csv") for k in folds},
+                out / "curves.png",
+                f"{cfg.run.name} train",
+            )
         oof_parts = {k: pd.read_csv(out / f"fold_{k}" / "oof.csv", dtype={"fname": str}) for k in folds if k != "full"}
         if not oof_parts:
             return {"dir": out, "folds": folds}
@@ -67,8 +81,13 @@ def summarise(cfg, out, ds, oof_parts: dict, log) -> dict:
     if ds.single_label:
         return summarise_single_label(cfg, out, ds, oof_parts, y, p, log)
     overall, per_class = lwlrap(y, p)
-    summary = {"oof_lwlrap": overall, "n_clips": len(oof), "mode": cfg.train.mode, "folds": folds,
-               "per_class": {c: (None if np.isnan(v) else float(v)) for c, v in zip(ds.classes, per_class)}}
+    summary = {
+        "oof_lwlrap": overall,
+        "n_clips": len(oof),
+        "mode": cfg.train.mode,
+        "folds": folds,
+        "per_class": {c: (None if np.isnan(v) else float(v)) for c, v in zip(ds.classes, per_class)},
+    }
     atomic_write_json(out / "summary.json", summary)
     log.info(f"OOF lwlrap ({len(oof)} clips, folds {folds}): {overall:.4f}")
     print(f"OOF lwlrap: {overall:.4f}")
@@ -79,17 +98,28 @@ def summarise_single_label(cfg, out, ds, oof_parts: dict, y, p, log) -> dict:
     """Pooled OOF accuracy and weighted AUC, per-class accuracy, and the per-fold accuracies' mean and std."""
     scores = single_label_scores(y, p)
     truth = ds.curated.set_index("fname")["labels"]
-    per_fold = [accuracy(labels_to_matrix(truth.loc[part["fname"]], ds.classes), part[ds.classes].to_numpy())
-                for part in oof_parts.values()]
-    summary = {"oof_accuracy": scores["accuracy"], "oof_weighted_auc": scores["weighted_auc"],
-               "fold_accuracy": per_fold, "fold_accuracy_mean": float(np.mean(per_fold)),
-               "fold_accuracy_std": float(np.std(per_fold)), "n_clips": len(p), "mode": cfg.train.mode,
-               "folds": list(oof_parts),
-               "per_class_accuracy": {c: (None if np.isnan(v) else float(v))
-                                      for c, v in zip(ds.classes, scores["per_class_accuracy"])}}
+    per_fold = [
+        accuracy(labels_to_matrix(truth.loc[part["fname"]], ds.classes), part[ds.classes].to_numpy())
+        for part in oof_parts.values()
+    ]
+    summary = {
+        "oof_accuracy": scores["accuracy"],
+        "oof_weighted_auc": scores["weighted_auc"],
+        "fold_accuracy": per_fold,
+        "fold_accuracy_mean": float(np.mean(per_fold)),
+        "fold_accuracy_std": float(np.std(per_fold)),
+        "n_clips": len(p),
+        "mode": cfg.train.mode,
+        "folds": list(oof_parts),
+        "per_class_accuracy": {
+            c: (None if np.isnan(v) else float(v)) for c, v in zip(ds.classes, scores["per_class_accuracy"])
+        },
+    }
     atomic_write_json(out / "summary.json", summary)
-    log.info(f"OOF accuracy ({len(p)} clips, folds {list(oof_parts)}): {scores['accuracy']:.4f}, weighted AUC "
-             f"{scores['weighted_auc']:.4f}; per fold {np.mean(per_fold):.4f} +- {np.std(per_fold):.4f}")
+    log.info(
+        f"OOF accuracy ({len(p)} clips, folds {list(oof_parts)}): {scores['accuracy']:.4f}, weighted AUC "
+        f"{scores['weighted_auc']:.4f}; per fold {np.mean(per_fold):.4f} +- {np.std(per_fold):.4f}"
+    )
     print(f"OOF accuracy: {scores['accuracy']:.4f}  weighted AUC: {scores['weighted_auc']:.4f}")
     return {"dir": out, **summary}
 
@@ -98,12 +128,17 @@ def main(cfg) -> dict:
     out = run_dir(cfg, "train")
     if not finished_folds(cfg, out):
         there = sorted(p.name for p in out.glob("fold_*")) if out.exists() else []
-        raise UserError(f"{out}: no fold finished for this config; " + (
-            f"{', '.join(there)} are unfinished or were trained with other settings (give the CONFIG and "
-            f"OVERRIDES they were trained with)" if there else "run `make train` first"))
+        raise UserError(
+            f"{out}: no fold finished for this config; "
+            + (
+                f"{', '.join(there)} are unfinished or were trained with other settings (give the CONFIG and "
+                f"OVERRIDES they were trained with)"
+                if there
+                else "run `make train` first"
+            )
+        )
     return rebuild(cfg)
 
 
 if __name__ == "__main__":
-    cli("summary", "Rebuild the train stage's oof.csv, summary.json and curves.png from its fold folders.",
-        main=main)
+    cli("summary", "Rebuild the train stage's oof.csv, summary.json and curves.png from its fold folders.", main=main)

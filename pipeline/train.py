@@ -33,6 +33,7 @@ the others wait, then find it done.
 Data-parallel (pipeline/distributed.py): `torchrun --nproc_per_node=N -m pipeline.train ...` or `make train NPROC=N`
 trains each fold (and the warm-up it needs) on N processes; rank 0 writes the folds and every file here.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -41,11 +42,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import distributed, folds as folds_stage, summary, warmup
+from pipeline import distributed, summary, warmup
+from pipeline import folds as folds_stage
 from pipeline.config import cli, load_config, save_config
 from pipeline.data import dataset
-from pipeline.engine import build_model, checkpoint_state, concat_clipsets, fit, init_from_checkpoint, \
-    load_checkpoint, make_clipset, train_key
+from pipeline.engine import (
+    build_model,
+    checkpoint_state,
+    concat_clipsets,
+    fit,
+    init_from_checkpoint,
+    load_checkpoint,
+    make_clipset,
+    train_key,
+)
 from pipeline.features import FeatureCache
 from pipeline.modes import mode_class
 from pipeline.utils import atomic_to_csv, file_lock, is_done, run_dir
@@ -63,8 +73,10 @@ def init_path(cfg) -> Path | None:
         return None
     path = run_dir(cfg, "warmup") / "last.pt" if src == "warmup" else Path(src)
     if src == "warmup" and not (path.parent / "done.json").exists():
-        raise FileNotFoundError(f"train.init_from=warmup but {path.parent} holds no finished warm-up; run "
-                                f"`make warmup` first, or set train.init_from=null to train from scratch")
+        raise FileNotFoundError(
+            f"train.init_from=warmup but {path.parent} holds no finished warm-up; run "
+            f"`make warmup` first, or set train.init_from=null to train from scratch"
+        )
     if not path.exists():
         raise FileNotFoundError(f"train.init_from: {path} does not exist")
     return path
@@ -77,9 +89,11 @@ def labelled_split(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     if not 0 < fraction < 1:
         raise ValueError(f"data.labelled_fraction must be in (0, 1], got {fraction}")
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
-    n_keep = min(len(y) - 1, max(1, round(fraction * len(y))))     # counts, not shares: no rounding overlap
-    split = MultilabelStratifiedShuffleSplit(n_splits=1, train_size=n_keep, test_size=len(y) - n_keep,
-                                             random_state=seed)
+
+    n_keep = min(len(y) - 1, max(1, round(fraction * len(y))))  # counts, not shares: no rounding overlap
+    split = MultilabelStratifiedShuffleSplit(
+        n_splits=1, train_size=n_keep, test_size=len(y) - n_keep, random_state=seed
+    )
     keep, _ = next(split.split(np.zeros(len(y)), y))
     mask = np.zeros(len(y), bool)
     mask[keep] = True
@@ -98,13 +112,7 @@ def main(cfg) -> dict:
     out = run_dir(cfg, "train")
     mode_cls = mode_class(cfg.train.mode)
     ds = dataset(cfg)
-    if ds.single_label:
-        check_single_label(cfg, mode_cls)
-    if (cfg.train.mode == "teacher_student" and cfg.teacher_student.rule == "noisy_aware"
-            and cfg.data.labelled_fraction < 1):
-        raise ValueError("teacher_student.rule=noisy_aware keeps the noisy clips' given labels, and "
-                         "data.labelled_fraction < 1 makes the unlabelled clips curated ones without labels: use "
-                         "another rule (threshold, class_threshold, topk) or data.labelled_fraction=1")
+    check_train_config(cfg, ds, mode_cls)
     # inputs checked before anything is written: the feature cache and a given init_from checkpoint
     curated_cache = FeatureCache.open(cfg, "curated")
     noisy_cache = FeatureCache.open(cfg, "noisy") if len(ds.noisy) else None
@@ -121,36 +129,28 @@ def main(cfg) -> dict:
     fold = folds["fold"].to_numpy()
     init = init_path(cfg)
     key = train_key(cfg)
+
     def fit_fold(k, fdir, tr, val):
         """Train fold k (k == "full": every curated clip) from its labelled, unlabelled and held-out clips."""
-        if world.main:                # an earlier config's predictions: never pooled with this fold's model
+        if world.main:  # an earlier config's predictions: never pooled with this fold's model
             (fdir / "oof.csv").unlink(missing_ok=True)
-        lab_mask = labelled_split(ds.targets(ds.curated)[tr], cfg.data.labelled_fraction, cfg.run.seed)
-        tr_df = ds.curated[tr].reset_index(drop=True)
-        lab_df, calib = tr_df[lab_mask], None
-        if mode_cls.needs_calibration(cfg):       # held out for the pseudo-label thresholds, never trained on
-            keep = labelled_split(ds.targets(lab_df), 1 - cfg.train.calib_fraction, cfg.run.seed + 1)
-            calib = make_clipset(curated_cache, lab_df[~keep], ds.classes)
-            lab_df = lab_df[keep]
-        labelled = make_clipset(curated_cache, lab_df, ds.classes)
-        if cfg.train.noisy_labelled and noisy_cache is not None:
-            labelled = concat_clipsets(labelled, make_clipset(noisy_cache, ds.noisy, ds.classes))
-        unlabelled = None
-        if mode_cls.uses_unlabelled:
-            if cfg.data.labelled_fraction < 1:      # the rest of the curated training clips, labels kept as truth
-                rest = tr_df[~lab_mask]
-                unlabelled = make_clipset(curated_cache, rest, ds.classes, truth_df=rest)
-                unlabelled.y[:] = 0                 # unlabelled: no given labels (only pl_* stats see the truth)
-            elif noisy_cache is not None:
-                unlabelled = make_clipset(noisy_cache, ds.noisy, ds.classes, ds.noisy_truth)
+        labelled, unlabelled, calib = fold_clips(cfg, ds, mode_cls, curated_cache, noisy_cache, tr)
         seed_offset = 1000 * (1 + (k if k != "full" else 99))
-        model = build_model(cfg, ds.n_classes, heads=mode_cls.heads, seed=cfg.run.seed + seed_offset,
-                            dropout=mode_cls.model_dropout(cfg), block_dropout=mode_cls.model_block_dropout(cfg))
+        model = build_model(
+            cfg,
+            ds.n_classes,
+            heads=mode_cls.heads,
+            seed=cfg.run.seed + seed_offset,
+            dropout=mode_cls.model_dropout(cfg),
+            block_dropout=mode_cls.model_block_dropout(cfg),
+        )
         if init is not None:
             init_from_checkpoint(model, init, log)
-        log.info(f"fold {k}: {len(labelled)} labelled, {0 if unlabelled is None else len(unlabelled)} "
-                 f"unlabelled, {0 if val is None else len(val)} validation"
-                 f"{'' if calib is None else f', {len(calib)} held-out threshold'} clips; mode {cfg.train.mode}")
+        log.info(
+            f"fold {k}: {len(labelled)} labelled, {0 if unlabelled is None else len(unlabelled)} "
+            f"unlabelled, {0 if val is None else len(val)} validation"
+            f"{'' if calib is None else f', {len(calib)} held-out threshold'} clips; mode {cfg.train.mode}"
+        )
         fit(cfg, fdir, model, cfg.train.mode, ds.classes, labelled, unlabelled, val, log, seed_offset, calib)
 
     for k in fold_names(cfg, int(fold.max()) + 1):
@@ -160,13 +160,55 @@ def main(cfg) -> dict:
         # one process per fold at a time: a second `make train` of the same run (or overlapping fold-parallel
         # processes) waits here, then finds the fold done
         with file_lock(fdir / ".fold.lock", log, f"fold {k}") if world.main else nullcontext():
-            if not distributed.from_main(is_done(fdir, key)):      # data-parallel: the ranks decide together
+            if not distributed.from_main(is_done(fdir, key)):  # data-parallel: the ranks decide together
                 fit_fold(k, fdir, tr, val)
             if val is not None and distributed.from_main(not (fdir / "oof.csv").exists()):
-                write_fold_oof(cfg, fdir, val, ds.classes)   # also when a kill fell between done.json and oof.csv
+                write_fold_oof(cfg, fdir, val, ds.classes)  # also when a kill fell between done.json and oof.csv
     if not world.main:
         return {"dir": out}
-    return summary.rebuild(cfg, ds, log)   # every finished fold, whichever process trained it
+    return summary.rebuild(cfg, ds, log)  # every finished fold, whichever process trained it
+
+
+def check_train_config(cfg, ds, mode_cls):
+    """Refuse (ValueError naming the key) train settings that contradict each other or the dataset."""
+    if ds.single_label:
+        check_single_label(cfg, mode_cls)
+    if (
+        cfg.train.mode == "teacher_student"
+        and cfg.teacher_student.rule == "noisy_aware"
+        and cfg.data.labelled_fraction < 1
+    ):
+        raise ValueError(
+            "teacher_student.rule=noisy_aware keeps the noisy clips' given labels, and "
+            "data.labelled_fraction < 1 makes the unlabelled clips curated ones without labels: use "
+            "another rule (threshold, class_threshold, topk) or data.labelled_fraction=1"
+        )
+
+
+def fold_clips(cfg, ds, mode_cls, curated_cache, noisy_cache, tr) -> tuple:
+    """(labelled, unlabelled, calib) ClipSets of a fold that trains on the curated clips ds.curated[tr]: the
+    data.labelled_fraction of them that keep their labels (stratified), less the held-out clips whose predictions
+    set a calibrating mode's thresholds (calib, else None), plus the noisy clips with train.noisy_labelled; the
+    unlabelled clips (None unless the mode uses them): the rest of the curated ones, else the noisy ones."""
+    lab_mask = labelled_split(ds.targets(ds.curated)[tr], cfg.data.labelled_fraction, cfg.run.seed)
+    tr_df = ds.curated[tr].reset_index(drop=True)
+    lab_df, calib = tr_df[lab_mask], None
+    if mode_cls.needs_calibration(cfg):  # held out for the pseudo-label thresholds, never trained on
+        keep = labelled_split(ds.targets(lab_df), 1 - cfg.train.calib_fraction, cfg.run.seed + 1)
+        calib = make_clipset(curated_cache, lab_df[~keep], ds.classes)
+        lab_df = lab_df[keep]
+    labelled = make_clipset(curated_cache, lab_df, ds.classes)
+    if cfg.train.noisy_labelled and noisy_cache is not None:
+        labelled = concat_clipsets(labelled, make_clipset(noisy_cache, ds.noisy, ds.classes))
+    unlabelled = None
+    if mode_cls.uses_unlabelled:
+        if cfg.data.labelled_fraction < 1:  # the rest of the curated training clips, labels kept as truth
+            rest = tr_df[~lab_mask]
+            unlabelled = make_clipset(curated_cache, rest, ds.classes, truth_df=rest)
+            unlabelled.y[:] = 0  # unlabelled: no given labels (only pl_* stats see the truth)
+        elif noisy_cache is not None:
+            unlabelled = make_clipset(noisy_cache, ds.noisy, ds.classes, ds.noisy_truth)
+    return labelled, unlabelled, calib
 
 
 def check_single_label(cfg, mode_cls):
@@ -189,6 +231,7 @@ def write_fold_oof(cfg, fdir, val, classes):
     predicts its share, rank 0 writes)."""
     from models import create_model
     from pipeline.engine import validate
+
     ck = load_checkpoint(fdir / "best.pt")
     model = create_model(**ck["model_config"])
     model.load_state_dict(ck["model"])

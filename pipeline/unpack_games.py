@@ -27,6 +27,7 @@ ValueError naming the archive (its path, or the name= given with bytes input) wh
 when an entry points past the end (a truncated archive), or when an entry's name could escape the extraction folder
 ("..", "/", "\\").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,14 +112,16 @@ def _c4_group(buf: memoryview, archive: str, prefix: str, depth: int, out: list[
     if base > len(buf):
         raise ValueError(f"{archive}: {where}: {entries} entry cores run past the end (truncated archive)")
     for k in range(entries):
-        core = buf[C4_HEADER + C4_CORE * k: C4_HEADER + C4_CORE * (k + 1)]
+        core = buf[C4_HEADER + C4_CORE * k : C4_HEADER + C4_CORE * (k + 1)]
         name = _safe_name(_decode_name(bytes(core[:260]).split(b"\0")[0]), archive, where)
         _packed, child, size, _unused, offset = struct.unpack_from("<5i", core, 260)
         path = prefix + name
         if size < 0 or offset < 0 or base + offset + size > len(buf):
-            raise ValueError(f"{archive}: entry {path} (offset {offset}, {size} bytes) points past the end of its "
-                             f"group's {len(buf) - base} content bytes (truncated archive)")
-        body = buf[base + offset: base + offset + size]
+            raise ValueError(
+                f"{archive}: entry {path} (offset {offset}, {size} bytes) points past the end of its "
+                f"group's {len(buf) - base} content bytes (truncated archive)"
+            )
+        body = buf[base + offset : base + offset + size]
         if child:
             if bytes(body[:2]) in (C4_MAGIC, GZIP_MAGIC):  # a child stored compressed: not written by OpenClonk
                 body = memoryview(_c4_unzip(bytes(body), f"{archive}: {path}"))
@@ -143,14 +146,16 @@ def _zstd_decompress(blob: bytes, archive: str, path: str) -> bytes:
     """A zstd frame's content, via compression.zstd (Python 3.14+) or the zstandard module."""
     try:
         from compression import zstd  # type: ignore[import-not-found]
+
         return zstd.decompress(blob)
     except ImportError:
         pass
     try:
         import zstandard  # type: ignore[import-not-found]
     except ImportError:
-        raise ValueError(f"{archive}: entry {path} is zstd-compressed; reading it needs the zstandard module "
-                         "(pip install zstandard)") from None
+        raise ValueError(
+            f"{archive}: entry {path} is zstd-compressed; reading it needs the zstandard module (pip install zstandard)"
+        ) from None
     return zstandard.ZstdDecompressor().decompressobj().decompress(blob)
 
 
@@ -170,9 +175,11 @@ class _Rcc:
 
     def _at(self, offset: int, size: int, what: str) -> bytes:
         if offset + size > len(self.data):
-            raise ValueError(f"{self.archive}: {what} (bytes {offset}..{offset + size}) points past the end of the "
-                             f"{len(self.data)}-byte file (truncated archive)")
-        return self.data[offset: offset + size]
+            raise ValueError(
+                f"{self.archive}: {what} (bytes {offset}..{offset + size}) points past the end of the "
+                f"{len(self.data)}-byte file (truncated archive)"
+            )
+        return self.data[offset : offset + size]
 
     def node(self, index: int) -> tuple[int, int, int, int]:
         """(name offset, flags, a, b): a directory's child count and first child, or a file's locale and data."""
@@ -181,12 +188,12 @@ class _Rcc:
         return name, flags, a, b
 
     def name(self, offset: int) -> str:
-        length, = struct.unpack(">H", self._at(self.names + offset, 2, f"name at {offset}"))
+        (length,) = struct.unpack(">H", self._at(self.names + offset, 2, f"name at {offset}"))
         raw = self._at(self.names + offset + 6, 2 * length, f"name at {offset}")  # after the length, a 4-byte hash
         return raw.decode("utf-16-be", errors="replace")
 
     def blob(self, offset: int, flags: int, path: str) -> bytes:
-        size, = struct.unpack(">I", self._at(self.blobs + offset, 4, f"entry {path}"))
+        (size,) = struct.unpack(">I", self._at(self.blobs + offset, 4, f"entry {path}"))
         blob = self._at(self.blobs + offset + 4, size, f"entry {path}")
         if flags & RCC_ZSTD:
             return _zstd_decompress(blob, self.archive, path)
@@ -230,8 +237,16 @@ def read_qt_rcc(source: str | os.PathLike | bytes, name: str | None = None) -> l
     return sorted(out, key=lambda item: item[0])
 
 
-READERS = {".ocg": read_c4group, ".ocd": read_c4group, ".ocf": read_c4group, ".ocs": read_c4group,
-           ".ocp": read_c4group, ".ocu": read_c4group, ".c4g": read_c4group, ".rcc": read_qt_rcc}
+READERS = {
+    ".ocg": read_c4group,
+    ".ocd": read_c4group,
+    ".ocf": read_c4group,
+    ".ocs": read_c4group,
+    ".ocp": read_c4group,
+    ".ocu": read_c4group,
+    ".c4g": read_c4group,
+    ".rcc": read_qt_rcc,
+}
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, bytes]]:

@@ -2,6 +2,7 @@
 stage reports an error its user caused (UserError, user_errors). It stands on nothing of the project (no pipeline or
 models import; tests/test_imports.py): what needs the process world (device choice, the rank-aware logger) lives in
 pipeline/distributed.py, above it."""
+
 from __future__ import annotations
 
 import json
@@ -27,14 +28,17 @@ class UserError(ValueError):
 
 # A ValueError whose message starts by naming a config key (a section of configs/base.yaml) or "config" is the
 # user's too: the stages name the key they refuse.
-_NAMES_CONFIG = re.compile(r"(config\b|(run|data|features|folds|model|loss|augment|train|warmup|teacher_student|ssl|"
-                           r"infer|ensemble)\.\w)")
+_NAMES_CONFIG = re.compile(
+    r"(config\b|(run|data|features|folds|model|loss|augment|train|warmup|teacher_student|ssl|"
+    r"infer|ensemble)\.\w)"
+)
 
 
 def is_user_error(e: BaseException) -> bool:
     """UserError, FileNotFoundError (a missing input or earlier stage), or a ValueError that names a config key."""
     return isinstance(e, (UserError, FileNotFoundError)) or (
-        type(e) is ValueError and bool(_NAMES_CONFIG.match(str(e))))
+        type(e) is ValueError and bool(_NAMES_CONFIG.match(str(e)))
+    )
 
 
 @contextmanager
@@ -102,6 +106,7 @@ def file_lock(path, log=None, what: str | None = None, wait: bool = True):
     process dies, so a killed run never leaves a stale lock. It holds across machines only on a shared file system
     whose locks work (NFS v4, Lustre mounted with flock)."""
     from filelock import FileLock, Timeout
+
     lock = FileLock(str(path))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -185,6 +190,7 @@ def seed_everything(seed: int):
     np.random.seed(seed % 2**32)
     try:
         import torch
+
         torch.manual_seed(seed)
     except ImportError:
         pass
@@ -197,6 +203,7 @@ def amp_dtype(choice: str, device):
     """The autocast dtype of train.amp on this device: bf16 -> torch.bfloat16, fp16 -> torch.float16 (T4 / P100
     GPUs have no fast bf16), off -> None; None on the CPU (mixed precision is a CUDA feature here)."""
     import torch
+
     if choice not in AMP_CHOICES:
         raise UserError(f"train.amp={choice!r}: one of {list(AMP_CHOICES)}")
     if choice == "off" or getattr(device, "type", str(device)) != "cuda":
@@ -207,21 +214,25 @@ def amp_dtype(choice: str, device):
 def make_scaler(choice: str, device):
     """The gradient scaler fp16 needs (enabled only for fp16 autocast on CUDA; a no-op otherwise)."""
     import torch
+
     return torch.amp.GradScaler("cuda", enabled=amp_dtype(choice, device) == torch.float16)
 
 
 def progress(iterable=None, enabled=True, **kw):
     from tqdm.auto import tqdm
+
     return tqdm(iterable, disable=not enabled, dynamic_ncols=True, **kw)
 
 
 def git_commit() -> str:
     import subprocess
+
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
         sha = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
-                               timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "") if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -236,6 +247,7 @@ def keep_freed_memory() -> bool:
     (False) where the C library is not glibc."""
     import ctypes
     import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt

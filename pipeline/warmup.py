@@ -10,6 +10,7 @@ It runs once per run: processes that need it together (fold-parallel runs) wait 
 that trains it.
 Data-parallel: `torchrun --nproc_per_node=N -m pipeline.warmup ...` or `make warmup NPROC=N` (pipeline/distributed.py).
 """
+
 from __future__ import annotations
 
 from pipeline import distributed
@@ -38,14 +39,16 @@ def main(cfg) -> dict:
 def warm_up(cfg) -> dict:
     out = run_dir(cfg, "warmup")
     world = distributed.setup(cfg)
-    log = distributed.logger(out)               # rank 0 alone writes log.txt (and every other file)
+    log = distributed.logger(out)  # rank 0 alone writes log.txt (and every other file)
     if distributed.from_main(is_done(out, train_key(cfg))):
         log.info(f"warm-up already done for this config: {out}")
         return {"dir": out}
     ds = dataset(cfg)
     if ds.single_label:
-        raise ValueError("data.single_label_csv is set: the warm-up needs a noisy set with labels, which single-label "
-                         "datasets do not have; train from scratch (train.init_from=null) or from a checkpoint path")
+        raise ValueError(
+            "data.single_label_csv is set: the warm-up needs a noisy set with labels, which single-label "
+            "datasets do not have; train from scratch (train.init_from=null) or from a checkpoint path"
+        )
     if len(ds.noisy) == 0:
         raise ValueError(f"{cfg.data.root}: no train_noisy.csv clips to warm up on")
     if world.main:
@@ -53,8 +56,10 @@ def warm_up(cfg) -> dict:
     noisy = make_clipset(FeatureCache.open(cfg, "noisy"), ds.noisy, ds.classes)
     curated = make_clipset(FeatureCache.open(cfg, "curated"), ds.curated, ds.classes)
     model = build_model(cfg, ds.n_classes, seed=cfg.run.seed)
-    log.info(f"warm-up on {len(noisy)} noisy clips, {cfg.train.epochs} epochs, model {cfg.model.name} "
-             f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters)")
+    log.info(
+        f"warm-up on {len(noisy)} noisy clips, {cfg.train.epochs} epochs, model {cfg.model.name} "
+        f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters)"
+    )
     result = fit(cfg, out, model, "supervised", ds.classes, noisy, val=curated, log=log)
     if world.main:
         plot_curves({"warmup": result["history"]}, out / "curves.png", "warm-up")

@@ -1,4 +1,5 @@
 """Shared fixtures: a small synthetic dataset in the FSDKaggle2019 layout (tones per class), written in a second."""
+
 from __future__ import annotations
 
 import os
@@ -66,9 +67,19 @@ def cfg_for(tmp_path):
     from pipeline.config import load_config
 
     def make(root, *overrides, stage=None, config=None):
-        return load_config(config, [f"data.root={root}", f"features.cache_dir={tmp_path / 'cache'}",
-                                    "run.workers=1", "run.progress=false", "features.n_mels=32",
-                                    *overrides], stage=stage)
+        return load_config(
+            config,
+            [
+                f"data.root={root}",
+                f"features.cache_dir={tmp_path / 'cache'}",
+                "run.workers=1",
+                "run.progress=false",
+                "features.n_mels=32",
+                *overrides,
+            ],
+            stage=stage,
+        )
+
     return make
 
 
@@ -78,15 +89,25 @@ def _chdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-TINY_TRAIN = ["model.params={width: 0.125}", "train.epochs=2", "warmup.epochs=1", "train.frames=32",
-              "train.batch_size=8", "folds.n_splits=3", "train.eval_hop=16", "infer.hop=16",
-              "teacher_student.n_curated=4", "teacher_student.n_noisy=8"]
+TINY_TRAIN = [
+    "model.params={width: 0.125}",
+    "train.epochs=2",
+    "warmup.epochs=1",
+    "train.frames=32",
+    "train.batch_size=8",
+    "folds.n_splits=3",
+    "train.eval_hop=16",
+    "infer.hop=16",
+    "teacher_student.n_curated=4",
+    "teacher_student.n_noisy=8",
+]
 
 
 @pytest.fixture
 def prepared(tmp_path, cfg_for):
     """A tiny dataset with its feature cache and folds; returns make(*overrides, stage=None) -> cfg."""
     from pipeline import features, folds
+
     root = make_dataset(tmp_path / "ds", n_curated=24, n_noisy=16)
 
     def make(*overrides, stage=None):
@@ -108,7 +129,7 @@ class FakeCache:
         return int(f)
 
     def get(self, i, start=0, length=None):
-        return self.x[i][:, start:None if length is None else start + length]
+        return self.x[i][:, start : None if length is None else start + length]
 
 
 @pytest.fixture
@@ -119,6 +140,7 @@ def fake_clips():
     def make(labels, classes):
         df = pd.DataFrame({"fname": [str(i) for i in range(len(labels))], "labels": list(labels)})
         return make_clipset(FakeCache(len(labels)), df, classes)
+
     return make
 
 
@@ -131,6 +153,7 @@ def browser_dom():
     Skipped where no Chromium is installed, except in CI (CI=true), where `make test` installs it."""
     import shutil
     import subprocess
+
     exe = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
     if exe is None:
         if os.environ.get("CI"):
@@ -138,8 +161,21 @@ def browser_dom():
         pytest.skip("no headless Chromium (apt-get install chromium-headless-shell)")
 
     def dom(path) -> str:
-        run = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                              "--dump-dom", Path(path).resolve().as_uri()], capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                Path(path).resolve().as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0, run.stderr[-2000:]
         return run.stdout
+
     return dom

@@ -1,4 +1,5 @@
 """pipeline.augment: shapes, bounds, purity, reproducibility."""
+
 import math
 import pickle
 
@@ -6,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment import (build_albu, build_batch_augment, center, crop_or_pad, mixup, spec_augment,
-                              time_reverse)
+from pipeline.augment import build_albu, build_batch_augment, center, crop_or_pad, mixup, spec_augment, time_reverse
 from pipeline.config import load_config
 
 F_, T_ = 32, 48
@@ -20,7 +20,7 @@ def spec(t, f=4):
 
 def batch(b=8, seed=0):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, 1, F_, T_, generator=g) + 10     # no zeros of its own
+    x = torch.randn(b, 1, F_, T_, generator=g) + 10  # no zeros of its own
     y = (torch.rand(b, 5, generator=g) < 0.4).float()
     return x, y
 
@@ -31,13 +31,14 @@ def gen(seed=0):
 
 # ---------------------------------------------------------------------------------------------------- crop / pad
 
+
 def test_crop_long_clip():
     s, rng = spec(50), np.random.default_rng(0)
     starts = set()
     for _ in range(30):
         out = crop_or_pad(s, 20, rng)
         k = int(out[0, 0])
-        assert out.shape == (4, 20) and np.array_equal(out, s[:, k:k + 20])
+        assert out.shape == (4, 20) and np.array_equal(out, s[:, k : k + 20])
         starts.add(k)
     assert len(starts) > 5 and max(starts) <= 30
     assert np.array_equal(crop_or_pad(s, 50, rng), s)
@@ -63,6 +64,7 @@ def test_crop_reproducible_and_center():
 
 # ------------------------------------------------------------------------------------------------- spec_augment
 
+
 def bands(flags):
     """Number of contiguous runs of True in a 1-d bool array."""
     flags = np.concatenate([[False], flags])
@@ -79,12 +81,12 @@ def test_spec_augment_masks_are_bands_within_bounds():
     assert np.array_equal(out.numpy()[~(out == 0).numpy()], x.numpy()[~(out == 0).numpy()])
     masked_rows, masked_cols = [], []
     for z in zero:
-        rows, cols = z.all(1), z.all(0)                                   # bands span the whole other axis
+        rows, cols = z.all(1), z.all(0)  # bands span the whole other axis
         assert np.array_equal(z, rows[:, None] | cols[None, :])
         assert rows.sum() <= fm * math.floor(fw * F_) and cols.sum() <= tm * math.floor(tw * T_)
         assert bands(rows) <= fm and bands(cols) <= tm
         masked_rows.append(tuple(rows)), masked_cols.append(tuple(cols))
-    assert len(set(masked_rows)) > 10 and len(set(masked_cols)) > 10     # each sample its own masks
+    assert len(set(masked_rows)) > 10 and len(set(masked_cols)) > 10  # each sample its own masks
 
 
 def test_spec_augment_zero_width_and_reproducible():
@@ -97,6 +99,7 @@ def test_spec_augment_zero_width_and_reproducible():
 
 
 # ------------------------------------------------------------------------------------------------- time reversal
+
 
 def test_time_reverse():
     x, y = batch(64)
@@ -116,6 +119,7 @@ def test_time_reverse():
 
 
 # --------------------------------------------------------------------------------------------------------- mixup
+
 
 def test_mixup_batch_lambda():
     x, y = batch(16)
@@ -156,15 +160,15 @@ def row_lambdas(x2):
 
 def test_mixup_per_pair_draws_one_lambda_per_row():
     x, y = one_hot_batch()
-    perm = torch.roll(torch.arange(16), 1)                     # no row mixed with itself
+    perm = torch.roll(torch.arange(16), 1)  # no row mixed with itself
     x2, y2, lam, p = mixup(x, y, 0.4, generator=gen(), perm=perm, per_pair=True)
     got = row_lambdas(x2)
     assert lam.shape == (16,) and torch.allclose(got, lam)
     assert (got >= 0.5).all() and (got <= 1).all() and len(set(got.round(decimals=5).tolist())) > 8
-    assert torch.allclose(x2.view(16, 16)[torch.arange(16), perm], 1 - lam)     # the partner's weight
-    assert torch.allclose(y2, lam[:, None] * y + (1 - lam[:, None]) * y[perm])   # targets mix with the row's lam
+    assert torch.allclose(x2.view(16, 16)[torch.arange(16), perm], 1 - lam)  # the partner's weight
+    assert torch.allclose(y2, lam[:, None] * y + (1 - lam[:, None]) * y[perm])  # targets mix with the row's lam
     again = mixup(x, y, 0.4, generator=gen(), perm=perm, per_pair=True)
-    assert all(torch.equal(a, b) for a, b in zip((x2, y2, lam, p), again))       # same seed, same mix
+    assert all(torch.equal(a, b) for a, b in zip((x2, y2, lam, p), again))  # same seed, same mix
     other = mixup(x, y, 0.4, generator=gen(1), perm=perm, per_pair=True)
     assert not torch.equal(other[2], lam)
     # the older name gives the same draws
@@ -184,7 +188,7 @@ def test_mixup_default_one_lambda_per_batch():
 
 def test_batch_augment_mixup_per_pair_key():
     cfg = load_config(None, ["augment.mixup_per_pair=false"])
-    assert load_config().augment.mixup_per_pair is True                         # the papers' form, the default
+    assert load_config().augment.mixup_per_pair is True  # the papers' form, the default
     x, y = one_hot_batch()
     _, _, lam, _ = build_batch_augment(cfg.augment, 5).mix(x, y, gen())
     assert lam.dim() == 0
@@ -194,12 +198,13 @@ def test_batch_augment_mixup_per_pair_key():
     assert torch.allclose(row_lambdas(x2)[perm != torch.arange(16)], lam[perm != torch.arange(16)])
     assert torch.allclose(y2, lam[:, None] * y + (1 - lam[:, None]) * y[perm])
     assert all(torch.equal(a, b) for a, b in zip((x2, y2, lam, perm), aug.mix(x, y, gen())))
-    assert aug.mix(x, y, gen(), per_pair=False)[2].dim() == 0                   # an explicit keyword wins
-    xs, ys = aug(x, y, gen())                                                   # the whole chain runs per pair
+    assert aug.mix(x, y, gen(), per_pair=False)[2].dim() == 0  # an explicit keyword wins
+    xs, ys = aug(x, y, gen())  # the whole chain runs per pair
     assert xs.shape == x.shape and ys.shape == (16, 10)
 
 
 # ------------------------------------------------------------------------------------------------ albumentations
+
 
 def test_albu_gauss_noise_reproducible():
     assert build_albu([]) is None
@@ -207,7 +212,7 @@ def test_albu_gauss_noise_reproducible():
     albu = build_albu([{"name": "GaussNoise", "p": 1.0, "std_range": [0.05, 0.1]}])
     a = albu(s, np.random.default_rng(7))
     assert a.shape == s.shape and a.dtype == np.float32 and not np.allclose(a, s)
-    assert a.min() >= s.min() - 1e-3 and a.max() <= s.max() + 1e-3 and a.min() < -100   # range kept, not [0, 1]
+    assert a.min() >= s.min() - 1e-3 and a.max() <= s.max() + 1e-3 and a.min() < -100  # range kept, not [0, 1]
     assert np.array_equal(a, albu(s, np.random.default_rng(7)))
     assert not np.array_equal(a, albu(s, np.random.default_rng(8)))
 
@@ -216,8 +221,8 @@ def test_albu_random_resized_crop_keeps_shape():
     s = np.random.default_rng(0).standard_normal((F_, T_)).astype(np.float32)
     albu = build_albu([{"name": "RandomResizedCrop", "p": 1.0, "scale": [0.5, 0.8]}])
     for shape in [(F_, T_), (F_, 20)]:
-        out = albu(s[:, :shape[1]], np.random.default_rng(0))
-        assert out.shape == shape and not np.allclose(out, s[:, :shape[1]])
+        out = albu(s[:, : shape[1]], np.random.default_rng(0))
+        assert out.shape == shape and not np.allclose(out, s[:, : shape[1]])
 
 
 def test_albu_errors():
@@ -228,11 +233,12 @@ def test_albu_errors():
     with pytest.raises(ValueError, match=r"augment\.albumentations\[0\].*GaussNoise"):
         build_albu([{"name": "GaussNoise", "std_range": "loud"}])
     albu = build_albu([{"name": "RandomResizedCrop", "size": [F_, T_], "scale": [0.5, 0.8]}])
-    assert albu(np.zeros((F_, 20), np.float32), np.random.default_rng(0)).shape == (F_, T_)   # given size wins
-    assert pickle.loads(pickle.dumps(albu)) is not None                                         # for loader workers
+    assert albu(np.zeros((F_, 20), np.float32), np.random.default_rng(0)).shape == (F_, T_)  # given size wins
+    assert pickle.loads(pickle.dumps(albu)) is not None  # for loader workers
 
 
 # -------------------------------------------------------------------------------------------------- batch augment
+
 
 def test_batch_augment_from_config():
     cfg = load_config()

@@ -25,8 +25,17 @@ def test_inherit_chain_holds_only_deltas(tmp_path):
 
 
 def test_overrides_parse_types():
-    cfg = load_config(None, ["train.epochs=2", "train.lr=1e-3", "model.params={width: 0.5}", "train.folds=[0,1]",
-                             "model.pretrained_path=/x/y.pt", "run.name=x"])
+    cfg = load_config(
+        None,
+        [
+            "train.epochs=2",
+            "train.lr=1e-3",
+            "model.params={width: 0.5}",
+            "train.folds=[0,1]",
+            "model.pretrained_path=/x/y.pt",
+            "run.name=x",
+        ],
+    )
     assert cfg.train.epochs == 2 and cfg.train.lr == 0.001 and cfg.model.params == {"width": 0.5}
     assert cfg.train.folds == [0, 1] and cfg.model.pretrained_path == "/x/y.pt" and cfg.run.name == "x"
 
@@ -35,18 +44,25 @@ def test_int_accepted_for_float():
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0
 
 
-@pytest.mark.parametrize("override, key", [("train.epoch=2", "train.epoch"), ("nope.x=1", "nope.x"),
-                                           ("train.epochs=abc", "train.epochs"), ("train.lr=fast", "train.lr"),
-                                           ("run.progress=3", "run.progress"), ("train.epochs=true", "train.epochs"),
-                                           ("warmup.epochz=1", "warmup.epochz")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.epoch=2", "train.epoch"),
+        ("nope.x=1", "nope.x"),
+        ("train.epochs=abc", "train.epochs"),
+        ("train.lr=fast", "train.lr"),
+        ("run.progress=3", "run.progress"),
+        ("train.epochs=true", "train.epochs"),
+        ("warmup.epochz=1", "warmup.epochz"),
+    ],
+)
 def test_bad_override_names_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
 
 
 def test_unknown_key_in_file_named(tmp_path):
-    p = write(tmp_path / "c.yaml", {"inherit": str(BASE),
-                                    "features": {"n_melz": 64}})
+    p = write(tmp_path / "c.yaml", {"inherit": str(BASE), "features": {"n_melz": 64}})
     with pytest.raises(ConfigError, match=r"features\.n_melz"):
         load_config(p)
 

@@ -1,9 +1,10 @@
 """Every config key's accepted values (pipeline/schema.py): one bad value per key of base.yaml, the rules' coverage,
 cross-key rules, and the repository's configs loading as they are."""
+
 import pytest
 import yaml
 
-from pipeline.config import BASE, CONFIG_DIR, ConfigError, OPEN, load_config
+from pipeline.config import BASE, CONFIG_DIR, OPEN, ConfigError, load_config
 from pipeline.schema import RULES, rule_for
 from pipeline.utils import UserError
 
@@ -35,27 +36,32 @@ def test_one_bad_value_per_key(key):
     assert key in msg and repr(bad) in msg, msg
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.epochs=-1", "config: train.epochs = -1: must be an integer >= 1"),
-    ("run.device=gpu", "config: run.device = 'gpu': must be one of auto | cpu | cuda | cuda:N"),
-    ("data.labelled_fraction=0", "must be a number in (0, 1]"),
-    ("train.calib_fraction=1", "must be a number in (0, 1)"),
-    ("model.dropout=1", "must be a number in [0, 1)"),
-    ("features.norm_split=train", "none | curated | noisy | test"),
-    ("teacher_student.rule=top", "threshold | class_threshold | topk | noisy_aware"),
-    ("teacher_student.g_pass=both", "separate | frozen_stats | joint"),
-    ("infer.tta_count_windows=some", "paper | all"),
-    ("train.mode=fixmatc", "fixmatch"),
-    ("features.fmax=20000", "features.fmax = 20000.0"),
-    ("features.hop_length=2048", "features.n_fft = 1024: must be >= features.hop_length = 2048"),
-    ("features.fmin=16000", "features.fmin = 16000.0: must be below"),
-    ("ssl.fixmatch.tau=0.9", "fixmatch's own hyperparameters"),
-    ("model.name=resnet", "timm:<name>"),
-    ("run.name=../x", "run.name"),
-    ("model.params.depth=3", "model.params = {'depth': 3}: must be a mapping of vgg8's parameters ['pool', 'width'] "
-                             "(unknown: ['depth']"),
-    ("model.params={width:0.5}", "YAML needs a space after the colon"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=-1", "config: train.epochs = -1: must be an integer >= 1"),
+        ("run.device=gpu", "config: run.device = 'gpu': must be one of auto | cpu | cuda | cuda:N"),
+        ("data.labelled_fraction=0", "must be a number in (0, 1]"),
+        ("train.calib_fraction=1", "must be a number in (0, 1)"),
+        ("model.dropout=1", "must be a number in [0, 1)"),
+        ("features.norm_split=train", "none | curated | noisy | test"),
+        ("teacher_student.rule=top", "threshold | class_threshold | topk | noisy_aware"),
+        ("teacher_student.g_pass=both", "separate | frozen_stats | joint"),
+        ("infer.tta_count_windows=some", "paper | all"),
+        ("train.mode=fixmatc", "fixmatch"),
+        ("features.fmax=20000", "features.fmax = 20000.0"),
+        ("features.hop_length=2048", "features.n_fft = 1024: must be >= features.hop_length = 2048"),
+        ("features.fmin=16000", "features.fmin = 16000.0: must be below"),
+        ("ssl.fixmatch.tau=0.9", "fixmatch's own hyperparameters"),
+        ("model.name=resnet", "timm:<name>"),
+        ("run.name=../x", "run.name"),
+        (
+            "model.params.depth=3",
+            "model.params = {'depth': 3}: must be a mapping of vgg8's parameters ['pool', 'width'] (unknown: ['depth']",
+        ),
+        ("model.params={width:0.5}", "YAML needs a space after the colon"),
+    ],
+)
 def test_message_names_key_value_and_what_is_accepted(override, message):
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
@@ -72,10 +78,21 @@ def test_a_bad_warmup_value_is_named_as_given():
         load_config(None, ["warmup.lr_warmup_epochs=-1"], stage="warmup")
 
 
-@pytest.mark.parametrize("override", ["run.device=cuda:1", "run.device=cpu", "model.name=timm:resnet18",
-                                      "model.params.width=0.5", "ssl.fixmatch.tau_pos=0.9", "features.fmax=8000",
-                                      ("model.name=timm:resnet18", "model.params.drop_rate=0.1"),
-                                      "train.init_from=null", "features.trim_db=null", "train.folds=[0, 2]"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "run.device=cuda:1",
+        "run.device=cpu",
+        "model.name=timm:resnet18",
+        "model.params.width=0.5",
+        "ssl.fixmatch.tau_pos=0.9",
+        "features.fmax=8000",
+        ("model.name=timm:resnet18", "model.params.drop_rate=0.1"),
+        "train.init_from=null",
+        "features.trim_db=null",
+        "train.folds=[0, 2]",
+    ],
+)
 def test_good_values_pass(override):
     load_config(None, [override] if isinstance(override, str) else list(override))
 
@@ -96,7 +113,9 @@ def test_repository_configs_load(path, stage):
 
 def test_get_device(monkeypatch):
     import torch
+
     from pipeline.distributed import get_device
+
     cfg = load_config(None, ["run.device=cpu"])
     assert get_device(cfg).type == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

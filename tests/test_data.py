@@ -27,15 +27,23 @@ def corrupt(dataset, csv, row, col, value):
     df.to_csv(dataset / csv, index=False)
 
 
-@pytest.mark.parametrize("csv, col, value, msg", [
-    ("train_curated.csv", "labels", "Bass_drum,Kazoo", r"train_curated\.csv[\s\S]*row 5 .*unknown label.*Kazoo"),
-    ("train_noisy.csv", "labels", "", r"train_noisy\.csv[\s\S]*row 5 .*empty labels"),
-    ("train_curated.csv", "fname", "00000000.wav", r"row 5 \(00000000\.wav\): duplicate fname \(first at row 2\)"),
-    ("train_curated.csv", "fname", "nothere.wav", r"row 5 \(nothere\.wav\): missing audio file"),
-    ("train_curated.csv", "fname", "../../x.wav", r"row 5 \(\.\./\.\./x\.wav\): not a plain file name"),
-    ("train_noisy.csv", "fname", "sub/x.wav", r"train_noisy\.csv[\s\S]*row 5 \(sub/x\.wav\): not a plain file name"),
-    ("train_curated.csv", "fname", "/etc/passwd", r"row 5 \(/etc/passwd\): not a plain file name"),
-])
+@pytest.mark.parametrize(
+    "csv, col, value, msg",
+    [
+        ("train_curated.csv", "labels", "Bass_drum,Kazoo", r"train_curated\.csv[\s\S]*row 5 .*unknown label.*Kazoo"),
+        ("train_noisy.csv", "labels", "", r"train_noisy\.csv[\s\S]*row 5 .*empty labels"),
+        ("train_curated.csv", "fname", "00000000.wav", r"row 5 \(00000000\.wav\): duplicate fname \(first at row 2\)"),
+        ("train_curated.csv", "fname", "nothere.wav", r"row 5 \(nothere\.wav\): missing audio file"),
+        ("train_curated.csv", "fname", "../../x.wav", r"row 5 \(\.\./\.\./x\.wav\): not a plain file name"),
+        (
+            "train_noisy.csv",
+            "fname",
+            "sub/x.wav",
+            r"train_noisy\.csv[\s\S]*row 5 \(sub/x\.wav\): not a plain file name",
+        ),
+        ("train_curated.csv", "fname", "/etc/passwd", r"row 5 \(/etc/passwd\): not a plain file name"),
+    ],
+)
 def test_bad_rows_named(dataset, csv, col, value, msg):
     corrupt(dataset, csv, 3, col, value)
     with pytest.raises(DataError, match=msg):

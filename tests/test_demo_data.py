@@ -1,4 +1,5 @@
 """The embedded demo dataset: layout, labels, audio format, label noise, determinism and the atomic/no-op build."""
+
 import csv
 import hashlib
 import json
@@ -15,8 +16,12 @@ import soundfile as sf
 from pipeline import demo_data as dd
 
 LABEL_CSVS = ("train_curated.csv", "train_noisy.csv", "train_noisy_truth.csv", "test_labels.csv")
-WAV_DIR = {"train_curated.csv": "train_curated", "train_noisy.csv": "train_noisy",
-           "train_noisy_truth.csv": "train_noisy", "test_labels.csv": "test"}
+WAV_DIR = {
+    "train_curated.csv": "train_curated",
+    "train_noisy.csv": "train_noisy",
+    "train_noisy_truth.csv": "train_noisy",
+    "test_labels.csv": "test",
+}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +98,7 @@ def test_wavs(tiny):
             assert (info.samplerate, info.channels, info.subtype, info.format) == (44100, 1, "PCM_16", "WAV")
             assert 0.29 * 44100 <= info.frames <= 4.01 * 44100, (p, info.frames)
             x, _ = sf.read(str(p), dtype="float32")
-            assert np.abs(x).max() > 0.05 and np.sqrt(np.mean(x ** 2)) > 1e-3, p
+            assert np.abs(x).max() > 0.05 and np.sqrt(np.mean(x**2)) > 1e-3, p
             seen.append(p.name)
     assert len(seen) == len(set(seen))  # unique across splits
 
@@ -125,6 +130,7 @@ def test_noisy_label_corruption(tiny):
 
 def test_loads_with_the_data_layer(tiny):
     from pipeline.data import load_dataset
+
     ds = load_dataset(tiny)
     assert ds.classes == dd.CLASS_NAMES and ds.has_test_labels and ds.noisy_truth is not None
     assert (len(ds.curated), len(ds.noisy), len(ds.test)) == (48, 40, 30)
@@ -169,8 +175,9 @@ def test_determinism_and_replacement(tiny, tmp_path):
     assert not {digest(p) for k, p in other.items() if k.endswith(".wav")} & {digest(ref[k]) for k in wavs(ref)}
     assert other["train_curated.csv"].read_bytes() != ref["train_curated.csv"].read_bytes()
     # other parameters in an existing build: replaced as a whole
-    out = dd.build(tmp_path / "same", preset="tiny", seed=2, n_curated=24, n_noisy=3, n_test=2, workers=1,
-                   progress=False)
+    out = dd.build(
+        tmp_path / "same", preset="tiny", seed=2, n_curated=24, n_noisy=3, n_test=2, workers=1, progress=False
+    )
     meta = json.loads((out / "demo_meta.json").read_text())
     assert meta["seed"] == 2 and meta["sizes"] == {"train_curated": 24, "train_noisy": 3, "test": 2}
     assert [len(list((out / s).iterdir())) for s in dd.SPLITS] == [24, 3, 2]
@@ -190,9 +197,12 @@ def test_single_label_csv(tiny):
     """single_label.csv: every one-label curated and test clip, its label, 5 folds of near-equal size."""
     sl = pd.read_csv(tiny / "single_label.csv")
     assert list(sl.columns) == ["fname", "label", "fold"]
-    expected = {f"{split}/{f}": labs[0] for name, split in (("train_curated.csv", "train_curated"),
-                                                            ("test_labels.csv", "test"))
-                for f, labs in read_labels(tiny / name).items() if len(labs) == 1}
+    expected = {
+        f"{split}/{f}": labs[0]
+        for name, split in (("train_curated.csv", "train_curated"), ("test_labels.csv", "test"))
+        for f, labs in read_labels(tiny / name).items()
+        if len(labs) == 1
+    }
     assert dict(zip(sl["fname"], sl["label"])) == expected
     sizes = sl["fold"].value_counts()
     assert sorted(sizes.index) == [1, 2, 3, 4, 5] and sizes.max() - sizes.min() <= 1

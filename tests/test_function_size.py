@@ -1,6 +1,7 @@
 """No function of pipeline/ or models/ is longer than a screen: 80 lines from its def line to the last line of its
 body (nested functions and methods count on their own too). A longer one is split into named steps, as engine.fit
 is (set_up_fit, resume_fit, train_epoch, validate_epoch, write_checkpoints, ...)."""
+
 from __future__ import annotations
 
 import ast
@@ -13,8 +14,11 @@ MAX_LINES = 80
 def long_functions(path: Path, limit: int = MAX_LINES) -> list[tuple[str, int, int]]:
     """(name, def line, length in lines) of each function in `path` longer than `limit` lines."""
     tree = ast.parse(path.read_text(), str(path))
-    return [(n.name, n.lineno, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > limit]
+    return [
+        (n.name, n.lineno, n.end_lineno - n.lineno + 1)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > limit
+    ]
 
 
 def test_no_function_longer_than_80_lines():

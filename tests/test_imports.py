@@ -1,5 +1,6 @@
 """The import graph of pipeline/ and models/, read with ast (every import statement, module-level or inside a
 function): plumbing (pipeline/utils.py) stands on nothing of the project, and no module reaches itself again."""
+
 from __future__ import annotations
 
 import ast
@@ -29,7 +30,7 @@ def imported_names(path: Path, name: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package[:len(package) - (node.level - 1)] + ([node.module] if node.module else []))
+                base = ".".join(package[: len(package) - (node.level - 1)] + ([node.module] if node.module else []))
             out.add(base)
             out.update(f"{base}.{a.name}" for a in node.names)
     return out
@@ -100,7 +101,8 @@ def test_import_graph_has_no_cycle():
     assert "pipeline.utils" in graph and "models.registry" in graph and graph["pipeline.engine"]
     found = cycles(graph)
     assert found == [], "import cycles: " + "; ".join(
-        " <-> ".join(f"{m} -> {sorted(graph[m] & set(c))}" for m in c) for c in found)
+        " <-> ".join(f"{m} -> {sorted(graph[m] & set(c))}" for m in c) for c in found
+    )
 
 
 def test_cycle_finder_finds_a_planted_cycle():

@@ -8,6 +8,7 @@ the stage has started its work kills it with SIGKILL after a random share of the
 stage (seeded by FATTAG_KILL_SEED; the delay is printed; a run that finished first is started again with a shorter
 delay). Then it runs the stage again to the end and compares the outputs with the reference's.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,24 +23,41 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from conftest import TINY_TRAIN, make_dataset
+
 from pipeline.utils import ROOT
 
 STAGES = ("features", "warmup", "train", "infer", "ensemble")
 # what each stage reads from the stages before it (copied from the reference) and what it writes (compared)
-INPUTS = {"features": [], "warmup": ["cache"], "train": ["cache", "runs/t/warmup"],
-          "infer": ["cache", "runs/t/warmup", "runs/t/folds", "runs/t/train"],
-          "ensemble": ["cache", "runs/t/warmup", "runs/t/folds", "runs/t/train", "runs/t/infer"]}
-OUTPUTS = {"features": ["cache"], "warmup": ["runs/t/warmup"], "train": ["runs/t/folds", "runs/t/train"],
-           "infer": ["runs/t/infer", "submissions"], "ensemble": ["submissions"]}
-NOT_COMPARED = {"log.txt", "curves.png"}               # timestamps; a figure's bytes (its data is in metrics.csv)
+INPUTS = {
+    "features": [],
+    "warmup": ["cache"],
+    "train": ["cache", "runs/t/warmup"],
+    "infer": ["cache", "runs/t/warmup", "runs/t/folds", "runs/t/train"],
+    "ensemble": ["cache", "runs/t/warmup", "runs/t/folds", "runs/t/train", "runs/t/infer"],
+}
+OUTPUTS = {
+    "features": ["cache"],
+    "warmup": ["runs/t/warmup"],
+    "train": ["runs/t/folds", "runs/t/train"],
+    "infer": ["runs/t/infer", "submissions"],
+    "ensemble": ["submissions"],
+}
+NOT_COMPARED = {"log.txt", "curves.png"}  # timestamps; a figure's bytes (its data is in metrics.csv)
 TIMING_COLUMNS = {"seconds", "data_wait_share"}
 
 
 def command(stage: str) -> list[str]:
-    return [sys.executable, "-m", f"pipeline.{stage}", "--config", "c.yaml", *TINY_TRAIN, "train.steps_per_epoch=6",
-            "train.threads=1"]
+    return [
+        sys.executable,
+        "-m",
+        f"pipeline.{stage}",
+        "--config",
+        "c.yaml",
+        *TINY_TRAIN,
+        "train.steps_per_epoch=6",
+        "train.threads=1",
+    ]
 
 
 def env() -> dict:
@@ -60,9 +78,11 @@ def reference(tmp_path_factory):
     make_dataset(base / "ds", n_curated=24, n_noisy=16, n_test=8)
     ref = base / "ref"
     ref.mkdir()
-    (ref / "c.yaml").write_text(f"inherit: {ROOT / 'configs' / 'base.yaml'}\n"
-                                f"run: {{name: t, workers: 1, progress: false}}\n"
-                                f"data: {{root: {base / 'ds'}}}\nfeatures: {{cache_dir: cache, n_mels: 32}}\n")
+    (ref / "c.yaml").write_text(
+        f"inherit: {ROOT / 'configs' / 'base.yaml'}\n"
+        f"run: {{name: t, workers: 1, progress: false}}\n"
+        f"data: {{root: {base / 'ds'}}}\nfeatures: {{cache_dir: cache, n_mels: 32}}\n"
+    )
     seconds = {stage: run(stage, ref) for stage in STAGES}
     return ref, seconds
 
@@ -88,12 +108,11 @@ def same_state(x, y) -> bool:
 
 
 def same_content(a: Path, b: Path) -> bool:
-    if a.suffix == ".pt":                                 # weights, optimiser, scheduler, RNG states: all equal
+    if a.suffix == ".pt":  # weights, optimiser, scheduler, RNG states: all equal
         x, y = (torch.load(p, map_location="cpu", weights_only=False) for p in (a, b))
-        skip = {"history", "source"}                      # timings per epoch; the path it was exported from
-        return same_state({k: v for k, v in x.items() if k not in skip},
-                          {k: v for k, v in y.items() if k not in skip})
-    if a.name == "metrics.csv":                           # every column but the timings
+        skip = {"history", "source"}  # timings per epoch; the path it was exported from
+        return same_state({k: v for k, v in x.items() if k not in skip}, {k: v for k, v in y.items() if k not in skip})
+    if a.name == "metrics.csv":  # every column but the timings
         x, y = (pd.read_csv(p) for p in (a, b))
         keep = [c for c in x.columns if c not in TIMING_COLUMNS]
         return list(x.columns) == list(y.columns) and x[keep].equals(y[keep])
@@ -101,8 +120,13 @@ def same_content(a: Path, b: Path) -> bool:
 
 
 # a file that shows the stage has started its work (None: the process start)
-STARTED = {"features": "cache", "warmup": "runs/t/warmup/config.yaml", "train": "runs/t/train/config.yaml",
-           "infer": "runs/t/infer", "ensemble": None}
+STARTED = {
+    "features": "cache",
+    "warmup": "runs/t/warmup/config.yaml",
+    "train": "runs/t/train/config.yaml",
+    "infer": "runs/t/infer",
+    "ensemble": None,
+}
 
 
 def kill_while_running(stage: str, ref: Path, work: Path, seconds: float, rng: random.Random) -> float:
@@ -114,9 +138,10 @@ def kill_while_running(stage: str, ref: Path, work: Path, seconds: float, rng: r
         shutil.copy(ref / "c.yaml", work)
         for part in INPUTS[stage]:
             shutil.copytree(ref / part, work / part)
-        delay = rng.uniform(0.0, 0.7) * seconds * 0.5 ** attempt
-        proc = subprocess.Popen(command(stage), cwd=work, env=env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        delay = rng.uniform(0.0, 0.7) * seconds * 0.5**attempt
+        proc = subprocess.Popen(
+            command(stage), cwd=work, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         marker = STARTED[stage]
         while marker and not (work / marker).exists() and proc.poll() is None:
             time.sleep(0.01)
@@ -145,11 +170,11 @@ def test_killed_stage_rerun_equals_uninterrupted(reference, tmp_path, stage):
 
 
 # temporary names a writer killed mid-write leaves (pipeline.utils.atomic_path: .<stem>.tmp-<8 random><suffix>)
-LEFT_BY_A_KILL = {"train": ["runs/t/train/fold_0/.last.tmp-k1ll3d00.pt",
-                            "runs/t/train/fold_1/.metrics.tmp-k1ll3d00.csv"],
-                  "infer": ["runs/t/infer/fold_0/.test.tmp-k1ll3d00.csv",
-                            "runs/t/infer/fold_2/.model.tmp-k1ll3d00.pt"],
-                  "ensemble": ["submissions/.t.tmp-k1ll3d00.csv", "submissions/.t.tmp-k1ll3d00.json"]}
+LEFT_BY_A_KILL = {
+    "train": ["runs/t/train/fold_0/.last.tmp-k1ll3d00.pt", "runs/t/train/fold_1/.metrics.tmp-k1ll3d00.csv"],
+    "infer": ["runs/t/infer/fold_0/.test.tmp-k1ll3d00.csv", "runs/t/infer/fold_2/.model.tmp-k1ll3d00.pt"],
+    "ensemble": ["submissions/.t.tmp-k1ll3d00.csv", "submissions/.t.tmp-k1ll3d00.json"],
+}
 
 
 @pytest.mark.parametrize("stage", sorted(LEFT_BY_A_KILL))
@@ -160,7 +185,7 @@ def test_next_run_reclaims_what_a_killed_writer_left(reference, tmp_path, stage)
     shutil.copy(ref / "c.yaml", work)
     for part in INPUTS[stage]:
         shutil.copytree(ref / part, work / part)
-    for part in OUTPUTS[stage]:                           # a finished run, except the folds it must redo
+    for part in OUTPUTS[stage]:  # a finished run, except the folds it must redo
         if not (work / part).exists():
             shutil.copytree(ref / part, work / part)
     for name in LEFT_BY_A_KILL[stage]:
@@ -168,7 +193,7 @@ def test_next_run_reclaims_what_a_killed_writer_left(reference, tmp_path, stage)
         (work / name).write_bytes(b"half written")
         done = (work / name).parent / "done.json"
         if stage != "ensemble":
-            done.unlink()                                  # the killed fold is unfinished
+            done.unlink()  # the killed fold is unfinished
     run(stage, work)
     left = [n for n in LEFT_BY_A_KILL[stage] if (work / n).exists()]
     assert not left, f"{stage} left {left}"
@@ -178,21 +203,30 @@ def test_kill_between_done_and_oof_and_a_stale_oof(prepared):
     """A fold killed after done.json but before its oof.csv gets the oof.csv on the rerun; an earlier config's
     oof.csv in a fold that trains again is never pooled with the new model."""
     from pipeline import train
+
     cfg = prepared("train.mode=supervised", "train.init_from=null", "train.steps_per_epoch=2", "train.epochs=1")
     first = train.main(cfg)
     fold0 = Path("runs/base/train/fold_0")
     want = (fold0 / "oof.csv").read_bytes()
-    (fold0 / "oof.csv").unlink()                        # as if killed between done.json and oof.csv
+    (fold0 / "oof.csv").unlink()  # as if killed between done.json and oof.csv
     again = train.main(cfg)
     assert (fold0 / "oof.csv").read_bytes() == want and again["oof_lwlrap"] == first["oof_lwlrap"]
     # another config: fold 0 trains again; its old oof.csv (stale) must not survive the kill of the new run
-    cfg2 = prepared("train.mode=supervised", "train.init_from=null", "train.steps_per_epoch=2", "train.epochs=1",
-                    "train.lr=0.01", "train.folds=[0]")
+    cfg2 = prepared(
+        "train.mode=supervised",
+        "train.init_from=null",
+        "train.steps_per_epoch=2",
+        "train.epochs=1",
+        "train.lr=0.01",
+        "train.folds=[0]",
+    )
     import pipeline.engine as engine
+
     real = engine.fit
 
     def killed(*a, **k):
-        raise KeyboardInterrupt                          # dies while training the new config
+        raise KeyboardInterrupt  # dies while training the new config
+
     engine.fit, train.fit = killed, killed
     try:
         with pytest.raises(KeyboardInterrupt):

@@ -1,4 +1,5 @@
 """pipeline.losses against hand-computed values and torch / torchvision references."""
+
 import math
 
 import pytest
@@ -29,10 +30,11 @@ def batch():
 
 # ------------------------------------------------------------------------------------------------------------ bce
 
+
 def test_bce_hand_and_torch(batch):
     # row 0: -log sig(0) - log(1 - sig(2)); row 1: -log sig(-1) - log sig(3)
     logits, y = torch.tensor([[0.0, 2.0], [-1.0, 3.0]]), torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    rows = [math.log(2) + math.log(1 + math.e ** 2), math.log(1 + math.e) + math.log(1 + math.exp(-3))]
+    rows = [math.log(2) + math.log(1 + math.e**2), math.log(1 + math.e) + math.log(1 + math.exp(-3))]
     assert close(bce(logits, y), sum(rows) / 2)
     logits, y = batch
     ref = F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / len(y)
@@ -49,14 +51,15 @@ def test_weighted_mean_over_batch(batch):
 
 # ---------------------------------------------------------------------------------------------------------- focal
 
+
 def test_focal_hand():
     # y=1, z=0: (1 - 0.5)^2 * log 2; y=0, z=2: sig(2)^2 * -log(1 - sig(2)) = sig(2)^2 * log(1 + e^2)
     logits, y = torch.tensor([[0.0, 2.0]]), torch.tensor([[1.0, 0.0]])
-    assert close(focal(logits, y), 0.25 * math.log(2) + sig(2) ** 2 * math.log(1 + math.e ** 2))
-    assert close(focal(logits, y, gamma=1.0), 0.5 * math.log(2) + sig(2) * math.log(1 + math.e ** 2))
+    assert close(focal(logits, y), 0.25 * math.log(2) + sig(2) ** 2 * math.log(1 + math.e**2))
+    assert close(focal(logits, y, gamma=1.0), 0.5 * math.log(2) + sig(2) * math.log(1 + math.e**2))
     # soft target 0.3 at z=1: -(0.7 * (1-p)^2 * 0.3 log p ... ) as written
     p = sig(1.0)
-    want = -((1 - p) ** 2 * 0.3 * math.log(p) + p ** 2 * 0.7 * math.log(1 - p))
+    want = -((1 - p) ** 2 * 0.3 * math.log(p) + p**2 * 0.7 * math.log(1 - p))
     assert close(focal(torch.tensor([[1.0]]), torch.tensor([[0.3]])), want)
 
 
@@ -75,14 +78,15 @@ def test_focal_stable_at_large_logits():
     loss = focal(logits, y)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
-    assert close(loss, 2 * 200.0)             # the two wrong ones: p^2 * 200 each, p = 1
+    assert close(loss, 2 * 200.0)  # the two wrong ones: p^2 * 200 each, p = 1
 
 
 # -------------------------------------------------------------------------------------------------------- arcface
 
+
 def test_arcface_hand():
     s, m = 30.0, 0.5
-    cos = torch.tensor([[0.5]])             # theta = pi / 3
+    cos = torch.tensor([[0.5]])  # theta = pi / 3
     pos = s * math.cos(math.pi / 3 + m)
     assert close(arcface(cos, torch.tensor([[1.0]]), s, m), math.log(1 + math.exp(-pos)))
     assert close(arcface(cos, torch.tensor([[0.0]]), s, m), math.log(1 + math.exp(s * 0.5)))
@@ -99,7 +103,10 @@ def test_arcface_hand():
 def test_arcface_margin_hurts_positives_only():
     cos = torch.linspace(-1, 1, 41)[None]
     ones, zeros = torch.ones_like(cos), torch.zeros_like(cos)
-    per_class = lambda c, y, m: torch.stack([arcface(c[:, i:i + 1], y[:, i:i + 1], m=m) for i in range(c.shape[1])])
+
+    def per_class(c, y, m):
+        return torch.stack([arcface(c[:, i : i + 1], y[:, i : i + 1], m=m) for i in range(c.shape[1])])
+
     assert (per_class(cos, ones, 0.5) > per_class(cos, ones, 0.0)).all()
     assert torch.allclose(per_class(cos, zeros, 0.5), per_class(cos, zeros, 0.0))
     # m = 0 is BCE on s * cos
@@ -118,6 +125,7 @@ def test_arcface_gradients_finite_at_extremes():
 
 # ---------------------------------------------------------------------------------------------------------- hinge
 
+
 def test_hinge_torch_doc_example():
     # torch's MultiLabelMarginLoss example: targets [3, 0, -1, 1] -> classes {3, 0}; loss 0.85
     x = torch.tensor([[0.1, 0.2, 0.4, 0.8]])
@@ -129,12 +137,12 @@ def test_hinge_torch_doc_example():
 
 def test_hinge_vs_torch_index_lists(batch):
     logits, y = batch
-    y[0] = 0                                      # a sample without positives: loss 0
-    y = y * 0.9 + 0.05                            # soft: positives are y >= 0.5
+    y[0] = 0  # a sample without positives: loss 0
+    y = y * 0.9 + 0.05  # soft: positives are y >= 0.5
     target = torch.full(y.shape, -1, dtype=torch.long)
     for b in range(len(y)):
         idx = [c for c in range(y.shape[1]) if y[b, c] >= 0.5]
-        target[b, :len(idx)] = torch.tensor(idx, dtype=torch.long)
+        target[b, : len(idx)] = torch.tensor(idx, dtype=torch.long)
     assert torch.allclose(hinge(logits, y), torch.nn.MultiLabelMarginLoss()(logits, target))
     w = torch.tensor([1.0, 0, 1, 0, 0, 0])
     ref = torch.nn.MultiLabelMarginLoss(reduction="none")(logits, target)[[0, 2]].mean()
@@ -142,6 +150,7 @@ def test_hinge_vs_torch_index_lists(batch):
 
 
 # ----------------------------------------------------------------------------------------------------- build_loss
+
 
 @pytest.fixture
 def out(batch):
@@ -155,7 +164,7 @@ def test_build_loss_base_config(out):
     cfg = load_config()
     fn = build_loss(cfg.loss)
     terms = fn.terms(out, y)
-    assert set(terms) == {"focal", "arcface"}     # bce and hinge weigh 0
+    assert set(terms) == {"focal", "arcface"}  # bce and hinge weigh 0
     assert torch.allclose(terms["focal"], focal(out["h"], y, gamma=cfg.loss.focal_gamma))
     assert torch.allclose(terms["arcface"], arcface(out["h_cos"], y, s=cfg.loss.arc_s, m=cfg.loss.arc_m))
     assert torch.allclose(fn(out, y), terms["focal"] + terms["arcface"])

@@ -14,8 +14,8 @@ def canonical(y, s):
 def test_matches_sklearn_with_ties(seed):
     rng = np.random.default_rng(seed)
     y = (rng.random((60, 12)) < 0.15).astype(int)
-    y[:3] = 0                                           # clips with no true label are left out
-    s = np.round(rng.random((60, 12)), 1)              # coarse scores: many ties
+    y[:3] = 0  # clips with no true label are left out
+    s = np.round(rng.random((60, 12)), 1)  # coarse scores: many ties
     overall, per_class = lwlrap(y, s)
     assert abs(overall - canonical(y, s)) < 1e-6
     counts = y.sum(0)

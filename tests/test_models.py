@@ -1,5 +1,6 @@
 """Tests of models/: every registered backbone (at small widths) and one small timm model through the Tagger,
 PANNs and timm local-weight loading, and the reference architectures' sizes."""
+
 import json
 
 import pytest
@@ -13,8 +14,12 @@ from models.panns import load_panns
 TIMM = "timm:mobilenetv3_small_050"
 MODELS = list_models() + [TIMM]
 # small, fast settings per backbone (a backbone missing here is tested at its defaults)
-SMALL = {"vgg8": {"width": 0.125}, "cnn_skip": {"width": 0.125}, "wrn28_2": {"depth": 10, "widen": 1},
-         "cnn14": {"width": 1 / 16}}
+SMALL = {
+    "vgg8": {"width": 0.125},
+    "cnn_skip": {"width": 0.125},
+    "wrn28_2": {"depth": 10, "widen": 1},
+    "cnn14": {"width": 1 / 16},
+}
 N_CLASSES = 5
 
 
@@ -92,7 +97,7 @@ def test_any_input_length(name, n_mels):
         for t in (1, 7, 100, 501):
             out = model(torch.randn(2, 1, n_mels, t))
             assert out["h"].shape == (2, model.n_out) and torch.isfinite(out["h"]).all(), t
-    model.train()(torch.randn(2, 1, n_mels, 1))      # training-mode BN on a 1-frame clip
+    model.train()(torch.randn(2, 1, n_mels, 1))  # training-mode BN on a 1-frame clip
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -108,10 +113,10 @@ def test_export_inference_and_rebuild_from_config(name):
     assert set(small_model(x)) == {"emb", "h"}
     torch.testing.assert_close(small_model(x)["h"], ref["h"], rtol=0, atol=0)
 
-    config = json.loads(json.dumps(model.config))     # a plain, serialisable dict
+    config = json.loads(json.dumps(model.config))  # a plain, serialisable dict
     for ckpt_model in (model, small_model):
         rebuilt = create_model(**json.loads(json.dumps(ckpt_model.config)))
-        rebuilt.load_state_dict(ckpt_model.state_dict())          # strict: same architecture
+        rebuilt.load_state_dict(ckpt_model.state_dict())  # strict: same architecture
         torch.testing.assert_close(rebuilt.eval()(x)["h"], ref["h"], rtol=0, atol=0)
     assert config["name"] == name and config["n_classes"] == N_CLASSES and "pretrained_path" not in config
 
@@ -173,8 +178,9 @@ def test_load_panns(tmp_path, bare):
     # 64-bin PANNs into a 128-bin model: bn0 is skipped, the rest loads
     other = create_model("cnn14", N_CLASSES, width=1 / 16, n_mels=128)
     report = load_panns(other, path)
-    assert "bn0.weight" in report["skipped"] and set(report["missing"]) == {k for k in other.backbone.state_dict()
-                                                                          if k.startswith("bn0.")}
+    assert "bn0.weight" in report["skipped"] and set(report["missing"]) == {
+        k for k in other.backbone.state_dict() if k.startswith("bn0.")
+    }
     assert torch.equal(other.backbone.conv_block6.conv2.weight, src.conv_block6.conv2.weight)
 
 

@@ -1,4 +1,5 @@
 """Fold-parallel runs: processes that each train their own folds of one run share its warm-up and its summary."""
+
 import json
 import os
 import re
@@ -14,8 +15,15 @@ from pipeline.config import BASE
 from pipeline.folds import read_folds
 from pipeline.utils import ROOT, UserError, file_lock, run_dir
 
-RUN = ["run.name=par", "train.mode=supervised", "train.init_from=warmup", "train.epochs=1", "warmup.epochs=1",
-       "train.steps_per_epoch=2", "train.threads=1"]
+RUN = [
+    "run.name=par",
+    "train.mode=supervised",
+    "train.init_from=warmup",
+    "train.epochs=1",
+    "warmup.epochs=1",
+    "train.steps_per_epoch=2",
+    "train.threads=1",
+]
 
 
 def _wait_for(path, text, count, procs, timeout=120):
@@ -35,12 +43,25 @@ def test_two_fold_processes_share_one_warmup_and_one_summary(prepared, tmp_path)
     env.pop("WORLD_SIZE", None)
 
     def start(k):
-        return subprocess.Popen([sys.executable, "-m", "pipeline.train", "--config", str(BASE),
-                                 *cfg["_meta"]["overrides"], f"train.folds=[{k}]"],
-                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.train",
+                "--config",
+                str(BASE),
+                *cfg["_meta"]["overrides"],
+                f"train.folds=[{k}]",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     wlog = run_dir(cfg, "warmup") / "log.txt"
-    with file_lock(warmup.lock_path(cfg)):       # hold the warm-up back until both processes wait for it
+    with file_lock(warmup.lock_path(cfg)):  # hold the warm-up back until both processes wait for it
         procs = [start(0), start(1)]
         _wait_for(wlog, "waiting for the warm-up", 2, procs)
     for p in procs:
@@ -48,16 +69,16 @@ def test_two_fold_processes_share_one_warmup_and_one_summary(prepared, tmp_path)
         assert p.returncode == 0, err[-3000:]
         assert "OOF lwlrap" in out
     text = wlog.read_text()
-    assert text.count("warm-up on ") == 1 and text.count("warm-up already done") == 1   # trained once
+    assert text.count("warm-up on ") == 1 and text.count("warm-up already done") == 1  # trained once
     out = run_dir(cfg, "train")
     got = json.loads((out / "summary.json").read_text())
-    assert got["folds"] == [0, 1]                  # whichever process finished last saw both folds
+    assert got["folds"] == [0, 1]  # whichever process finished last saw both folds
     folds = read_folds(cfg)
     want = folds.loc[folds["fold"].isin([0, 1]), "fname"]
     oof = pd.read_csv(out / "oof.csv", dtype={"fname": str})
     assert sorted(oof["fname"]) == sorted(want) and got["n_clips"] == len(want)
     train_log = (out / "log.txt").read_text()
-    assert train_log.count("initialised ") == 2                 # each fold's model started from the warm-up
+    assert train_log.count("initialised ") == 2  # each fold's model started from the warm-up
     assert all(f"fold {k}: " in train_log and (out / f"fold_{k}" / "done.json").exists() for k in (0, 1))
 
     # `make summary` rebuilds the same files from the fold folders
@@ -78,16 +99,32 @@ def test_two_processes_given_the_same_fold_train_it_once(prepared, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("WORLD_SIZE", None)
     out = run_dir(cfg, "train")
-    with file_lock(out / "fold_0" / ".fold.lock"):    # hold fold 0 back until both processes wait for it
-        procs = [subprocess.Popen([sys.executable, "-m", "pipeline.train", "--config", str(BASE),
-                                   *cfg["_meta"]["overrides"], "train.folds=[0]"], cwd=tmp_path, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    with file_lock(out / "fold_0" / ".fold.lock"):  # hold fold 0 back until both processes wait for it
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline.train",
+                    "--config",
+                    str(BASE),
+                    *cfg["_meta"]["overrides"],
+                    "train.folds=[0]",
+                ],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
         _wait_for(out / "log.txt", "waiting for fold 0", 2, procs)
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
     log = (out / "log.txt").read_text()
-    assert len(re.findall(r"fold 0: \d+ labelled", log)) == 1           # trained once, by one of them
+    assert len(re.findall(r"fold 0: \d+ labelled", log)) == 1  # trained once, by one of them
     assert (out / "fold_0" / "done.json").exists() and log.count("OOF lwlrap") == 2
 
 

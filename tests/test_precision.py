@@ -1,5 +1,6 @@
 """train.amp (bf16 | fp16 | off): the autocast choice per device, fp16's gradient scaler, and its state in
 checkpoints (checked on the CPU with a CPU scaler standing in for the CUDA one)."""
+
 import pytest
 import torch
 
@@ -13,7 +14,7 @@ def test_amp_dtype_per_choice_and_device():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert amp_dtype("bf16", cuda) == torch.bfloat16 and amp_dtype("fp16", cuda) == torch.float16
     assert amp_dtype("off", cuda) is None
-    assert all(amp_dtype(c, cpu) is None for c in ("bf16", "fp16", "off"))      # float32 on the CPU
+    assert all(amp_dtype(c, cpu) is None for c in ("bf16", "fp16", "off"))  # float32 on the CPU
     with pytest.raises(UserError, match="train.amp"):
         amp_dtype("half", cuda)
 
@@ -25,8 +26,8 @@ def test_scaler_only_for_fp16_on_cuda():
 
 def test_config_choice():
     assert load_config(None).train.amp == "bf16"
-    assert load_config(None, ["train.amp=off"]).train.amp == "off"          # YAML reads off as false
-    assert load_config(None, ["train.amp=true"]).train.amp == "bf16"        # the boolean of older configs
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"  # YAML reads off as false
+    assert load_config(None, ["train.amp=true"]).train.amp == "bf16"  # the boolean of older configs
     with pytest.raises(ValueError, match="train.amp"):
         load_config(None, ["train.amp=half"])
 
@@ -34,13 +35,26 @@ def test_config_choice():
 def test_scaler_state_saved_and_restored_on_resume(tmp_path, monkeypatch, fake_clips):
     made = []
 
-    def cpu_scaler(choice, device):          # stands in for the CUDA fp16 scaler
+    def cpu_scaler(choice, device):  # stands in for the CUDA fp16 scaler
         made.append(torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=10_000))
         return made[-1]
+
     monkeypatch.setattr(engine, "make_scaler", cpu_scaler)
-    cfg = load_config(None, ["train.amp=fp16", "model.params={width: 0.125}", "train.epochs=2", "train.batch_size=4",
-                             "train.steps_per_epoch=1", "train.frames=32", "train.eval_hop=16", "run.progress=false",
-                             "train.lr_warmup_epochs=0", "train.mode=supervised"])
+    cfg = load_config(
+        None,
+        [
+            "train.amp=fp16",
+            "model.params={width: 0.125}",
+            "train.epochs=2",
+            "train.batch_size=4",
+            "train.steps_per_epoch=1",
+            "train.frames=32",
+            "train.eval_hop=16",
+            "run.progress=false",
+            "train.lr_warmup_epochs=0",
+            "train.mode=supervised",
+        ],
+    )
     clips = fake_clips([["a"], ["b"]] * 4, ["a", "b"])
     fit(cfg, tmp_path, build_model(cfg, 2, seed=0), "supervised", ["a", "b"], clips)
     ck = load_checkpoint(tmp_path / "last.pt")

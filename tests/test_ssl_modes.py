@@ -1,5 +1,6 @@
 """Semi-supervised modes (pipeline/modes/ssl.py): helpers on hand-made inputs, each mode's step, its state and its
 invariants (views, BN statistics, normalisation), and a short engine fit per mode."""
+
 import math
 
 import numpy as np
@@ -15,31 +16,70 @@ from pipeline.losses import build_loss
 from pipeline.modes import PseudoLabelStats, TrainContext, create_mode, list_modes, mode_class
 from pipeline.modes import common as ssl
 
-SSL_MODES = ["mean_teacher", "deep_co_training", "mixmatch", "remixmatch", "fixmatch", "fixmatch_mixup", "fmuc",
-             "vat", "pseudo_label"]
+SSL_MODES = [
+    "mean_teacher",
+    "deep_co_training",
+    "mixmatch",
+    "remixmatch",
+    "fixmatch",
+    "fixmatch_mixup",
+    "fmuc",
+    "vat",
+    "pseudo_label",
+]
 PL_MODES = ["mixmatch", "remixmatch", "fixmatch", "fixmatch_mixup", "fmuc", "pseudo_label"]
 C = 5
 # BN updates per step: only the passes that carry the training gradient on clean / augmented clips
-BN_UPDATES = {"mean_teacher": 2, "deep_co_training": 2, "mixmatch": 1, "remixmatch": 1, "fixmatch": 2,
-              "fixmatch_mixup": 1, "fmuc": 2, "vat": 1, "pseudo_label": 2}
+BN_UPDATES = {
+    "mean_teacher": 2,
+    "deep_co_training": 2,
+    "mixmatch": 1,
+    "remixmatch": 1,
+    "fixmatch": 2,
+    "fixmatch_mixup": 1,
+    "fmuc": 2,
+    "vat": 1,
+    "pseudo_label": 2,
+}
 
 
 def make_mode(name, *overrides, dropout=0.2, seed=0):
-    cfg = load_config(None, [f"train.mode={name}", "train.batch_size=4", "model.params={width: 0.125}",
-                             f"model.dropout={dropout}", *overrides])
+    cfg = load_config(
+        None,
+        [
+            f"train.mode={name}",
+            "train.batch_size=4",
+            "model.params={width: 0.125}",
+            f"model.dropout={dropout}",
+            *overrides,
+        ],
+    )
     model = build_model(cfg, C, seed=seed)
-    ctx = TrainContext(cfg, model, build_loss(cfg.loss), build_batch_augment(cfg.augment, C, model.n_out != C), C,
-                       torch.device("cpu"), torch.Generator().manual_seed(seed), total_steps=10)
+    ctx = TrainContext(
+        cfg,
+        model,
+        build_loss(cfg.loss),
+        build_batch_augment(cfg.augment, C, model.n_out != C),
+        C,
+        torch.device("cpu"),
+        torch.Generator().manual_seed(seed),
+        total_steps=10,
+    )
     return create_mode(name, ctx)
 
 
 def make_batch(mode, seed=1, truth=True):
     b, bu = mode.batch_sizes()
     g = torch.Generator().manual_seed(seed)
-    return {"x": torch.randn(b, 1, 32, 32, generator=g), "y": (torch.rand(b, C, generator=g) < 0.4).float(),
-            "idx": np.arange(b), "ux": torch.randn(bu, 1, 32, 32, generator=g),
-            "uy": (torch.rand(bu, C, generator=g) < 0.3).float(), "uidx": np.arange(bu),
-            "utruth": (torch.rand(bu, C, generator=g) < 0.4).float() if truth else None}
+    return {
+        "x": torch.randn(b, 1, 32, 32, generator=g),
+        "y": (torch.rand(b, C, generator=g) < 0.4).float(),
+        "idx": np.arange(b),
+        "ux": torch.randn(bu, 1, 32, 32, generator=g),
+        "uy": (torch.rand(bu, C, generator=g) < 0.3).float(),
+        "uidx": np.arange(bu),
+        "utruth": (torch.rand(bu, C, generator=g) < 0.4).float() if truth else None,
+    }
 
 
 def bn_layers(model):
@@ -55,6 +95,7 @@ def same_bn(a, b):
 
 
 # ---------------------------------------------------------------------------------------------------- every mode
+
 
 def test_all_modes_registered():
     assert set(SSL_MODES) <= set(list_modes())
@@ -79,7 +120,7 @@ def test_step_backward_finite(name):
     pl = mode.epoch_logs()
     if name in PL_MODES:
         assert {"pl_used", "pl_precision", "pl_recall", "pl_kept"} <= set(pl) and 0 <= pl["pl_used"] <= 1
-        assert mode.epoch_logs() == {}                                  # reset
+        assert mode.epoch_logs() == {}  # reset
     else:
         assert pl == {}
 
@@ -119,6 +160,7 @@ def test_state_dict_round_trip(name):
         if isinstance(obj, dict):
             return [x for k in sorted(obj) for x in flat(obj[k])]
         return [obj]
+
     a, b = flat(state), flat(fresh.state_dict())
     assert len(a) == len(b)
     for x, y in zip(a, b):
@@ -126,7 +168,8 @@ def test_state_dict_round_trip(name):
     if name == "mean_teacher":
         assert fresh.ema.t == 2 and torch.equal(
             fresh.eval_model().state_dict()["backbone.blocks.0.bn1.running_mean"],
-            mode.eval_model().state_dict()["backbone.blocks.0.bn1.running_mean"])
+            mode.eval_model().state_dict()["backbone.blocks.0.bn1.running_mean"],
+        )
     if name == "deep_co_training":
         x = torch.randn(2, 1, 32, 32)
         assert torch.equal(fresh.net2.eval()(x)["h"], mode.net2.eval()(x)["h"])
@@ -134,11 +177,12 @@ def test_state_dict_round_trip(name):
 
 # --------------------------------------------------------------------------------------------------------- helpers
 
+
 def test_sharpen_per_class_never_normalised():
     p = torch.tensor([[0.9, 0.9, 0.9, 0.9], [0.5, 0.2, 0.7, 0.99]])
     q = ssl.sharpen(p, 0.5)
-    assert (q[0] > 0.9).all()                                          # no normalisation across classes
-    assert q[0, 0] == pytest.approx(0.81 / (0.81 + 0.01), abs=1e-6)    # p^2 / (p^2 + (1 - p)^2)
+    assert (q[0] > 0.9).all()  # no normalisation across classes
+    assert q[0, 0] == pytest.approx(0.81 / (0.81 + 0.01), abs=1e-6)  # p^2 / (p^2 + (1 - p)^2)
     assert q[1, 0] == pytest.approx(0.5) and q[1, 1] == pytest.approx(0.04 / (0.04 + 0.64), abs=1e-6)
     assert torch.allclose(ssl.sharpen(p, 1.0), p, atol=1e-6)
 
@@ -146,11 +190,11 @@ def test_sharpen_per_class_never_normalised():
 def test_distribution_alignment():
     p = torch.tensor([[0.2, 0.5, 0.9], [0.4, 0.1, 0.6]])
     out = ssl.align(p, torch.tensor([0.1, 0.2, 0.6]), torch.tensor([0.2, 0.1, 0.3]))
-    assert torch.allclose(out, torch.tensor([[0.1, 1.0, 1.0], [0.2, 0.2, 1.0]]))   # x0.5, x2, x2; clipped to 1
+    assert torch.allclose(out, torch.tensor([[0.1, 1.0, 1.0], [0.2, 0.2, 1.0]]))  # x0.5, x2, x2; clipped to 1
     rm = ssl.RunningMean(3, 2, "cpu")
     for v in ([1.0, 0.0], [0.0, 0.0], [0.5, 1.0], [0.5, 0.5]):
         rm.update(torch.tensor(v))
-    assert torch.allclose(rm.value(), torch.tensor([1 / 3, 0.5]))      # the last 3 only
+    assert torch.allclose(rm.value(), torch.tensor([1 / 3, 0.5]))  # the last 3 only
 
 
 def test_remixmatch_guess_aligns_then_sharpens():
@@ -174,11 +218,10 @@ def test_binary_js():
 
 
 def test_threshold_rule_pick():
-    p = torch.tensor([[0.96, 0.5, 0.04, 0.93, 0.06],
-                      [0.2, 0.95, 0.01, 0.7, 0.99]])
+    p = torch.tensor([[0.96, 0.5, 0.04, 0.93, 0.06], [0.2, 0.95, 0.01, 0.7, 0.99]])
     yhat, mask = make_mode("fixmatch", "ssl.fixmatch={tau_pos: 0.95, tau_neg: 0.05}").pick(p)
     assert torch.equal(mask, torch.tensor([[1, 0, 1, 0, 0], [0, 1, 1, 0, 1]], dtype=torch.bool))
-    assert torch.equal(yhat[mask], (p >= 0.5).float()[mask])          # kept entries: confident positives / negatives
+    assert torch.equal(yhat[mask], (p >= 0.5).float()[mask])  # kept entries: confident positives / negatives
 
 
 def test_masked_bce_summed_over_classes_averaged_over_clips_not_mask_count():
@@ -217,7 +260,7 @@ def test_mixmatch_guess_is_sharpened_mean_and_hard_stats():
     mode = make_mode("mixmatch", "augment.spec_augment=false", "ssl.mixmatch={K: 3}", dropout=0.0)
     batch = make_batch(mode)
     with torch.no_grad(), ssl.frozen_bn(mode.model):
-        q = ssl.sharpen(torch.sigmoid(mode.logits(batch["ux"])), 0.5)    # no SpecAugment: all K views equal
+        q = ssl.sharpen(torch.sigmoid(mode.logits(batch["ux"])), 0.5)  # no SpecAugment: all K views equal
     mode.step(batch, 0.5)
     pl = mode.epoch_logs()
     truth, sel = batch["utruth"] >= 0.5, q >= 0.5
@@ -237,6 +280,7 @@ def test_reverse_pads_targets_and_masks():
 
 
 # -------------------------------------------------------------------------------------------- mean teacher / EMA
+
 
 def test_mean_teacher_views_differ_and_consistency():
     # identical weights and identical views (no SpecAugment, no dropout): consistency exactly 0
@@ -261,12 +305,12 @@ def test_ema_updates_bn_buffers_and_skips_integer():
     student = build_model(load_config(None, ["model.params={width: 0.125}"]), C, seed=0)
     ema = ssl.EMA(student, decay=0.999)
     student.train()
-    for _ in range(3):                                                 # BN statistics move; counter = 3
+    for _ in range(3):  # BN statistics move; counter = 3
         student(torch.randn(4, 1, 32, 32) * 3 + 1)
     teacher = ema.model.state_dict()
     key = "backbone.blocks.0.bn1"
     old = teacher[key + ".running_mean"].clone()
-    ema.update(student)                                                # t = 1: d = 0.5
+    ema.update(student)  # t = 1: d = 0.5
     s = student.state_dict()
     assert torch.allclose(teacher[key + ".running_mean"], 0.5 * old + 0.5 * s[key + ".running_mean"])
     assert not torch.equal(teacher[key + ".running_mean"], old)
@@ -276,15 +320,16 @@ def test_ema_updates_bn_buffers_and_skips_integer():
     before = teacher[w].clone()
     with torch.no_grad():
         student.heads["h"].weight += 1.0
-    ema.update(student)                                                # t = 2: d = 2 / 3
+    ema.update(student)  # t = 2: d = 2 / 3
     assert torch.allclose(teacher[w], 2 / 3 * before + 1 / 3 * student.state_dict()[w])
-    ema.t, before = 10 ** 6, teacher[w].clone()
-    ema.update(student)                                                # decay capped at 0.999
+    ema.t, before = 10**6, teacher[w].clone()
+    ema.update(student)  # decay capped at 0.999
     assert torch.allclose(teacher[w], 0.999 * before + 0.001 * student.state_dict()[w])
     assert not any(p.requires_grad for p in ema.model.parameters())
 
 
 # --------------------------------------------------------------------------------------------------- FMUC / VAT
+
 
 def test_fmuc_mc_passes_differ_and_keep_bn():
     mode = make_mode("fmuc", dropout=0.5)
@@ -293,7 +338,7 @@ def test_fmuc_mc_passes_differ_and_keep_bn():
     before = bn_state(mode.model)
     ps = mode.mc_probs(batch["ux"])
     assert ps.shape == (5, len(batch["ux"]), C)
-    assert not torch.equal(ps[0], ps[1])                               # dropout on
+    assert not torch.equal(ps[0], ps[1])  # dropout on
     assert same_bn(before, bn_state(mode.model)) and mode.model.training and mode.model.drop.training
     yhat, mask = mode.select(batch)
     assert yhat.shape == mask.shape == (len(batch["ux"]), C)
@@ -308,7 +353,7 @@ def test_fmuc_selection_rule(monkeypatch):
     yhat, mask = mode.select({"ux": None, "y": torch.zeros(1, C)})
     # mean - std >= 0.9 for column 0 (0.94 - 0.014), mean + std <= 0.1 for column 2; column 3 too uncertain
     assert torch.equal(mask, torch.tensor([[True, False, True, False]]))
-    assert torch.equal(yhat, torch.tensor([[1.0, 0.0, 0.0, 0.0]]))      # positives: the kept ones only
+    assert torch.equal(yhat, torch.tensor([[1.0, 0.0, 0.0, 0.0]]))  # positives: the kept ones only
 
 
 def test_vat_perturbation_norm_and_bn():
@@ -327,7 +372,10 @@ def test_vat_perturbation_norm_and_bn():
     d = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * r.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     with torch.no_grad(), ssl.frozen_bn(mode.model, no_dropout=True):
         z = mode.logits(x)
-        kl = lambda rr: (ssl.masked_bce(mode.logits(x + rr), p) - ssl.masked_bce(z, p)).item()
+
+        def kl(rr):
+            return (ssl.masked_bce(mode.logits(x + rr), p) - ssl.masked_bce(z, p)).item()
+
         assert kl(r) > kl(d)
 
 
@@ -343,7 +391,7 @@ def test_frozen_bn_and_fgsm():
     step = (adv - x).abs().flatten(1).amax(1)
     assert torch.allclose(step, 0.02 * x.flatten(1).std(1), rtol=1e-5)
     model(x)
-    assert not same_bn(before, bn_state(model))                        # restored: statistics update again
+    assert not same_bn(before, bn_state(model))  # restored: statistics update again
 
 
 def test_deep_co_training_second_network():
@@ -356,6 +404,7 @@ def test_deep_co_training_second_network():
 
 # ---------------------------------------------------------------------------------------------------- pseudo-labels
 
+
 def test_pseudo_label_stats_by_hand():
     st = PseudoLabelStats()
     yhat = torch.tensor([[1.0, 0, 1, 0], [1, 1, 0, 0]])
@@ -367,8 +416,8 @@ def test_pseudo_label_stats_by_hand():
     assert out == pytest.approx({"pl_used": 6 / 8, "pl_precision": 2 / 3, "pl_recall": 2 / 4, "pl_pos": 3 / 2})
     assert st.logs() == {}
     st.update(yhat, torch.zeros_like(mask))
-    assert st.logs() == {"pl_used": 0.0, "pl_pos": 0.0}                 # no truth: quantity only
-    noisy = torch.tensor([[1.0, 1, 0, 0], [0, 1, 0, 0]])               # given labels: 3, kept as positives: 2
+    assert st.logs() == {"pl_used": 0.0, "pl_pos": 0.0}  # no truth: quantity only
+    noisy = torch.tensor([[1.0, 1, 0, 0], [0, 1, 0, 0]])  # given labels: 3, kept as positives: 2
     st.update(yhat, None, None, noisy)
     assert st.logs()["pl_kept"] == pytest.approx(2 / 3)
 
@@ -382,9 +431,9 @@ def test_pseudo_label_teacher_lazy_and_refreshed():
     assert all(torch.equal(init[k], v) for k, v in mode.teacher.state_dict().items())
     with torch.no_grad():
         mode.model.heads["h"].weight += 1.0
-    mode.step(batch, 0.4)                                               # same round: teacher unchanged
+    mode.step(batch, 0.4)  # same round: teacher unchanged
     assert torch.equal(mode.teacher.heads["h"].weight, init["heads.h.weight"])
-    mode.step(batch, 0.6)                                               # round 2: refreshed from the student
+    mode.step(batch, 0.6)  # round 2: refreshed from the student
     assert torch.equal(mode.teacher.heads["h"].weight, mode.model.heads["h"].weight) and mode.round == 1
     assert make_mode("pseudo_label", "train.epochs=10", "ssl.pseudo_label={refresh_epochs: 3}").round_at(0.65) == 2
     assert make_mode("pseudo_label", "ssl.pseudo_label={rounds: 1}").round_at(0.99) == 0
@@ -392,18 +441,26 @@ def test_pseudo_label_teacher_lazy_and_refreshed():
 
 # ------------------------------------------------------------------------------------------------------ engine fit
 
+
 def test_fit_one_epoch_each_mode(prepared, tmp_path):
     from pipeline.data import load_dataset
     from pipeline.features import FeatureCache
+
     cfg0 = prepared()
     ds = load_dataset(cfg0.data.root, check_audio=False)
     failures = []
     for name in SSL_MODES:
-        cfg = prepared(f"train.mode={name}", "train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=4",
-                       "model.dropout=0.2", "train.lr_warmup_epochs=0")
+        cfg = prepared(
+            f"train.mode={name}",
+            "train.epochs=1",
+            "train.steps_per_epoch=2",
+            "train.batch_size=4",
+            "model.dropout=0.2",
+            "train.lr_warmup_epochs=0",
+        )
         cur, noisy = FeatureCache.open(cfg, "curated"), FeatureCache.open(cfg, "noisy")
         labelled = make_clipset(cur, ds.curated[4:], ds.classes)
-        unlabelled = make_clipset(noisy, ds.noisy, ds.classes, truth_df=ds.noisy)   # noisy labels as "truth"
+        unlabelled = make_clipset(noisy, ds.noisy, ds.classes, truth_df=ds.noisy)  # noisy labels as "truth"
         val = make_clipset(cur, ds.curated[:4], ds.classes)
         model = build_model(cfg, ds.n_classes, seed=0)
         out = tmp_path / "fits" / name
@@ -429,14 +486,23 @@ def test_fmuc_model_gets_dropout_when_config_has_none():
 
 # --------------------------------------------------------------------------------------- co-training, FMUC dropout
 
+
 def test_deep_co_training_second_network_starts_from_the_same_source(tmp_path):
     from pipeline.engine import init_from_checkpoint, save_checkpoint
-    src = make_mode("fixmatch", seed=5).model                # a "warm-up" of the same architecture, head h only
+
+    src = make_mode("fixmatch", seed=5).model  # a "warm-up" of the same architecture, head h only
     save_checkpoint(tmp_path / "warm.pt", src, load_config(None, []), list("abcde"))
     cfg = load_config(None, ["train.mode=deep_co_training", "train.batch_size=4", "model.params={width: 0.125}"])
     model = init_from_checkpoint(build_model(cfg, C, seed=0), tmp_path / "warm.pt")
-    ctx = TrainContext(cfg, model, build_loss(cfg.loss), build_batch_augment(cfg.augment, C), C,
-                       torch.device("cpu"), torch.Generator().manual_seed(0))
+    ctx = TrainContext(
+        cfg,
+        model,
+        build_loss(cfg.loss),
+        build_batch_augment(cfg.augment, C),
+        C,
+        torch.device("cpu"),
+        torch.Generator().manual_seed(0),
+    )
     mode = create_mode("deep_co_training", ctx)
     own, other = mode.model.state_dict(), mode.net2.state_dict()
     assert model.init_keys and all(torch.equal(own[k], other[k]) for k in model.init_keys)
@@ -452,6 +518,7 @@ def test_fmuc_builds_dropout_into_every_block():
     assert cls.model_block_dropout(cfg) == 0.4 and cls.model_dropout(cfg) == 0.4
     assert mode_class("fixmatch").model_block_dropout(cfg) == 0.0
     from models import dropout_modules
+
     model = build_model(cfg, C, seed=0, dropout=cls.model_dropout(cfg), block_dropout=cls.model_block_dropout(cfg))
     n_blocks = len(model.backbone.blocks)
-    assert len(dropout_modules(model)) == n_blocks + 1          # one per block and one before the heads
+    assert len(dropout_modules(model)) == n_blocks + 1  # one per block and one before the heads

@@ -1,5 +1,6 @@
 """The unlabelled terms of the semi-supervised modes are in the supervised loss's unit (sum over classes, mean over
 clips): on a batch whose unlabelled clips are the labelled clips with the same targets, the two terms are equal."""
+
 import numpy as np
 import pytest
 import torch
@@ -12,15 +13,32 @@ from pipeline.modes import TrainContext, create_mode
 from pipeline.modes.common import dropout_modules, frozen_bn
 
 C = 6
-PLAIN = ["loss.focal=0", "loss.bce=1", "loss.arcface=0", "model.time_reversal=false", "augment.spec_augment=false",
-         "augment.mixup_alpha=0", "model.dropout=0", "train.batch_size=4", "model.params={width: 0.125}"]
+PLAIN = [
+    "loss.focal=0",
+    "loss.bce=1",
+    "loss.arcface=0",
+    "model.time_reversal=false",
+    "augment.spec_augment=false",
+    "augment.mixup_alpha=0",
+    "model.dropout=0",
+    "train.batch_size=4",
+    "model.params={width: 0.125}",
+]
 
 
 def make_mode(name, *overrides):
     cfg = load_config(None, [f"train.mode={name}", *PLAIN, *overrides])
     model = build_model(cfg, C, seed=0, dropout=0.3 if name == "fmuc" else None)
-    ctx = TrainContext(cfg, model, build_loss(cfg.loss), build_batch_augment(cfg.augment, C, False), C,
-                       torch.device("cpu"), torch.Generator().manual_seed(0), total_steps=10)
+    ctx = TrainContext(
+        cfg,
+        model,
+        build_loss(cfg.loss),
+        build_batch_augment(cfg.augment, C, False),
+        C,
+        torch.device("cpu"),
+        torch.Generator().manual_seed(0),
+        total_steps=10,
+    )
     return create_mode(name, ctx)
 
 
@@ -31,8 +49,15 @@ def same_clips_batch(mode, seed=1):
     x, y = torch.randn(b, 1, 32, 32, generator=g), (torch.rand(b, C, generator=g) < 0.4).float()
     y[:, 0] = 1
     reps = bu // b
-    return {"x": x, "y": y, "idx": np.arange(b), "ux": x.repeat(reps, 1, 1, 1), "uy": y.repeat(reps, 1),
-            "uidx": np.arange(bu), "utruth": None}
+    return {
+        "x": x,
+        "y": y,
+        "idx": np.arange(b),
+        "ux": x.repeat(reps, 1, 1, 1),
+        "uy": y.repeat(reps, 1),
+        "uidx": np.arange(bu),
+        "utruth": None,
+    }
 
 
 def targets_as_labels(mode, monkeypatch, batch):
@@ -46,7 +71,7 @@ def targets_as_labels(mode, monkeypatch, batch):
 @pytest.mark.parametrize("name", ["fixmatch", "fmuc", "pseudo_label", "fixmatch_mixup"])
 def test_unlabelled_term_equals_supervised_term_on_the_same_clips(name, monkeypatch):
     mode = make_mode(name, f"ssl.{name}={{alpha: 0}}" if name == "fixmatch_mixup" else "run.seed=42")
-    for m in dropout_modules(mode.model):       # fmuc's dropout: the two passes must see the same network
+    for m in dropout_modules(mode.model):  # fmuc's dropout: the two passes must see the same network
         m.p = 0.0
     batch = same_clips_batch(mode)
     targets_as_labels(mode, monkeypatch, batch)
@@ -68,15 +93,15 @@ def test_remixmatch_terms_in_the_supervised_unit(monkeypatch):
 
 def test_deep_co_training_terms_in_the_supervised_unit(monkeypatch):
     mode = make_mode("deep_co_training", "ssl.deep_co_training={eps: 0.0, mu: 1}")
-    mode.net2.load_state_dict(mode.model.state_dict())           # twins: L_cot = 0, L_dif = 2 x the BCE unit
+    mode.net2.load_state_dict(mode.model.state_dict())  # twins: L_cot = 0, L_dif = 2 x the BCE unit
     batch = same_clips_batch(mode)
     _, logs = mode.step(batch, 0.5)
     assert logs["cot"].item() == pytest.approx(0.0, abs=1e-6)
     v = torch.cat([batch["x"], batch["ux"]])
     with torch.no_grad(), frozen_bn(mode.model, no_dropout=True):
         z = mode.logits(v)
-        z_train = mode.logits(v)        # train-mode batch statistics, as the step's passes
-    expected = 2 * bce(z, torch.sigmoid(z_train)).item()          # losses.bce: sum over classes, mean over clips
+        z_train = mode.logits(v)  # train-mode batch statistics, as the step's passes
+    expected = 2 * bce(z, torch.sigmoid(z_train)).item()  # losses.bce: sum over classes, mean over clips
     assert logs["dif"].item() == pytest.approx(expected, rel=1e-3)
 
 

@@ -1,4 +1,5 @@
 """pipeline.unpack_games: round trips through tiny c4group and Qt .rcc writers, and clear errors on bad archives."""
+
 from __future__ import annotations
 
 import gzip
@@ -19,8 +20,9 @@ def c4_raw(entries: list[tuple[str, bytes | list]]) -> bytes:
     header = struct.pack("<28s3i32s32s2i92s", b"RedWolf Design GrpFolder", 1, 2, len(entries), b"test", b"", 0, 0, b"")
     cores, offset = b"", 0
     for (name, value), body in zip(entries, bodies):
-        cores += struct.pack("<260s5iIbIb26s", name.encode(), 0, isinstance(value, list), len(body), 0, offset, 0, 0,
-                             0, 0, b"")
+        cores += struct.pack(
+            "<260s5iIbIb26s", name.encode(), 0, isinstance(value, list), len(body), 0, offset, 0, 0, 0, 0, b""
+        )
         offset += len(body)
     assert len(header) == 204 and len(cores) == 316 * len(entries)
     return mem_scramble(header) + cores + b"".join(bodies)
@@ -31,16 +33,25 @@ def c4_file(entries: list[tuple[str, bytes | list]]) -> bytes:
     return b"\x1e\x8c" + gzip.compress(c4_raw(entries), mtime=0)[2:]
 
 
-C4_TREE = [("Animals.ocg", [("Bird.ocd", [("Chirp1.ogg", b"OggS chirp"), ("Chirp2.wav", b"RIFF" + bytes(range(256)))]),
-                            ("Growl.ogg", b"OggS growl")]),
-           ("Empty.ocg", []),
-           ("Klänge.txt", "Grüße".encode()),
-           ("authors.txt", b"Someone - Animals/Bird/Chirp1 (https://freesound.org/s/1/)\n")]
-C4_FILES = [("Animals.ocg/Bird.ocd/Chirp1.ogg", b"OggS chirp"),
-            ("Animals.ocg/Bird.ocd/Chirp2.wav", b"RIFF" + bytes(range(256))),
-            ("Animals.ocg/Growl.ogg", b"OggS growl"),
-            ("Klänge.txt", "Grüße".encode()),
-            ("authors.txt", b"Someone - Animals/Bird/Chirp1 (https://freesound.org/s/1/)\n")]
+C4_TREE = [
+    (
+        "Animals.ocg",
+        [
+            ("Bird.ocd", [("Chirp1.ogg", b"OggS chirp"), ("Chirp2.wav", b"RIFF" + bytes(range(256)))]),
+            ("Growl.ogg", b"OggS growl"),
+        ],
+    ),
+    ("Empty.ocg", []),
+    ("Klänge.txt", "Grüße".encode()),
+    ("authors.txt", b"Someone - Animals/Bird/Chirp1 (https://freesound.org/s/1/)\n"),
+]
+C4_FILES = [
+    ("Animals.ocg/Bird.ocd/Chirp1.ogg", b"OggS chirp"),
+    ("Animals.ocg/Bird.ocd/Chirp2.wav", b"RIFF" + bytes(range(256))),
+    ("Animals.ocg/Growl.ogg", b"OggS growl"),
+    ("Klänge.txt", "Grüße".encode()),
+    ("authors.txt", b"Someone - Animals/Bird/Chirp1 (https://freesound.org/s/1/)\n"),
+]
 
 # ---------------------------------------------------------------- a tiny Qt rcc writer (qresource.cpp's layouts)
 
@@ -55,8 +66,9 @@ def rcc(tree: dict, version: int = 3, compress: tuple[str, ...] = (), zstd: tupl
         name, value, path = nodes[i]
         if isinstance(value, dict):
             layout.append((len(nodes), len(value)))
-            nodes += [(k, v, f"{path}{k}") if not isinstance(v, dict) else (k, v, f"{path}{k}/")
-                      for k, v in value.items()]
+            nodes += [
+                (k, v, f"{path}{k}") if not isinstance(v, dict) else (k, v, f"{path}{k}/") for k, v in value.items()
+            ]
         else:
             layout.append((0, 0))
         i += 1
@@ -77,13 +89,23 @@ def rcc(tree: dict, version: int = 3, compress: tuple[str, ...] = (), zstd: tupl
     return offsets + (struct.pack(">I", 1 if compress else 0) if version >= 3 else b"") + data + names + tree_bytes
 
 
-RCC_TREE = {"gcompris": {"src": {"memory-sound": {"resource": {"bark.ogg": b"OggS bark" * 50, "Licence.txt": b"Free"},
-                                                  "MemorySound.qml": b"/* qml */"}}},
-            "top.txt": b""}
-RCC_FILES = [("gcompris/src/memory-sound/MemorySound.qml", b"/* qml */"),
-             ("gcompris/src/memory-sound/resource/Licence.txt", b"Free"),
-             ("gcompris/src/memory-sound/resource/bark.ogg", b"OggS bark" * 50),
-             ("top.txt", b"")]
+RCC_TREE = {
+    "gcompris": {
+        "src": {
+            "memory-sound": {
+                "resource": {"bark.ogg": b"OggS bark" * 50, "Licence.txt": b"Free"},
+                "MemorySound.qml": b"/* qml */",
+            }
+        }
+    },
+    "top.txt": b"",
+}
+RCC_FILES = [
+    ("gcompris/src/memory-sound/MemorySound.qml", b"/* qml */"),
+    ("gcompris/src/memory-sound/resource/Licence.txt", b"Free"),
+    ("gcompris/src/memory-sound/resource/bark.ogg", b"OggS bark" * 50),
+    ("top.txt", b""),
+]
 
 # ---------------------------------------------------------------- c4group
 

@@ -17,6 +17,7 @@ A batch is a dict: x (B, 1, F, T) and y (B, C) labelled crops on the device, idx
 stream also ux (Bu, 1, F, T), uy (Bu, C) (noisy labels; ignored by the semi-supervised modes), uidx (Bu,) and utruth
 (Bu, C) where the true labels of the unlabelled clips are known (else None).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -33,6 +34,7 @@ def register_mode(name: str):
         cls.name = name
         MODES[name] = cls
         return cls
+
     return deco
 
 
@@ -41,13 +43,25 @@ def list_modes() -> list[str]:
     return sorted(MODES)
 
 
-MODULES = ("supervised", "teacher_student", "mean_teacher", "deep_co_training", "mixmatch", "remixmatch", "fixmatch",
-           "fixmatch_mixup", "fmuc", "vat", "pseudo_label")
+MODULES = (
+    "supervised",
+    "teacher_student",
+    "mean_teacher",
+    "deep_co_training",
+    "mixmatch",
+    "remixmatch",
+    "fixmatch",
+    "fixmatch_mixup",
+    "fmuc",
+    "vat",
+    "pseudo_label",
+)
 
 
 def _import_all():
     import importlib
-    for m in MODULES:                       # one module per mode; registration is the import's side effect
+
+    for m in MODULES:  # one module per mode; registration is the import's side effect
         importlib.import_module(f"pipeline.modes.{m}")
 
 
@@ -62,20 +76,21 @@ def mode_class(name: str):
 class TrainContext:
     cfg: Any
     model: torch.nn.Module
-    loss_fn: Any                     # pipeline.losses.LossFn
-    aug: Any                         # pipeline.augment.BatchAugment
+    loss_fn: Any  # pipeline.losses.LossFn
+    aug: Any  # pipeline.augment.BatchAugment
     n_classes: int
     device: torch.device
-    generator: torch.Generator       # on the device: masks, reversal, mixup
+    generator: torch.Generator  # on the device: masks, reversal, mixup
     total_steps: int = 1
     log: Any = None
-    single_label: bool = False       # softmax outputs (data.single_label_csv): modes take their single-label form
+    single_label: bool = False  # softmax outputs (data.single_label_csv): modes take their single-label form
     extra: dict = field(default_factory=dict)
 
 
 class Mode:
     """Base class. Subclasses set `defaults`, `heads`, `uses_unlabelled` (and `single_label_ok` = False when the
     mode has no single-label form) and implement `step`."""
+
     name = "base"
     defaults: dict = {}
     heads = ("h",)
@@ -84,11 +99,13 @@ class Mode:
 
     def __init__(self, ctx: TrainContext):
         if ctx.single_label and not self.single_label_ok:
-            raise ValueError(f"train.mode={self.name} has no single-label form (data.single_label_csv is set); "
-                             f"single-label modes: supervised and the semi-supervised ones")
+            raise ValueError(
+                f"train.mode={self.name} has no single-label form (data.single_label_csv is set); "
+                f"single-label modes: supervised and the semi-supervised ones"
+            )
         self.ctx, self.model = ctx, ctx.model
         self.hp = self.hyperparameters(ctx.cfg)
-        self.wrappers: dict = {}         # id(network) -> its DistributedDataParallel (pipeline/distributed.prepare)
+        self.wrappers: dict = {}  # id(network) -> its DistributedDataParallel (pipeline/distributed.prepare)
 
     @classmethod
     def hyperparameters(cls, cfg) -> dict:
@@ -223,6 +240,7 @@ class PseudoLabelStats:
     def logs(self) -> dict:
         """The epoch's figures (in a data-parallel run, of every rank's clips: the counts are summed first)."""
         from pipeline.distributed import sum_values
+
         names = ("clips", "entries", "used", "sel", "tp", "true", "kept", "noisy")
         for k, v in zip(names, sum_values([getattr(self, k) for k in names])):
             setattr(self, k, v)

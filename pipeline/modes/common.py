@@ -30,6 +30,7 @@ clip where the top probability reaches tau_pos (FMUC: top mean - its std >= tau_
 cross-entropy per clip; the co-training divergence the categorical Jensen-Shannon; FGSM against the argmax class.
 Mean Teacher and MixMatch keep the MSE between probability vectors per entry, as their papers' code does.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,6 +49,7 @@ EPS = 1e-6
 
 
 # --------------------------------------------------------------------------------------------------------- helpers
+
 
 def sigmoid_ramp(progress: float, length: float) -> float:
     """exp(-5 (1 - t)^2) with t = progress / length clipped to [0, 1] (Laine & Aila 2017); 1 when length <= 0."""
@@ -98,9 +100,11 @@ def align_softmax(p: torch.Tensor, pi_labelled: torch.Tensor, pi_unlabelled: tor
 
 def categorical_js(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
     """Jensen-Shannon divergence of two categorical distributions per row (B,): H(m) - (H(p1) + H(p2)) / 2."""
+
     def h(p):
         p = p.clamp_min(EPS)
         return -(p * p.log()).sum(1)
+
     return h((p1 + p2) / 2) - (h(p1) + h(p2)) / 2
 
 
@@ -120,6 +124,7 @@ class MultiLabelTask:
     """The sigmoid (multi-label) form of the operations the modes share; SingleLabelTask has the softmax form.
     Multi-label pseudo-labels are selected by SSLMode.pick with the mode's PseudoLabeller (pipeline/modes/pseudo.py);
     SingleLabelTask.select / select_mc are the single-label forms."""
+
     single_label = False
 
     @staticmethod
@@ -152,6 +157,7 @@ class MultiLabelTask:
 
 class SingleLabelTask(MultiLabelTask):
     """The softmax (single-label) form: one class per clip, losses per clip (see the module docstring)."""
+
     single_label = True
 
     @staticmethod
@@ -231,6 +237,7 @@ def bn_eval(model):
 def dropout_modules(model):
     """Every module whose training flag makes the forward random (dropout, stochastic depth): models.dropout_modules."""
     from models import dropout_modules as find
+
     return find(model)
 
 
@@ -254,7 +261,7 @@ def fgsm(model, x: torch.Tensor, eps_rel: float, n_classes: int, task=TASKS[Fals
     with frozen_bn(model, no_dropout=True):
         z = model(x, heads=["h"])["h"][:, :n_classes].float()
         loss = task.entry_loss(z, task.hard(task.probs(z.detach()))).sum()
-    g, = torch.autograd.grad(loss, x)
+    (g,) = torch.autograd.grad(loss, x)
     x = x.detach()
     return x + eps_rel * _per_sample(x.flatten(1).std(1), x) * g.sign()
 
@@ -296,7 +303,7 @@ class RunningMean:
         self.count += 1
 
     def value(self) -> torch.Tensor:
-        return self.buf[:min(self.count, len(self.buf))].mean(0)
+        return self.buf[: min(self.count, len(self.buf))].mean(0)
 
     def state_dict(self):
         return {"buf": self.buf.clone(), "count": self.count}
@@ -308,6 +315,7 @@ class RunningMean:
 
 class SSLMode(Mode):
     """Shared plumbing of the semi-supervised modes."""
+
     uses_unlabelled = True
 
     def __init__(self, ctx):
@@ -316,10 +324,12 @@ class SSLMode(Mode):
         self.task = TASKS[bool(ctx.single_label)]
         self.stats = PseudoLabelStats()
         self.labeller = None
-        if "rule" in self.defaults:               # the modes that select pseudo-labels (pipeline/modes/pseudo.py)
+        if "rule" in self.defaults:  # the modes that select pseudo-labels (pipeline/modes/pseudo.py)
             if ctx.single_label and self.hp["rule"] != "threshold":
-                raise ValueError(f"ssl.{self.name}.rule={self.hp['rule']}: single-label datasets take rule "
-                                 f"threshold (the argmax kept where its probability reaches tau_pos)")
+                raise ValueError(
+                    f"ssl.{self.name}.rule={self.hp['rule']}: single-label datasets take rule "
+                    f"threshold (the argmax kept where its probability reaches tau_pos)"
+                )
             self.labeller = PseudoLabeller(self.hp, self.C, ctx.extra.get("cardinality", 1.0))
 
     def pick(self, p_pos, p_neg=None):
@@ -336,7 +346,7 @@ class SSLMode(Mode):
 
     def logits(self, x, model=None) -> torch.Tensor:
         """Head h's logits of the original classes (first C outputs), float32."""
-        return self.net(model)(x, heads=["h"])["h"][:, :self.C].float()
+        return self.net(model)(x, heads=["h"])["h"][:, : self.C].float()
 
     def strong(self, x):
         """Strong SpecAugment: hp strong_masks frequency and time masks, each up to strong_width of the axis."""
@@ -348,10 +358,13 @@ class SSLMode(Mode):
         [t | 0], a reversed one [0 | t]; the all-zero half is known, so its mask is 1."""
         if self.model.n_out == self.C:
             return x, t, m
-        x2, r = self.ctx.aug.reverse(x, torch.ones_like(t), self.g)        # r = [1 - rev | rev]
+        x2, r = self.ctx.aug.reverse(x, torch.ones_like(t), self.g)  # r = [1 - rev | rev]
         rev, z, o = r[:, -1:] > 0.5, torch.zeros_like(t), torch.ones_like(m)
-        return (x2, torch.where(rev, torch.cat([z, t], 1), torch.cat([t, z], 1)),
-                torch.where(rev, torch.cat([o, m], 1), torch.cat([m, o], 1)))
+        return (
+            x2,
+            torch.where(rev, torch.cat([z, t], 1), torch.cat([t, z], 1)),
+            torch.where(rev, torch.cat([o, m], 1), torch.cat([m, o], 1)),
+        )
 
     def mix(self, xs, ts, ms=None, alpha=0.75):
         """MixMatch mixing: concatenate clips (targets, masks), reverse, mixup with lambda' = max(l, 1 - l),

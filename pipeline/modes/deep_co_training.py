@@ -1,11 +1,11 @@
 """Deep Co-Training mode (Qiao et al., ECCV 2018), two views, multi-label: see DeepCoTraining."""
+
 from __future__ import annotations
 
 import torch
 
 from pipeline.modes import register_mode
 from pipeline.modes.common import SSLMode, fgsm, frozen_bn, sigmoid_ramp
-
 
 SEED_OFFSET = 7919
 
@@ -14,6 +14,7 @@ def second_network(model, seed: int):
     """A network of model's architecture: model's tensors named in model.init_keys (those it took from a warm-up,
     checkpoint or pretrained file), every other tensor freshly drawn from `seed`."""
     from models import create_model
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = create_model(**model.config)
@@ -39,6 +40,7 @@ class DeepCoTraining(SSLMode):
     targets detached. Both networks see one shared SpecAugment view of the clips. The first network is validated
     and saved.
     """
+
     defaults = {"mu": 1, "w_cot": 1.0, "w_dif": 0.5, "eps": 0.02, "rampup": 0.3}
 
     def __init__(self, ctx):

@@ -1,4 +1,5 @@
 """FixMatch with uncertainty (MC dropout + temperature, as UPS), multi-label: see FixMatchUncertainty."""
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,21 @@ class FixMatchUncertainty(FixMatch):
     are 0 the train stage builds the model with this mode's `dropout` (0.3) in both places (recorded in the
     checkpoint's model config); a model without dropout handed to the mode directly is an error.
     """
-    defaults = {"mu": 2, "passes": 5, "T": 2.0, "tau_pos": 0.9, "tau_neg": 0.1, "lambda_u": 1.0, "strong_masks": 3,
-                "strong_width": 0.2, "dropout": 0.3, "rule": "threshold", "target_precision": 0.8, "topk": 0}
+
+    defaults = {
+        "mu": 2,
+        "passes": 5,
+        "T": 2.0,
+        "tau_pos": 0.9,
+        "tau_neg": 0.1,
+        "lambda_u": 1.0,
+        "strong_masks": 3,
+        "strong_width": 0.2,
+        "dropout": 0.3,
+        "rule": "threshold",
+        "target_precision": 0.8,
+        "topk": 0,
+    }
 
     @classmethod
     def model_dropout(cls, cfg) -> float:
@@ -33,8 +47,10 @@ class FixMatchUncertainty(FixMatch):
     def __init__(self, ctx):
         super().__init__(ctx)
         if not dropout_modules(self.model):
-            raise ValueError("train.mode=fmuc needs MC dropout, but the model has no dropout: set model.dropout > 0 "
-                             "(e.g. model.dropout=0.3)")
+            raise ValueError(
+                "train.mode=fmuc needs MC dropout, but the model has no dropout: set model.dropout > 0 "
+                "(e.g. model.dropout=0.3)"
+            )
 
     def mc_probs(self, ux):
         """(N, B_u, C) sigmoids of the N MC-dropout passes (temperature T)."""

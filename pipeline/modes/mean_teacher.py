@@ -1,4 +1,5 @@
 """Mean Teacher mode (Tarvainen & Valpola, NeurIPS 2017), multi-label: see MeanTeacher."""
+
 from __future__ import annotations
 
 import torch
@@ -17,6 +18,7 @@ class MeanTeacher(SSLMode):
     runs in train mode (batch statistics, as the reference code) with its buffers untouched; it is the model that is
     validated and saved.
     """
+
     defaults = {"mu": 1, "ema_decay": 0.999, "w_max": 10.0, "rampup": 0.3}
 
     def __init__(self, ctx):
@@ -24,7 +26,7 @@ class MeanTeacher(SSLMode):
         self.ema = EMA(self.model, self.hp["ema_decay"])
 
     def consistency(self, x):
-        xs, xt = self.ctx.aug.spec(x, self.g), self.ctx.aug.spec(x, self.g)       # two independent views
+        xs, xt = self.ctx.aug.spec(x, self.g), self.ctx.aug.spec(x, self.g)  # two independent views
         teacher = self.ema.model.train(self.model.training)
         with torch.no_grad(), frozen_bn(teacher):
             pt = self.task.probs(self.logits(xt, teacher))

@@ -1,4 +1,5 @@
 """MixMatch mode (Berthelot et al., NeurIPS 2019), multi-label: see MixMatch."""
+
 from __future__ import annotations
 
 import torch
@@ -17,6 +18,7 @@ class MixMatch(SSLMode):
     configured loss; unlabelled rows: MSE between sigmoids and mixed targets (per-entry mean, as the paper's MSE),
     weight lambda_u ramped linearly over `rampup`. pl_* stats use the hard guesses q >= 0.5 (all kept).
     """
+
     defaults = {"mu": 1, "K": 2, "T": 0.5, "alpha": 0.75, "lambda_u": 75.0, "rampup": 0.2}
 
     def step(self, batch, progress):

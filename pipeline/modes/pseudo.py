@@ -17,6 +17,7 @@ training, although the outputs rank the classes well. The rules (key `rule` of e
     labeller.calibrate(p_heldout (N, C), y_heldout (N, C))  # class_threshold only
     positives = labeller.positives(p)                       # (B, C) bool
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +25,7 @@ import torch
 
 RULES = ("threshold", "class_threshold", "topk")
 MIN_POSITIVES = 3
-NEVER = 1.0 + 1e-6          # a threshold no sigmoid reaches
+NEVER = 1.0 + 1e-6  # a threshold no sigmoid reaches
 
 
 def topk_mask(p: torch.Tensor, k: int) -> torch.Tensor:
@@ -51,8 +52,12 @@ def precision_thresholds(p: np.ndarray, y: np.ndarray, target: float, min_pos: i
     min_pos positives take the pooled threshold (all classes' entries together)."""
     y = y >= 0.5
     pooled = precision_threshold(p.ravel(), y.ravel(), target)
-    return np.array([precision_threshold(p[:, c], y[:, c], target) if y[:, c].sum() >= min_pos else pooled
-                     for c in range(p.shape[1])])
+    return np.array(
+        [
+            precision_threshold(p[:, c], y[:, c], target) if y[:, c].sum() >= min_pos else pooled
+            for c in range(p.shape[1])
+        ]
+    )
 
 
 class PseudoLabeller:
@@ -74,7 +79,7 @@ class PseudoLabeller:
 
     def calibrate(self, p: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Per-class thresholds from held-out predictions p and labels y (N, C); returns them."""
-        tau = precision_thresholds(np.asarray(p, float), np.asarray(y)[:, :self.n_classes], self.target)
+        tau = precision_thresholds(np.asarray(p, float), np.asarray(y)[:, : self.n_classes], self.target)
         self.class_tau = torch.as_tensor(tau, dtype=torch.float32)
         return tau
 
@@ -83,7 +88,7 @@ class PseudoLabeller:
         if self.rule == "topk":
             return topk_mask(p, self.k)
         if self.rule == "class_threshold":
-            if self.class_tau is None:       # not calibrated yet (a direct call before any epoch): select nothing
+            if self.class_tau is None:  # not calibrated yet (a direct call before any epoch): select nothing
                 return torch.zeros_like(p, dtype=torch.bool)
             return p >= self.class_tau.to(p.device)
         return p >= self.tau
@@ -93,5 +98,7 @@ class PseudoLabeller:
         if self.rule != "class_threshold" or self.class_tau is None:
             return {}
         t = self.class_tau
-        return {"pl_tau_mean": float(t[t < NEVER].mean()) if (t < NEVER).any() else float("nan"),
-                "pl_tau_never": float((t >= NEVER).float().mean())}
+        return {
+            "pl_tau_mean": float(t[t < NEVER].mean()) if (t < NEVER).any() else float("nan"),
+            "pl_tau_never": float((t >= NEVER).float().mean()),
+        }

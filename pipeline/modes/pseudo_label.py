@@ -1,4 +1,5 @@
 """Pseudo-labelling rounds inside one fit (Lee 2013), multi-label: see PseudoLabel."""
+
 from __future__ import annotations
 
 import copy
@@ -22,8 +23,18 @@ class PseudoLabel(SSLMode):
     at each new round: rounds equal shares of training (default 2: once, half-way; 1: never), or every refresh_epochs
     epochs when that is > 0. The student is validated and saved.
     """
-    defaults = {"mu": 2, "tau_pos": 0.7, "tau_neg": 0.3, "lambda_u": 1.0, "rounds": 2, "refresh_epochs": 0,
-                "rule": "threshold", "target_precision": 0.8, "topk": 0}
+
+    defaults = {
+        "mu": 2,
+        "tau_pos": 0.7,
+        "tau_neg": 0.3,
+        "lambda_u": 1.0,
+        "rounds": 2,
+        "refresh_epochs": 0,
+        "rule": "threshold",
+        "target_precision": 0.8,
+        "topk": 0,
+    }
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -48,8 +59,7 @@ class PseudoLabel(SSLMode):
         self.stats.update(yhat, mask, batch.get("utruth"), batch.get("uy"))
         sup = self.supervised_loss(batch["x"], batch["y"])
         unl = self.task.masked(self.logits(self.ctx.aug.spec(batch["ux"], self.g)), yhat, mask)
-        return sup + self.hp["lambda_u"] * unl, {"sup": sup.detach(), "unl": unl.detach(),
-                                                   "kept": mask.float().mean()}
+        return sup + self.hp["lambda_u"] * unl, {"sup": sup.detach(), "unl": unl.detach(), "kept": mask.float().mean()}
 
     def calibration_model(self):
         return (self.teacher if self.teacher is not None else self.model), "h"

@@ -1,4 +1,5 @@
 """ReMixMatch mode (Berthelot et al., ICLR 2020), multi-label: see ReMixMatch."""
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,19 @@ class ReMixMatch(SSLMode):
     (lambda_u), plus BCE of the first strong view before mixing against q (lambda_u1); both summed over
     outputs and averaged over clips (the supervised loss's unit), ramped linearly.
     """
-    defaults = {"mu": 1, "K": 2, "T": 0.5, "alpha": 0.75, "lambda_u": 1.5, "lambda_u1": 0.5, "rampup": 0.2,
-                "da_batches": 128, "strong_masks": 3, "strong_width": 0.2}
+
+    defaults = {
+        "mu": 1,
+        "K": 2,
+        "T": 0.5,
+        "alpha": 0.75,
+        "lambda_u": 1.5,
+        "lambda_u1": 0.5,
+        "rampup": 0.2,
+        "da_batches": 128,
+        "strong_masks": 3,
+        "strong_width": 0.2,
+    }
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -30,8 +42,8 @@ class ReMixMatch(SSLMode):
     def guess(self, y, ux):
         with torch.no_grad(), frozen_bn(self.model):
             p = self.task.probs(self.logits(ux))
-        self.pi_l.update(distributed.mean_tensor(y.float().mean(0)))      # data-parallel: the global batch's
-        self.pi_u.update(distributed.mean_tensor(p.mean(0)))              # means, the same on every rank
+        self.pi_l.update(distributed.mean_tensor(y.float().mean(0)))  # data-parallel: the global batch's
+        self.pi_u.update(distributed.mean_tensor(p.mean(0)))  # means, the same on every rank
         return self.task.sharpen(self.task.align(p, self.pi_l.value(), self.pi_u.value()), self.hp["T"])
 
     def step(self, batch, progress):
@@ -44,7 +56,7 @@ class ReMixMatch(SSLMode):
         out = self.net()(torch.cat([xm, us[0]]), heads=["h"])
         sup = self.ctx.loss_fn({k: v[:b] for k, v in out.items()}, tm[:b])
         unl = self.task.masked(out["h"][b:n], tm[b:])
-        pre = self.task.masked(out["h"][n:, :self.C], q)
+        pre = self.task.masked(out["h"][n:, : self.C], q)
         w = linear_ramp(progress, self.hp["rampup"])
         loss = sup + w * (self.hp["lambda_u"] * unl + self.hp["lambda_u1"] * pre)
         return loss, {"sup": sup.detach(), "unl": unl.detach(), "unl_pre": pre.detach(), "ramp": w}

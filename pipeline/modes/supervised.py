@@ -1,4 +1,5 @@
 """Supervised training on labelled clips (the curated folds, or the noisy set with its labels in the warm-up)."""
+
 from __future__ import annotations
 
 from pipeline.modes import Mode, register_mode

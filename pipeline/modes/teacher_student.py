@@ -29,6 +29,7 @@ noisy_aware (beyond the paper: a given noisy label is kept where g >= keep_low, 
 the rest dropped). Where the noisy truth is known, the pseudo-labels' precision and recall against it and the share
 of the noisy labels kept are logged each epoch (pl_* columns of metrics.csv, plotted in curves.png).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,7 +48,7 @@ RULES = ("threshold", "class_threshold", "topk", "noisy_aware")
 class TeacherStudent(Mode):
     heads = ("h", "g")
     uses_unlabelled = True
-    single_label_ok = False          # it cleans noisy labels; single-label datasets have none
+    single_label_ok = False  # it cleans noisy labels; single-label datasets have none
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -57,8 +58,9 @@ class TeacherStudent(Mode):
         if self.hp["rule"] not in RULES:
             raise ValueError(f"teacher_student.rule: unknown {self.hp['rule']!r}; one of {list(RULES)}")
         rule = "threshold" if self.hp["rule"] == "noisy_aware" else self.hp["rule"]
-        self.labeller = PseudoLabeller({**self.hp, "rule": rule}, ctx.n_classes, ctx.extra.get("cardinality", 1.0),
-                                       tau_key="eta")
+        self.labeller = PseudoLabeller(
+            {**self.hp, "rule": rule}, ctx.n_classes, ctx.extra.get("cardinality", 1.0), tau_key="eta"
+        )
         self.stats = PseudoLabelStats()
 
     @classmethod
@@ -84,11 +86,11 @@ class TeacherStudent(Mode):
         pass leaves the BN running statistics alone (and dropout off). `given`: the clips' noisy labels (B_W, C),
         used by rule noisy_aware (without them it is the threshold rule)."""
         with frozen_bn(self.model, no_dropout=True), self.g_context():
-            logits = self.model(w_hat, heads=["g"])["g"][:, :self.ctx.n_classes]
+            logits = self.model(w_hat, heads=["g"])["g"][:, : self.ctx.n_classes]
         p = torch.sigmoid(logits.float())
         pos = self.labeller.positives(p)
         if self.hp["rule"] == "noisy_aware" and given is not None:
-            pos = pos | ((given[:, :self.ctx.n_classes] >= 0.5) & (p >= self.hp["keep_low"]))
+            pos = pos | ((given[:, : self.ctx.n_classes] >= 0.5) & (p >= self.hp["keep_low"]))
         return pos.float()
 
     def step(self, batch, progress):

@@ -5,13 +5,18 @@ pipeline/distributed.py, above it."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
 import random
 import re
+import shutil
+import signal
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,37 +46,164 @@ def is_user_error(e: BaseException) -> bool:
     )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what job schedulers send before they kill), raised in the main thread so that a stage unwinds from
+    it as from a Ctrl-C: atomic writes drop their temporaries, locks are released, nothing half-written stays."""
+
+
+_POSITION: dict = {}  # where the running stage is (fold, epoch, split): named by an interruption's line
+_OWNER = [0]  # the process whose stage installed the handler
+_SIGNALLED: list = []  # the signal that interrupted this process, once one has
+
+
 @contextmanager
-def user_errors(stage: str):
-    """Around a stage's command line: a user's error (is_user_error) prints `fattag <stage>: error: <message>` and
-    exits with status 2; anything else (a bug) propagates with its traceback, and so does every error when the
-    environment sets FATTAG_DEBUG=1."""
+def position(**where):
+    """Name where a stage is for the line an interruption prints (`interrupted at fold 1, epoch 7`): the block's
+    keys are added to the enclosing blocks' and removed after it (not when it raises: the line names where it
+    stopped); set_position updates them inside the block."""
+    saved = dict(_POSITION)
+    _POSITION.update(where)
+    yield
+    _POSITION.clear()
+    _POSITION.update(saved)
+
+
+def set_position(**where):
+    _POSITION.update(where)
+
+
+def _on_signal(signum, frame):
+    if os.getpid() != _OWNER[0]:  # a forked worker (multiprocessing.Pool) inherited the handler: die as by default
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    _SIGNALLED.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextmanager
+def _signals_unwind():
+    """SIGINT and SIGTERM raise KeyboardInterrupt / Terminated in the main thread while the block runs (and note
+    the signal, so that an error it causes in a collective of a data-parallel run reads as the interruption)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _SIGNALLED.clear()
+    _POSITION.clear()
+    _OWNER[0] = os.getpid()
+    before = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
-    except Exception as e:
-        if not is_user_error(e) or os.environ.get("FATTAG_DEBUG", "") not in ("", "0"):
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def user_errors(stage: str):
+    """Around a stage's command line: a user's error (is_user_error; a full disk, disk_full) prints
+    `fattag <stage>: error: <message>` and exits with status 2; Ctrl-C (SIGINT) or SIGTERM prints
+    `fattag <stage>: interrupted at <position>; run the same command to resume` (rank 0 of a torchrun job only)
+    and exits with 130 / 143; anything else (a bug) propagates with its traceback, and so does every error when the
+    environment sets FATTAG_DEBUG=1."""
+    debug = os.environ.get("FATTAG_DEBUG", "") not in ("", "0")
+    try:
+        with _signals_unwind():
+            yield
+    except (KeyboardInterrupt, Exception) as e:
+        if debug:
+            raise
+        if isinstance(e, KeyboardInterrupt) or _SIGNALLED:
+            signum = _SIGNALLED[0] if _SIGNALLED else (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+            if os.environ.get("RANK", "0") in ("", "0"):
+                where = ", ".join(f"{k} {v}" for k, v in _POSITION.items())
+                print(
+                    f"fattag {stage}: interrupted{' at ' + where if where else ''}; run the same command to resume",
+                    file=sys.stderr,
+                )
+            raise SystemExit(128 + signum) from None
+        if is_disk_full(e):
+            e = disk_full(getattr(e, "filename", None) or "(a file)", cause=e)
+        if not is_user_error(e):
             raise
         print(f"fattag {stage}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
+# --------------------------------------------------------------------------- writing: atomic, checked, full disks
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """An OSError of a full file system (or quota), or shutil's Error (copytree's list of errors) holding one."""
+    if isinstance(e, shutil.Error):
+        errors = e.args[0] if e.args and isinstance(e.args[0], list) else []
+        return any(os.strerror(errno.ENOSPC) in str(x) or os.strerror(errno.EDQUOT) in str(x) for x in errors)
+    return isinstance(e, OSError) and e.errno in DISK_FULL
+
+
+def size_text(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def free_bytes(path) -> int | None:
+    """Free bytes on the file system that holds `path` (its nearest existing folder), or None when unknown."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def disk_full(path, need: int | None = None, cause: OSError | None = None) -> UserError:
+    """The one-line error of a write that found its file system full: the path, its free space, what was needed."""
+    free = free_bytes(path)
+    what = f"{size_text(free)} free" if free is not None else "free space unknown"
+    if need:
+        what += f", {size_text(need)} needed"
+    quota = " (disk quota exceeded)" if getattr(cause, "errno", None) == errno.EDQUOT else ""
+    return UserError(
+        f"{path}: no space left on the device{quota} while writing it ({what}); nothing half-written "
+        f"was kept: free some space and run the same command again"
+    )
+
+
+def check_free_space(folder, need: int, what: str, hint: str = "free some space"):
+    """Refuse (UserError) before a long write when `folder`'s file system has less than `need` bytes free."""
+    free = free_bytes(folder)
+    if need and free is not None and free < need:
+        raise UserError(
+            f"{folder}: {what} need about {size_text(need)} but its file system has {size_text(free)} free; {hint}"
+        )
+
+
 @contextmanager
-def atomic_path(path, suffix=None):
-    """Yield a temporary path beside `path`; on success rename it over `path`, on error remove it.
+def atomic_path(path, suffix=None, need: int | None = None):
+    """Yield a temporary path beside `path`; on success rename it over `path`, on error (or an interruption)
+    remove it. A full file system (ENOSPC, EDQUOT) becomes disk_full's UserError naming `path`, its free space and
+    `need` (bytes, where the caller knows them): one line, exit status 2, no partial file left.
 
     The temporary name keeps the final suffix so that writers that add one (np.save, savefig) behave.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=suffix or path.suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=suffix or path.suffix, dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if is_disk_full(e):
+            raise disk_full(path, need, e) from e
         raise
 
 
@@ -81,13 +213,14 @@ def remove_stale_temps(path, log=None) -> int:
     assumed. Only those names match, so the temporaries of `<stem>.x<suffix>` are not touched. Returns the number
     of bytes reclaimed (logged when any)."""
     path = Path(path)
-    mine = re.compile(re.escape(f".{path.stem}.") + r"(tmp-)?[a-z0-9_]{8}" + re.escape(path.suffix))
     freed, n = 0, 0
-    for tmp in path.parent.glob(f".{path.stem}.*{path.suffix}"):
-        if mine.fullmatch(tmp.name) and tmp.is_file():
-            freed += tmp.stat().st_size
-            tmp.unlink()
-            n += 1
+    for p in (path, checksum_path(path)):  # and those of its checksum sidecar (save_torch)
+        mine = re.compile(re.escape(f".{p.stem}.") + r"(tmp-)?[a-z0-9_]{8}" + re.escape(p.suffix))
+        for tmp in p.parent.glob(f".{p.stem}.*{p.suffix}"):
+            if mine.fullmatch(tmp.name) and tmp.is_file():
+                freed += tmp.stat().st_size
+                tmp.unlink()
+                n += 1
     if n and log:
         log.info(f"removed {n} temporary file(s) of an interrupted run beside {path} ({freed / 1e6:.1f} MB)")
     return freed
@@ -137,6 +270,78 @@ def atomic_to_csv(df, path, **kw):
         df.to_csv(tmp, **kw)
 
 
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def checksum_path(path) -> Path:
+    """The checksum sidecar of a file save_torch writes: <name>.sha256, in sha256sum's format."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def _sums(side: Path) -> list[str]:
+    try:
+        return [line.split()[0] for line in side.read_text().splitlines() if line.strip()]
+    except (OSError, IndexError):
+        return []
+
+
+def save_torch(obj, path):
+    """torch.save(obj) to `path` atomically, and its sha256 to the sidecar checksum_path(path), which load_torch
+    checks. The bytes depend on obj alone (written through a file object, the archive's inner folder is always
+    "archive", not the temporary's random name), so the same state gives the same file. While the file is
+    replaced the sidecar lists the new and the old sums: killed at any moment, the pair on disk checks."""
+    import torch
+
+    path, side = Path(path), checksum_path(path)
+    old = _sums(side) if path.exists() else []
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+        digest = sha256_file(tmp)
+        atomic_write_text(side, "".join(f"{h}  {path.name}\n" for h in dict.fromkeys([digest, *old])))
+    atomic_write_text(side, f"{digest}  {path.name}\n")
+
+
+class DamagedFile(UserError):
+    """A file whose contents are not the ones recorded when it was written (a copy cut short, flipped bytes)."""
+
+
+def verify_checksum(path, repair: str = "write it again"):
+    """Raise DamagedFile naming `path` when its sidecar (checksum_path) records other contents; a file without a
+    sidecar (written before checksums were kept, or brought from elsewhere) is taken as it is."""
+    side = checksum_path(path)
+    sums = _sums(side) if side.exists() else None
+    if sums is not None and sha256_file(path) not in sums:
+        raise DamagedFile(
+            f"{path}: damaged: its sha256 is not the one {side.name} recorded when it was written "
+            f"(a copy cut short or changed bytes); {repair}"
+        )
+
+
+def load_torch(path, repair: str = "write it again"):
+    """torch.load (on the CPU) of a file save_torch wrote, after verify_checksum."""
+    import torch
+
+    verify_checksum(path, repair)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def move_with_checksum(src, dst):
+    """os.replace a file and its checksum sidecar (when it has one)."""
+    os.replace(src, dst)
+    if checksum_path(src).exists():
+        os.replace(checksum_path(src), checksum_path(dst))
+
+
 def read_json(path):
     with open(path) as f:
         return json.load(f)
@@ -163,6 +368,16 @@ def run_dir(cfg, stage: str) -> Path:
     return Path("runs") / cfg.run.name / stage
 
 
+class _LogFile(logging.FileHandler):
+    """log.txt: a line that a full disk refuses is dropped (the write that matters fails and says so, in one line)
+    instead of logging's traceback on stderr."""
+
+    def handleError(self, record):
+        if isinstance(sys.exc_info()[1], OSError) and sys.exc_info()[1].errno in DISK_FULL:
+            return
+        super().handleError(record)
+
+
 def get_logger(name="fattag", folder=None) -> logging.Logger:
     """A logger that prints to stderr and, when `folder` is given, appends to folder/log.txt."""
     log = logging.getLogger(name)
@@ -178,7 +393,7 @@ def get_logger(name="fattag", folder=None) -> logging.Logger:
                 log.removeHandler(h)
                 h.close()
         Path(folder).mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(path)
+        fh = _LogFile(path)
         fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(fh)
     log.propagate = False

@@ -31,9 +31,9 @@ def test_lwlrap(cfg, fold_dir, tta: bool, reversal: bool = True, count_windows: 
     """Test-set lwlrap of one fold model (its best.pt), with or without length-adaptive TTA (count_windows: how
     the clip's windows are counted to choose the TTA passes; default infer.tta_count_windows)."""
     from models import create_model
+    from pipeline.cache import FeatureCache
     from pipeline.data import load_dataset
     from pipeline.engine import load_checkpoint
-    from pipeline.features import FeatureCache
     from pipeline.metrics import lwlrap
     from pipeline.predict import predict_clips
 

@@ -1,4 +1,4 @@
-"""Benchmark of the feature stage: fattag's log-mel cache (pipeline.features.extract_split) against a plain
+"""Benchmark of the feature stage: fattag's log-mel cache (pipeline.cache.extract_split) against a plain
 single-process librosa loop over the same files, with throughput and the peak memory of the whole process tree.
 
     .venv/bin/python bench/features.py                          # default: N = 160 and 4N = 640 clips, ~2-3 min
@@ -219,7 +219,7 @@ def child(kind: str, files: list[str], workers: int, repeat: int) -> dict:
                 for path in files:
                     one(path)
         else:
-            from pipeline import features
+            from pipeline import cache as features
 
             def warm():
                 features.extract_split(files[:1], ["warm.wav"], tmp, "warm", PARAMS, 1, show=False)

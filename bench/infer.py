@@ -89,9 +89,9 @@ def config(tmp: Path, name: str, root: Path):
 def make_bundle(tmp: Path, name: str, root: Path) -> Path:
     """Random-weight fold checkpoints in runs/<name>/train, then pipeline.bundle.main: the bundle folder."""
     from pipeline import bundle
+    from pipeline.cache import build_cache
     from pipeline.data import load_dataset
     from pipeline.engine import build_model, save_checkpoint
-    from pipeline.features import build_cache
     from pipeline.utils import mark_done
 
     cfg = config(tmp, name, root)
@@ -152,8 +152,8 @@ def feature_rows(paths, fnames, bundle_dir: Path, quiet_wait: float) -> list[dic
 def network_rows(spec: dict) -> list[dict]:
     """In a fresh process (run_child): the network rows of spec["variants"] ([channels_last, batch]) and, with
     spec["train"], the training-step row; after keep_freed_memory() when spec["malloc"]."""
+    from pipeline.cache import FeatureCache
     from pipeline.engine import build_model
-    from pipeline.features import FeatureCache
     from pipeline.predict import predict_settings, predict_with
     from pipeline.utils import keep_freed_memory
 
@@ -310,8 +310,8 @@ def main(argv=None):
         Path(spec["out"]).write_text(json.dumps(network_rows(spec)))
         return
     from pipeline import demo_data
+    from pipeline.cache import FeatureCache
     from pipeline.data import load_dataset
-    from pipeline.features import FeatureCache
     from pipeline.predict import predict_settings
 
     t_start = time.time()

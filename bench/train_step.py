@@ -106,9 +106,9 @@ def config_for(root: Path, tmp: Path, s: dict, extra=()):
 
 
 def clipset(cfg):
+    from pipeline.cache import FeatureCache, build_cache
     from pipeline.data import load_dataset
     from pipeline.engine import make_clipset
-    from pipeline.features import FeatureCache, build_cache
 
     ds = load_dataset(cfg.data.root)
     build_cache(cfg, ds, log=_quiet_logger())

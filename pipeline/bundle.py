@@ -34,9 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.cache import feature_params, norm_stats
 from pipeline.config import cli, config_hash, load_config, save_config
 from pipeline.data import dataset
-from pipeline.features import feature_params, norm_stats
 from pipeline.infer import export, fold_dirs, predicted_from
 from pipeline.predict import predict_settings
 from pipeline.predict_dir import FORMAT, MANIFEST, sha256
@@ -45,8 +45,10 @@ from pipeline.utils import (
     UserError,
     atomic_write_json,
     atomic_write_text,
+    disk_full,
     get_logger,
     git_commit,
+    is_disk_full,
     run_dir,
     user_errors,
 )
@@ -275,8 +277,10 @@ def main(cfg, wheels: bool = False, pip_args=()) -> dict:
         if wheels:
             download_wheels(tmp / "requirements.txt", tmp / "wheels", pip_args, log)
         place(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):  # the bundle's copies (copytree) outside atomic_path: one line naming the bundle
+            raise disk_full(final, cause=e) from e
         raise
     size = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
     log.info(f"wrote {final}: {len(models)} model(s), {size / 1e6:.1f} MB")

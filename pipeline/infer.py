@@ -18,11 +18,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from pipeline.cache import FeatureCache
 from pipeline.config import cli, config_hash, save_config
 from pipeline.data import dataset
 from pipeline.distributed import get_device
 from pipeline.engine import load_checkpoint, save_checkpoint
-from pipeline.features import FeatureCache
 from pipeline.folds import read_folds
 from pipeline.predict import predict_settings, predict_with
 from pipeline.utils import (
@@ -34,6 +34,7 @@ from pipeline.utils import (
     progress,
     remove_stale_outputs,
     run_dir,
+    set_position,
 )
 
 
@@ -106,6 +107,7 @@ def main(cfg, ensemble=True) -> dict:
         odir = out / name
         best = fdir / "best.pt"
         key = f"{key_base}-{best.stat().st_mtime_ns}"
+        set_position(fold=name.split("_")[1])  # what an interruption's one line names
         if not is_done(odir, key):
             remove_stale_outputs(odir, ("model.pt", "test.csv", "oof.csv", "done.json"), log)
             model = export(best, odir / "model.pt").to(device)

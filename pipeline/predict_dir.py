@@ -11,7 +11,7 @@ Rows: with --sample-submission, its fnames in its order (each must be found unde
 bundle's classes, in the sample's order); without one, every .wav of the folder sorted by name (or the CSV's rows
 in order) and the bundle's classes in its order.
 
-What it does, from manifest.json: log-mels of every clip with pipeline.features' Extractor in --workers processes,
+What it does, from manifest.json: log-mels of every clip with pipeline.extractor's Extractor in --workers processes,
 held in memory as the float16 values the feature cache would store (nothing is written), normalised with the
 bundle's statistics; each model predicts with pipeline.predict.predict_with and the bundle's settings (sliding
 windows, length-adaptive TTA, time reversal, channels_last); the models are averaged with the manifest's weights
@@ -30,15 +30,15 @@ import argparse
 import hashlib
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
+from pipeline.cache import FeatureCache
 from pipeline.distributed import get_device
-from pipeline.features import CHUNK, Extractor, FeatureCache, FeatureError, _chunked, _init_worker, _work
+from pipeline.extractor import FeatureError, logmels
 from pipeline.utils import UserError, atomic_to_csv, keep_freed_memory, progress, read_json, user_errors
 
 MANIFEST = "manifest.json"
@@ -165,30 +165,21 @@ class ClipFeatures(FeatureCache):
 
 
 def extract(paths, fnames, bundle: dict, workers: int = 1, show: bool = True) -> ClipFeatures:
-    """Log-mels of `paths` with the bundle's feature parameters in `workers` processes (pipeline.features' own
-    worker functions), as a ClipFeatures. An unreadable clip is a UserError naming its file."""
+    """Log-mels of `paths` with the bundle's feature parameters in `workers` processes (pipeline.extractor, as
+    the feature cache computes them), as a ClipFeatures. An unreadable clip is a UserError naming its file."""
     params = bundle["features"]
-    chunks = list(_chunked(list(paths), CHUNK))
-    logmels = []
+    arrays = []
     bar = progress(total=len(paths), enabled=show, desc="log-mels", unit="clip")
     try:
-        if workers <= 1 or len(chunks) <= 1:
-            _init_worker(params)
-            for chunk in chunks:
-                logmels += [arr for arr, *_ in _work(chunk)]
-                bar.update(len(chunk))
-        else:
-            Extractor(params)  # the mel filterbank, built here once: the forked workers inherit it
-            with ProcessPoolExecutor(min(workers, len(chunks)), initializer=_init_worker, initargs=(params,)) as ex:
-                for out in ex.map(_work, chunks):
-                    logmels += [arr for arr, *_ in out]
-                    bar.update(len(out))
+        for out in logmels(paths, params, workers):
+            arrays += [arr for arr, *_ in out]
+            bar.update(len(out))
     except FeatureError as e:
         raise UserError(str(e)) from None
     finally:
         bar.close()
     norm = bundle["normalisation"]
-    return ClipFeatures(fnames, logmels, norm["mean"], norm["std"], params["n_mels"])
+    return ClipFeatures(fnames, arrays, norm["mean"], norm["std"], params["n_mels"])
 
 
 # ------------------------------------------------------------------------------------------------ prediction

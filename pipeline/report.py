@@ -200,7 +200,7 @@ def hardest_section(cfg, ds, oof, y, p) -> str:
         score = np.where(n_true > 0, prec.sum(1) / np.maximum(n_true, 1), np.inf)
     worst = np.argsort(score, kind="stable")[:HARDEST]
     try:
-        from pipeline.features import FeatureCache
+        from pipeline.cache import FeatureCache
 
         cache = FeatureCache.open(cfg, "curated")
     except FileNotFoundError as e:

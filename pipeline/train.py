@@ -44,6 +44,7 @@ import pandas as pd
 
 from pipeline import distributed, summary, warmup
 from pipeline import folds as folds_stage
+from pipeline.cache import FeatureCache
 from pipeline.config import cli, load_config, save_config
 from pipeline.data import dataset
 from pipeline.engine import (
@@ -56,9 +57,8 @@ from pipeline.engine import (
     make_clipset,
     train_key,
 )
-from pipeline.features import FeatureCache
 from pipeline.modes import mode_class
-from pipeline.utils import atomic_to_csv, file_lock, is_done, run_dir
+from pipeline.utils import atomic_to_csv, file_lock, is_done, position, run_dir
 
 
 def warmup_config(cfg):
@@ -159,7 +159,7 @@ def main(cfg) -> dict:
         val = None if k == "full" else make_clipset(curated_cache, ds.curated[fold == k], ds.classes)
         # one process per fold at a time: a second `make train` of the same run (or overlapping fold-parallel
         # processes) waits here, then finds the fold done
-        with file_lock(fdir / ".fold.lock", log, f"fold {k}") if world.main else nullcontext():
+        with file_lock(fdir / ".fold.lock", log, f"fold {k}") if world.main else nullcontext(), position(fold=k):
             if not distributed.from_main(is_done(fdir, key)):  # data-parallel: the ranks decide together
                 fit_fold(k, fdir, tr, val)
             if val is not None and distributed.from_main(not (fdir / "oof.csv").exists()):

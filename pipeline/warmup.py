@@ -14,10 +14,10 @@ Data-parallel: `torchrun --nproc_per_node=N -m pipeline.warmup ...` or `make war
 from __future__ import annotations
 
 from pipeline import distributed
+from pipeline.cache import FeatureCache
 from pipeline.config import cli, save_config
 from pipeline.data import dataset
 from pipeline.engine import build_model, fit, make_clipset, plot_curves, train_key
-from pipeline.features import FeatureCache
 from pipeline.utils import file_lock, get_logger, is_done, run_dir
 
 

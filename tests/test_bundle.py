@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from pipeline import bundle, demo_data, features, folds, infer, predict_dir, train
+from pipeline import cache as feature_cache
 from pipeline.config import CONFIG_DIR, load_config
 from pipeline.predict import plan_windows, predict_settings
 from pipeline.utils import ROOT, UserError
@@ -87,8 +88,8 @@ def test_bundle_holds_models_manifest_and_code_only(chain):
         and m["classes"] == pd.read_csv(chain["root"] / "sample_submission.csv", nrows=0).columns[1:].tolist()
     )
     assert m["predict"] == predict_settings(cfg) and m["predict"]["channels_last"] is True
-    assert m["features"] == features.feature_params(cfg)
-    assert (m["normalisation"]["mean"], m["normalisation"]["std"]) == features.norm_stats(cfg)
+    assert m["features"] == feature_cache.feature_params(cfg)
+    assert (m["normalisation"]["mean"], m["normalisation"]["std"]) == feature_cache.norm_stats(cfg)
     assert [e["fold"] for e in m["models"]] == ["fold_0", "fold_1"]
     assert sum(e["weight"] for e in m["models"]) == pytest.approx(1.0) and m["ensemble"]["mean"] == "arithmetic"
     assert m["git_commit"] and set(m["config_hash"]) == {"config", "features", "infer"}
@@ -114,7 +115,7 @@ def test_bundle_holds_models_manifest_and_code_only(chain):
 
 def test_predict_dir_reproduces_infer_submission(chain, tmp_path):
     cfg = chain["cfg"]()
-    cache = features.FeatureCache.open(cfg, "test")
+    cache = feature_cache.FeatureCache.open(cfg, "test")
     s = predict_settings(cfg)
     _, _, aug = plan_windows(cache.frames, s["frames"], s["hop"], s["tta_counts"], s["tta_count_windows"])
     assert aug.any() and s["reversal"]  # TTA passes and reversal are exercised

@@ -13,10 +13,10 @@ import torch
 
 from models import create_model
 from pipeline import train, warmup
+from pipeline.cache import FeatureCache
 from pipeline.config import load_config
 from pipeline.data import load_dataset
 from pipeline.engine import build_model, fit, init_from_checkpoint, load_checkpoint, lr_factor, make_clipset
-from pipeline.features import FeatureCache
 from pipeline.utils import ROOT, UserError
 
 

@@ -6,9 +6,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline import features
+from pipeline import cache as features
+from pipeline import extractor
+from pipeline.cache import FeatureCache, build_cache, cache_dir, norm_stats
 from pipeline.data import DataError
-from pipeline.features import FeatureCache, FeatureError, build_cache, cache_dir, norm_stats
+from pipeline.extractor import FeatureError
 
 
 def test_cache_layout_and_values(dataset, cfg_for):
@@ -70,7 +72,7 @@ def test_rerun_is_noop_and_changed_params_new_dir(dataset, cfg_for):
 def test_interrupted_run_leaves_nothing_valid(dataset, cfg_for, monkeypatch):
     cfg = cfg_for(dataset)
     calls = {"n": 0}
-    real = features._work
+    real = extractor._work
 
     def dying(paths):
         calls["n"] += 1
@@ -78,7 +80,7 @@ def test_interrupted_run_leaves_nothing_valid(dataset, cfg_for, monkeypatch):
             raise KeyboardInterrupt
         return real(paths)
 
-    monkeypatch.setattr(features, "_work", dying)
+    monkeypatch.setattr(extractor, "_work", dying)
     with pytest.raises(KeyboardInterrupt):
         build_cache(cfg)
     out = cache_dir(cfg)
@@ -87,7 +89,7 @@ def test_interrupted_run_leaves_nothing_valid(dataset, cfg_for, monkeypatch):
     assert not list(out.glob(".*"))  # temporaries removed
     with pytest.raises(FileNotFoundError):
         FeatureCache(out, "curated")
-    monkeypatch.setattr(features, "_work", real)
+    monkeypatch.setattr(extractor, "_work", real)
     build_cache(cfg)
     assert len(FeatureCache(out, "curated")) == 20
 
@@ -130,7 +132,7 @@ def test_unreadable_file_named(dataset, cfg_for):
 def test_extractor_names_bad_file(tmp_path):
     p = tmp_path / "bad.wav"
     p.write_bytes(b"xx")
-    ext = features.Extractor(
+    ext = extractor.Extractor(
         {
             "sample_rate": 32000,
             "n_fft": 1024,
@@ -191,13 +193,13 @@ def _files(out):
 def _count_extracted(monkeypatch):
     """Patch the per-chunk worker to count the clips it extracts (run.workers=1 runs it in this process)."""
     seen = []
-    real = features._work
+    real = extractor._work
 
     def counting(paths):
         seen.extend(p.name for p in paths)
         return real(paths)
 
-    monkeypatch.setattr(features, "_work", counting)
+    monkeypatch.setattr(extractor, "_work", counting)
     return seen
 
 
@@ -324,7 +326,7 @@ def test_kill_inside_a_merge_neither_wedges_nor_leaks(dataset, cfg_for, tmp_path
 def test_a_build_merged_while_another_extracts_is_not_misread(dataset, cfg_for, tmp_path, monkeypatch):
     """Two plans reuse the same previous build; the one that merges second finds the files replaced under it and
     plans again on top of the new build, instead of reading the new .f16 at the old build's offsets."""
-    from pipeline.features import build_split, clip_table, feature_params
+    from pipeline.cache import build_split, clip_table, feature_params
     from pipeline.utils import get_logger
 
     cfg = cfg_for(dataset, f"features.cache_dir={tmp_path / 'race'}")
@@ -352,7 +354,7 @@ def test_a_build_merged_while_another_extracts_is_not_misread(dataset, cfg_for, 
 
 
 def test_parse_shard_flags_and_environment():
-    from pipeline.features import parse_shard
+    from pipeline.cache import parse_shard
     from pipeline.utils import UserError
 
     assert parse_shard(None, {}) is None and parse_shard(None, {"WORLD_SIZE": "1", "RANK": "0"}) is None

@@ -443,8 +443,8 @@ def test_pseudo_label_teacher_lazy_and_refreshed():
 
 
 def test_fit_one_epoch_each_mode(prepared, tmp_path):
+    from pipeline.cache import FeatureCache
     from pipeline.data import load_dataset
-    from pipeline.features import FeatureCache
 
     cfg0 = prepared()
     ds = load_dataset(cfg0.data.root, check_audio=False)

@@ -4,16 +4,18 @@ validation with sliding windows, atomic checkpoints and resume, metrics CSV and 
     result = fit(cfg, out_dir, model, mode_name, labelled, unlabelled=None, val=None, log=log)
 
 A fit writes into out_dir: last.pt (everything needed to resume: model, optimiser, schedule, mode state, RNG states,
-history), best.pt (the best validated model), metrics.csv, and done.json last. Started again after a kill at any
-moment, it resumes from last.pt at the epoch boundary and, given the same seed, ends with the same weights as an
-uninterrupted run on the CPU. Started with another config, it keeps the old run's last.pt, best.pt and metrics.csv
-as last.<key>.pt, best.<key>.pt and metrics.<key>.csv (the old key's first 12 characters) and trains from the start.
+history without its timings), last.prev.pt (the epoch before), best.pt (the best validated model), metrics.csv,
+and done.json last; each .pt with its sha256 in <name>.pt.sha256, checked when it is loaded. Started again after a
+kill at any moment, it resumes from last.pt at the epoch boundary (from last.prev.pt when last.pt is damaged) and,
+given the same seed and thread count, ends with the same bytes as an uninterrupted run on the CPU. Started with
+another config, it keeps the old run's last.pt, best.pt and metrics.csv as last.<key>.pt, best.<key>.pt and
+metrics.<key>.csv (the old key's first 12 characters) and trains from the start.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import os
 import queue
 import threading
 import time
@@ -34,6 +36,7 @@ from pipeline.metrics import accuracy, lwlrap
 from pipeline.modes import TrainContext, create_mode
 from pipeline.predict import predict_clips
 from pipeline.utils import (
+    DamagedFile,
     UserError,
     amp_dtype,
     atomic_path,
@@ -41,8 +44,12 @@ from pipeline.utils import (
     keep_freed_memory,
     make_scaler,
     mark_done,
+    move_with_checksum,
     progress,
     remove_stale_outputs,
+    save_torch,
+    set_position,
+    verify_checksum,
 )
 
 # Sections that decide what a training stage computes (progress bars, workers, inference do not).
@@ -233,14 +240,17 @@ def save_checkpoint(path, model, cfg, classes, **extra):
         "classes": list(classes),
         **extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, path)  # with its sha256 beside it (path.sha256), checked by load_checkpoint
 
 
 def load_checkpoint(path):
+    """A checkpoint's contents; one whose bytes are not those its sha256 sidecar recorded is a DamagedFile error
+    naming it and the stage that writes it again."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
+    stage = next((s for s in ("warmup", "train", "infer") if s in path.parts[:-1]), None)
+    verify_checksum(path, f"delete {path.parent} and run `make {stage}` again" if stage else "write it again")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a corrupt or foreign file
@@ -405,6 +415,9 @@ class FitRun:
         return self.out_dir / "last.pt"
 
 
+FIT_OUTPUTS = ("last.pt", "last.prev.pt", "best.pt", "metrics.csv", "curves.png", "done.json", "oof.csv")
+
+
 def fit(
     cfg,
     out_dir,
@@ -429,6 +442,7 @@ def fit(
     run = set_up_fit(cfg, Path(out_dir), model, mode_name, classes, labelled, unlabelled, log, seed_offset)
     resume_fit(run)
     for epoch in range(run.start, cfg.train.epochs):
+        set_position(epoch=epoch + 1)  # what an interruption's one line names (pipeline.utils.user_errors)
         t0 = time.time()
         calibrate_epoch(run, calib)
         row = train_epoch(run, epoch, labelled, unlabelled, t0)
@@ -460,7 +474,7 @@ def set_up_fit(
     if world.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         # what a killed run of this fold left under temporary names: never read, reclaimed now
-        remove_stale_outputs(out_dir, ("last.pt", "best.pt", "metrics.csv", "curves.png", "done.json", "oof.csv"), log)
+        remove_stale_outputs(out_dir, FIT_OUTPUTS, log)
     device = distributed.get_device(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -541,7 +555,7 @@ def read_last(run: FitRun) -> dict | None:
     """last.pt's contents, or None. In a data-parallel run every rank reads it before rank 0 may move it, and they
     must have read the same one (a UserError otherwise)."""
     last = run.last
-    ck = load_checkpoint(last) if last.exists() else None
+    ck = last_or_previous(run)
     if run.world.parallel:
         seen = distributed.all_gather(None if ck is None else (ck.get("key"), ck.get("epoch")))
         if len(set(seen)) > 1:
@@ -551,6 +565,52 @@ def read_last(run: FitRun) -> dict | None:
             )
         distributed.barrier()
     return ck
+
+
+def last_or_previous(run: FitRun) -> dict | None:
+    """last.pt's contents; when it is damaged, or missing while last.prev.pt is there (killed between keeping the
+    one and writing the other), last.prev.pt's: the run resumes one epoch earlier."""
+    prev = run.out_dir / "last.prev.pt"
+    if run.last.exists():
+        try:
+            return load_checkpoint(run.last)
+        except UserError as e:  # damaged (DamagedFile) or unreadable
+            if not prev.exists():
+                raise
+            why = "damaged" if isinstance(e, DamagedFile) else "unreadable"
+            if run.log:
+                run.log.warning(f"{run.last}: {why}; resuming from last.prev.pt, one epoch earlier")
+    if prev.exists():
+        if run.log:
+            run.log.info(f"{run.out_dir}: resuming from last.prev.pt")
+        return load_checkpoint(prev)
+    return None
+
+
+# Measured, not computed: kept out of last.pt (whose bytes then depend on the config and seed alone) and read back
+# from metrics.csv on a resume.
+TIMINGS = ("seconds", "data_wait_share")
+
+
+def untimed(history: list) -> list:
+    """The history last.pt keeps: timings None, every value a plain JSON one. The JSON round trip is a canonical
+    form: rows computed in this process and rows read back from a checkpoint pickle to the same bytes (pickle
+    writes a key shared by several rows once, so which string objects the rows share shows in the file)."""
+    rows = [{k: (None if k in TIMINGS else v) for k, v in row.items()} for row in history]
+    return json.loads(json.dumps(rows, default=float))
+
+
+def timed(history: list, metrics: Path) -> list:
+    """last.pt's history with its timings read back from metrics.csv (written before it), NaN where missing."""
+    try:
+        old = pd.read_csv(metrics) if metrics.exists() else pd.DataFrame()
+    except (OSError, ValueError):
+        old = pd.DataFrame()
+    for i, row in enumerate(history):
+        for k in TIMINGS:
+            if k in row and row[k] is None:
+                row[k] = float(old[k].iloc[i]) if k in old.columns and i < len(old) else float("nan")
+    return history
 
 
 def restore_fit(run: FitRun, ck: dict):
@@ -566,7 +626,7 @@ def restore_fit(run: FitRun, ck: dict):
     run.gen.set_state(ck["rng"]["gen"])
     if run.world.parallel:
         resume_rank_rng(ck, run.world, run.seed, run.gen, run.log)
-    run.history, run.best, run.start = ck["history"], ck["best"], ck["epoch"]
+    run.history, run.best, run.start = timed(ck["history"], run.out_dir / "metrics.csv"), ck["best"], ck["epoch"]
     if run.log:
         run.log.info(f"resuming {run.out_dir} from epoch {run.start}/{run.cfg.train.epochs}")
 
@@ -578,8 +638,10 @@ def keep_old_run(run: FitRun, ck: dict):
     kept = []
     for p in (run.last, run.out_dir / "best.pt", run.out_dir / "metrics.csv"):
         if p.exists():
-            os.replace(p, p.with_name(f"{p.stem}.{tag}{p.suffix}"))
+            move_with_checksum(p, p.with_name(f"{p.stem}.{tag}{p.suffix}"))
             kept.append(f"{p.stem}.{tag}{p.suffix}")
+    for p in (run.out_dir / "last.prev.pt", run.out_dir / "last.prev.pt.sha256"):
+        p.unlink(missing_ok=True)  # the old run's epoch before: no use to the new one
     if run.log:
         run.log.info(
             f"{run.last} was written for another config (changed: "
@@ -696,7 +758,8 @@ def rng_state(run: FitRun) -> dict:
 
 
 def write_checkpoints(run: FitRun, epoch: int, row: dict, improved: bool):
-    """The end of an epoch on disk (rank 0): best.pt when it improved, metrics.csv, then last.pt."""
+    """The end of an epoch on disk (rank 0): best.pt when it improved, metrics.csv, then last.pt, the one before
+    kept as last.prev.pt (a resume's fallback when last.pt is found damaged)."""
     cfg = run.cfg
     state = rng_state(run)  # a collective in a data-parallel run: every rank calls it
     if not run.world.main:
@@ -713,6 +776,8 @@ def write_checkpoints(run: FitRun, epoch: int, row: dict, improved: bool):
             **{metric: row.get(metric)},
         )
     atomic_to_csv(pd.DataFrame(run.history), run.out_dir / "metrics.csv", index=False)
+    if run.last.exists():
+        move_with_checksum(run.last, run.out_dir / "last.prev.pt")
     save_checkpoint(
         run.last,
         run.model,
@@ -724,7 +789,7 @@ def write_checkpoints(run: FitRun, epoch: int, row: dict, improved: bool):
         scheduler=run.sched.state_dict(),
         scaler=run.scaler.state_dict(),
         mode=run.mode.state_dict(),
-        history=run.history,
+        history=untimed(run.history),
         best=run.best,
         rng=state,
     )

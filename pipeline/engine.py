@@ -457,6 +457,14 @@ def fit(
     return {"best": run.best, "history": pd.DataFrame(run.history)}
 
 
+def run_setting(out_dir, device, dtype, cfg) -> str:
+    """The log line that names what a run's numbers depend on beyond its config: device, precision, threads."""
+    return (
+        f"{out_dir}: device {device}, precision {dtype or 'float32'} (train.amp={cfg.train.amp}), "
+        f"{torch.get_num_threads()} torch thread(s) (another count gives other weights: README, Reproducibility)"
+    )
+
+
 def set_up_fit(
     cfg,
     out_dir: Path,
@@ -512,7 +520,7 @@ def set_up_fit(
     dtype = amp_dtype(cfg.train.amp, device)
     scaler = make_scaler(cfg.train.amp, device)
     if log:
-        log.info(f"{out_dir}: device {device}, precision {dtype or 'float32'} (train.amp={cfg.train.amp})")
+        log.info(run_setting(out_dir, device, dtype, cfg))
     return FitRun(
         cfg=cfg,
         out_dir=out_dir,

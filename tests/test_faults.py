@@ -353,3 +353,29 @@ def test_ctrl_c_to_the_group_of_a_feature_build_with_workers(tmp_path):
     assert run.returncode == 0, run.stderr
     (out,) = (tmp_path / "cache").glob("*-*")
     assert len(FeatureCache(out, "curated")) == 400
+
+
+def test_sigterm_to_torchrun_stops_every_rank_in_one_line(prepared, tmp_path):
+    """`make train NPROC=2` (python -m pipeline.torchrun): SIGTERM to the launcher alone, as a scheduler's kill of the
+    job's process: the ranks stop together, rank 0 prints the one line, the launcher exits with 143 and no
+    traceback, and no process of the job is left."""
+    prepared()
+    cmd = [sys.executable, "-m", "pipeline.torchrun", "--standalone", "--nproc_per_node=2", "-m", "pipeline.train",
+           *features_cmd(tmp_path / "ds", tmp_path / "cache")[3:], "features.n_mels=32", *TINY_TRAIN,
+           "train.mode=supervised", "train.init_from=null", "train.epochs=12", "train.steps_per_epoch=4",
+           "train.threads=1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    _wait_for(proc, r"fold_0 epoch 2/12", [])
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert proc.returncode == 143, rest
+    assert "Traceback" not in rest, rest
+    *logged, last = rest.strip().splitlines()  # an epoch may have ended between the log line read and the signal
+    assert re.fullmatch(r"fattag train: interrupted at fold 0, epoch \d+; run the same command to resume", last), rest
+    assert all(re.match(r"\d\d:\d\d:\d\d runs/base/train/fold_0 epoch", line) for line in logged), rest
+    time.sleep(1)
+    with pytest.raises(ProcessLookupError):  # every rank is gone with the launcher
+        os.killpg(proc.pid, 0)
+    assert not leftovers(tmp_path / "runs")

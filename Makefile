@@ -14,7 +14,7 @@ STAGE = $(PY) -m pipeline.$(1) --config $(CONFIG) $(OVERRIDES)
 # restarts the group RESTARTS times, resuming from last.pt). Several machines: torchrun itself (README).
 NPROC ?= 1
 RESTARTS ?= 0
-TRAIN_STAGE = $(if $(filter-out 0 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC) \
+TRAIN_STAGE = $(if $(filter-out 0 1,$(NPROC)),$(PY) -m pipeline.torchrun --standalone --nproc_per_node=$(NPROC) \
 	--max-restarts=$(RESTARTS) -m pipeline.$(1) --config $(CONFIG) $(OVERRIDES),$(call STAGE,$(1)))
 
 .DEFAULT_GOAL := help
@@ -36,8 +36,8 @@ setup: $(STAMP) ## make .venv and install the pinned requirements (redone when t
 demo-data: $(STAMP) ## build the embedded demo dataset in data/demo (DEMO_FLAGS="--preset tiny ...")
 	$(PY) -m pipeline.demo_data --out data/demo $(DEMO_FLAGS)
 
-features: $(STAMP) ## log-mel feature cache of every split (a no-op when up to date; SHARD=i/n: one shard)
-	$(call STAGE,features) $(if $(SHARD),--shard $(SHARD))
+features: $(STAMP) ## log-mel feature cache of every split (a no-op when up to date; SHARD=i/n: one shard; VERIFY=1)
+	$(call STAGE,features) $(if $(SHARD),--shard $(SHARD)) $(if $(VERIFY),--verify)
 
 folds: $(STAMP) ## multi-label stratified folds of the curated set
 	$(call STAGE,folds)

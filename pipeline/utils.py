@@ -122,7 +122,7 @@ def user_errors(stage: str):
                     file=sys.stderr,
                 )
             raise SystemExit(128 + signum) from None
-        if is_disk_full(e):
+        if not isinstance(e, UserError) and is_disk_full(e):  # a write outside atomic_path
             e = disk_full(getattr(e, "filename", None) or "(a file)", cause=e)
         if not is_user_error(e):
             raise
@@ -134,12 +134,20 @@ def user_errors(stage: str):
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def is_disk_full(e: BaseException) -> bool:
-    """An OSError of a full file system (or quota), or shutil's Error (copytree's list of errors) holding one."""
-    if isinstance(e, shutil.Error):
-        errors = e.args[0] if e.args and isinstance(e.args[0], list) else []
-        return any(os.strerror(errno.ENOSPC) in str(x) or os.strerror(errno.EDQUOT) in str(x) for x in errors)
-    return isinstance(e, OSError) and e.errno in DISK_FULL
+def is_disk_full(e: BaseException | None) -> bool:
+    """An OSError of a full file system (or quota), shutil's Error (copytree's list of errors) holding one, or an
+    error raised while handling one (torch.save's zip writer fails on its way out after the write that failed)."""
+    for _ in range(8):  # along the chain of causes
+        if e is None:
+            return False
+        if isinstance(e, shutil.Error):
+            errors = e.args[0] if e.args and isinstance(e.args[0], list) else []
+            if any(os.strerror(errno.ENOSPC) in str(x) or os.strerror(errno.EDQUOT) in str(x) for x in errors):
+                return True
+        elif isinstance(e, OSError) and e.errno in DISK_FULL:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def size_text(n: float) -> str:

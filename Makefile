@@ -18,7 +18,7 @@ TRAIN_STAGE = $(if $(filter-out 0 1,$(NPROC)),$(PY) -m pipeline.torchrun --stand
 	--max-restarts=$(RESTARTS) -m pipeline.$(1) --config $(CONFIG) $(OVERRIDES),$(call STAGE,$(1)))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo-data features folds warmup train summary infer ensemble bundle score report demo test lint format browser bench clean
+.PHONY: help setup demo-data real-data features folds warmup train summary infer ensemble bundle score report demo test lint format browser bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ setup: $(STAMP) ## make .venv and install the pinned requirements (redone when t
 
 demo-data: $(STAMP) ## build the embedded demo dataset in data/demo (DEMO_FLAGS="--preset tiny ...")
 	$(PY) -m pipeline.demo_data --out data/demo $(DEMO_FLAGS)
+
+real-data: $(STAMP) ## build the real-sound set in data/real from Debian packages (REAL_FLAGS="--preset tiny", "--verify")
+	$(PY) -m pipeline.real_data --out data/real $(REAL_FLAGS)
 
 features: $(STAMP) ## log-mel feature cache of every split (a no-op when up to date; SHARD=i/n: one shard; VERIFY=1)
 	$(call STAGE,features) $(if $(SHARD),--shard $(SHARD)) $(if $(VERIFY),--verify)

@@ -309,7 +309,7 @@ def package_members(path, wanted) -> list[tuple[str, bytes, str]]:
     path = Path(path)
     data = path.read_bytes()
     if path.suffix == ".whl":
-        files = [(n, b, c) for n, b, c in _expand(path.name, data)]
+        files = _expand(path.name, data)
     else:
         ar = read_ar(data, path.name)
         tar_name = next((m for m in ar if m.startswith("data.tar")), None)

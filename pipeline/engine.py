@@ -4,9 +4,9 @@ validation with sliding windows, atomic checkpoints and resume, metrics CSV and 
     result = fit(cfg, out_dir, model, mode_name, labelled, unlabelled=None, val=None, log=log)
 
 A fit writes into out_dir: last.pt (everything needed to resume: model, optimiser, schedule, mode state, RNG states,
-history without its timings), last.prev.pt (the epoch before), best.pt (the best validated model), metrics.csv,
+history without its timings), previous.pt (the epoch before), best.pt (the best validated model), metrics.csv,
 and done.json last; each .pt with its sha256 in <name>.pt.sha256, checked when it is loaded. Started again after a
-kill at any moment, it resumes from last.pt at the epoch boundary (from last.prev.pt when last.pt is damaged) and,
+kill at any moment, it resumes from last.pt at the epoch boundary (from previous.pt when last.pt is damaged) and,
 given the same seed and thread count, ends with the same bytes as an uninterrupted run on the CPU. Started with
 another config, it keeps the old run's last.pt, best.pt and metrics.csv as last.<key>.pt, best.<key>.pt and
 metrics.<key>.csv (the old key's first 12 characters) and trains from the start.
@@ -415,7 +415,7 @@ class FitRun:
         return self.out_dir / "last.pt"
 
 
-FIT_OUTPUTS = ("last.pt", "last.prev.pt", "best.pt", "metrics.csv", "curves.png", "done.json", "oof.csv")
+FIT_OUTPUTS = ("last.pt", "previous.pt", "best.pt", "metrics.csv", "curves.png", "done.json", "oof.csv")
 
 
 def fit(
@@ -576,9 +576,9 @@ def read_last(run: FitRun) -> dict | None:
 
 
 def last_or_previous(run: FitRun) -> dict | None:
-    """last.pt's contents; when it is damaged, or missing while last.prev.pt is there (killed between keeping the
-    one and writing the other), last.prev.pt's: the run resumes one epoch earlier."""
-    prev = run.out_dir / "last.prev.pt"
+    """last.pt's contents; when it is damaged, or missing while previous.pt is there (killed between keeping the
+    one and writing the other), previous.pt's: the run resumes one epoch earlier."""
+    prev = run.out_dir / "previous.pt"
     if run.last.exists():
         try:
             return load_checkpoint(run.last)
@@ -587,10 +587,10 @@ def last_or_previous(run: FitRun) -> dict | None:
                 raise
             why = "damaged" if isinstance(e, DamagedFile) else "unreadable"
             if run.log:
-                run.log.warning(f"{run.last}: {why}; resuming from last.prev.pt, one epoch earlier")
+                run.log.warning(f"{run.last}: {why}; resuming from previous.pt, one epoch earlier")
     if prev.exists():
         if run.log:
-            run.log.info(f"{run.out_dir}: resuming from last.prev.pt")
+            run.log.info(f"{run.out_dir}: resuming from previous.pt")
         return load_checkpoint(prev)
     return None
 
@@ -648,7 +648,7 @@ def keep_old_run(run: FitRun, ck: dict):
         if p.exists():
             move_with_checksum(p, p.with_name(f"{p.stem}.{tag}{p.suffix}"))
             kept.append(f"{p.stem}.{tag}{p.suffix}")
-    for p in (run.out_dir / "last.prev.pt", run.out_dir / "last.prev.pt.sha256"):
+    for p in (run.out_dir / "previous.pt", run.out_dir / "previous.pt.sha256"):
         p.unlink(missing_ok=True)  # the old run's epoch before: no use to the new one
     if run.log:
         run.log.info(
@@ -767,7 +767,7 @@ def rng_state(run: FitRun) -> dict:
 
 def write_checkpoints(run: FitRun, epoch: int, row: dict, improved: bool):
     """The end of an epoch on disk (rank 0): best.pt when it improved, metrics.csv, then last.pt, the one before
-    kept as last.prev.pt (a resume's fallback when last.pt is found damaged)."""
+    kept as previous.pt (a resume's fallback when last.pt is found damaged)."""
     cfg = run.cfg
     state = rng_state(run)  # a collective in a data-parallel run: every rank calls it
     if not run.world.main:
@@ -785,7 +785,7 @@ def write_checkpoints(run: FitRun, epoch: int, row: dict, improved: bool):
         )
     atomic_to_csv(pd.DataFrame(run.history), run.out_dir / "metrics.csv", index=False)
     if run.last.exists():
-        move_with_checksum(run.last, run.out_dir / "last.prev.pt")
+        move_with_checksum(run.last, run.out_dir / "previous.pt")
     save_checkpoint(
         run.last,
         run.model,

@@ -2,7 +2,7 @@
 
 A damaged cache file is rebuilt by `features` (a wrong length on every run, changed bytes with --verify) and
 refused by its readers with exit 2; a damaged checkpoint is refused on load, naming it (resume falls back to
-last.prev.pt); a full disk is one line with exit 2 and leaves no partial file; an interrupted stage prints one line,
+previous.pt); a full disk is one line with exit 2 and leaves no partial file; an interrupted stage prints one line,
 exits with 130 / 143 and resumes when run again.
 """
 
@@ -147,7 +147,7 @@ def test_a_kill_while_a_checkpoint_is_replaced_leaves_a_pair_that_checks(tmp_pat
 
 
 def test_resume_falls_back_to_the_previous_checkpoint(prepared, tmp_path, monkeypatch):
-    """Stopped after epoch 2 of 3 and its last.pt damaged since: training resumes from last.prev.pt (epoch 1) and
+    """Stopped after epoch 2 of 3 and its last.pt damaged since: training resumes from previous.pt (epoch 1) and
     ends with the checkpoint an uninterrupted run writes, byte for byte."""
     import pipeline.engine as engine
     from pipeline import train
@@ -172,11 +172,11 @@ def test_resume_falls_back_to_the_previous_checkpoint(prepared, tmp_path, monkey
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     fold = Path("runs/base/train/fold_0")
-    assert load_torch(fold / "last.prev.pt")["epoch"] == 1 and load_torch(fold / "last.pt")["epoch"] == 2
+    assert load_torch(fold / "previous.pt")["epoch"] == 1 and load_torch(fold / "last.pt")["epoch"] == 2
     damage(fold / "last.pt", "flip")
     train.main(cfg)
     log = Path("runs/base/train/log.txt").read_text()
-    assert f"{fold / 'last.pt'}: damaged" in log and "resuming from last.prev.pt" in log
+    assert f"{fold / 'last.pt'}: damaged" in log and "resuming from previous.pt" in log
     assert "from epoch 1/3" in log
     assert (fold / "last.pt").read_bytes() == want
 
@@ -335,13 +335,12 @@ def test_interrupted_training_says_where_in_one_line_and_resumes(prepared, tmp_p
 def test_ctrl_c_to_the_group_of_a_feature_build_with_workers(tmp_path):
     """Ctrl-C reaches the stage and its worker processes: one line, exit 130, no worker traceback, no partial
     file; the rerun completes."""
-    root = make_dataset(tmp_path / "ds", n_curated=400, n_noisy=10, n_test=4)
+    root = make_dataset(tmp_path / "ds", n_curated=1200, n_noisy=10, n_test=4)  # ~2 s of curated extraction
     cmd = [*features_cmd(root, tmp_path / "cache"), "run.workers=2"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
     lines = []
     _wait_for(proc, r"extracting curated", lines)
-    time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)
     rest = proc.stderr.read()
     proc.wait(timeout=60)
@@ -353,7 +352,7 @@ def test_ctrl_c_to_the_group_of_a_feature_build_with_workers(tmp_path):
     run = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     (out,) = (tmp_path / "cache").glob("*-*")
-    assert len(FeatureCache(out, "curated")) == 400
+    assert len(FeatureCache(out, "curated")) == 1200
 
 
 def test_sigterm_to_torchrun_stops_every_rank_in_one_line(prepared, tmp_path):

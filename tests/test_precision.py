@@ -7,7 +7,7 @@ import torch
 from pipeline import engine
 from pipeline.config import load_config
 from pipeline.engine import build_model, fit, load_checkpoint
-from pipeline.utils import UserError, amp_dtype, make_scaler
+from pipeline.utils import UserError, amp_dtype, make_scaler, save_torch
 
 
 def test_amp_dtype_per_choice_and_device():
@@ -61,7 +61,7 @@ def test_scaler_state_saved_and_restored_on_resume(tmp_path, monkeypatch, fake_c
     assert ck["scaler"]["scale"] == 1024.0 and made[0].is_enabled()
     # an interrupted run: back to epoch 1 with another scale in last.pt; the resume must continue from it
     ck["epoch"], ck["history"], ck["scaler"]["scale"] = 1, ck["history"][:1], 512.0
-    torch.save(ck, tmp_path / "last.pt")
+    save_torch(ck, tmp_path / "last.pt")  # as the run writes it (with its checksum)
     (tmp_path / "done.json").unlink()
     fit(cfg, tmp_path, build_model(cfg, 2, seed=0), "supervised", ["a", "b"], clips)
     assert made[-1].get_scale() == 512.0 and load_checkpoint(tmp_path / "last.pt")["scaler"]["scale"] == 512.0

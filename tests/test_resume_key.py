@@ -4,10 +4,10 @@ keeps the old run's last.pt beside the new one."""
 import logging
 
 import pandas as pd
-import torch
 
 from pipeline.config import load_config
 from pipeline.engine import build_model, changed_keys, fit, load_checkpoint, train_key
+from pipeline.utils import save_torch
 
 BASE = [
     "model.params={width: 0.125}",
@@ -69,7 +69,7 @@ def test_knob_change_resumes_and_real_change_keeps_the_old_checkpoint(tmp_path, 
     fit(cfg, tmp_path, build_model(cfg, 2, seed=0), "supervised", ["a", "b"], clips, log=log)
     ck = load_checkpoint(tmp_path / "last.pt")
     ck["epoch"], ck["history"] = 1, ck["history"][:1]  # as if killed after epoch 1
-    torch.save(ck, tmp_path / "last.pt")
+    save_torch(ck, tmp_path / "last.pt")  # as the run writes it (with its checksum)
     with caplog.at_level(logging.INFO, logger="test_resume_key"):
         fit(
             load_config(None, [*BASE, "train.threads=1"]),

@@ -470,12 +470,40 @@ def _params(preset, seed, sizes, lengths):
     }
 
 
-def _read_meta(out):
+def read_meta(out, name="demo_meta.json"):
+    """A finished build's parameters (its meta json less the statistics), None where there is none."""
     try:
-        meta = json.loads((out / "demo_meta.json").read_text())
+        meta = json.loads((out / name).read_text())
         return {k: v for k, v in meta.items() if k != "stats"}
     except (OSError, ValueError):
         return None
+
+
+def swap_in(tmp: Path, out: Path):
+    """Rename a finished build folder onto out: the old folder moved aside first, then deleted."""
+    if out.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))  # deleted below
+        os.rename(out, trash / out.name)
+        os.rename(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+def dataset_parser(prog: str, doc: str, out: str, presets) -> argparse.ArgumentParser:
+    """The command line a dataset builder shares (demo_data, real_data)."""
+    ap = argparse.ArgumentParser(
+        prog=prog, description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--out", default=out, help=f"output folder (default {out})")
+    ap.add_argument("--preset", default="default", choices=sorted(presets))
+    ap.add_argument("--n-curated", type=int, help="number of curated clips (overrides the preset)")
+    ap.add_argument("--n-noisy", type=int, help="number of noisy clips (overrides the preset)")
+    ap.add_argument("--n-test", type=int, help="number of test clips (overrides the preset)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2, help="processes (the output does not depend on it)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
 
 
 def _csv(rows, path, key="labels"):
@@ -514,7 +542,7 @@ def build(
         raise ValueError(f"seed and clip counts must be >= 0, got seed {seed}, {sizes}")
     lengths = PRESETS[preset]["lengths"]
     params = _params(preset, seed, sizes, lengths)
-    old = _read_meta(out) if out.is_dir() else None
+    old = read_meta(out) if out.is_dir() else None
     if old == params:
         log.info(f"demo data: {out} already holds this build (preset {preset}, seed {seed}, {sizes}); nothing to do")
         return out
@@ -562,13 +590,7 @@ def build(
             "noisy_corrupted": sum(r["corrupted"] for r in plan["train_noisy"]),
         }
         atomic_write_json(tmp / "demo_meta.json", {**params, "stats": stats})  # last: marks the build complete
-        if out.exists():  # swap: move the old folder aside, rename the new one in, delete the old
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))  # deleted below
-            os.rename(out, trash / out.name)
-            os.rename(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -580,20 +602,7 @@ def build(
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(
-        prog="python -m pipeline.demo_data",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
-    ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    ap.add_argument("--n-curated", type=int, help="number of curated clips (overrides the preset)")
-    ap.add_argument("--n-noisy", type=int, help="number of noisy clips (overrides the preset)")
-    ap.add_argument("--n-test", type=int, help="number of test clips (overrides the preset)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=2, help="processes (the output does not depend on it)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-    a = ap.parse_args(argv)
+    a = dataset_parser("python -m pipeline.demo_data", __doc__, "data/demo", PRESETS).parse_args(argv)
     build(a.out, a.preset, a.seed, a.n_curated, a.n_noisy, a.n_test, a.workers, not a.no_progress)
     return 0
 

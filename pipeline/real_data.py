@@ -33,13 +33,11 @@ complete.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -48,7 +46,7 @@ import pandas as pd
 import soundfile as sf
 from scipy import signal
 
-from pipeline.demo_data import _db, _domain_shift, _hum, _level, _noise
+from pipeline.demo_data import _db, _domain_shift, _hum, _level, _noise, dataset_parser, read_meta, swap_in
 from pipeline.real_sources import DEFAULT_CACHE, PACKAGE, SR, SourceBank, check_free_space
 from pipeline.utils import UserError, atomic_write_json, get_logger, user_errors
 from pipeline.utils import progress as progress_bar
@@ -296,14 +294,6 @@ def _params(preset, seed, sizes, lengths, classes, dropped, bank):
     }
 
 
-def _read_meta(out):
-    try:
-        meta = json.loads((out / "real_meta.json").read_text())
-        return {k: v for k, v in meta.items() if k != "stats"}
-    except (OSError, ValueError):
-        return None
-
-
 def _write_tables(tmp, plan, index, classes):
     """The CSVs: labels and sources of each split, the submission template, SOURCES.csv."""
 
@@ -355,17 +345,6 @@ def _render_all(tmp, tasks, bank, files, ambience, workers, progress):
     bar.close()
 
 
-def _swap_in(tmp: Path, out: Path):
-    """Rename the finished folder onto out (the old one moved aside first, then deleted)."""
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rename(out, trash / out.name)
-        os.rename(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
-
-
 def _building_folder(out: Path, params) -> Path:
     """The hidden folder this build writes to, named by its parameters; other builds' leftovers are removed."""
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
@@ -407,7 +386,7 @@ def build(
         raise UserError(f"real data: only {len(classes)} class(es) have {MIN_SOURCES} source recordings")
     pools = {(s, c): sorted(g["source"].unique()) for (s, c), g in index.groupby(["pool", "class"])}
     params = _params(preset, seed, sizes, PRESETS[preset]["lengths"], classes, dropped, bank)
-    old = _read_meta(out) if out.is_dir() else None
+    old = read_meta(out, "real_meta.json") if out.is_dir() else None
     if old == params:
         log.info(f"real data: {out} already holds this build (preset {preset}, seed {seed}); nothing to do")
         return out
@@ -435,7 +414,7 @@ def build(
     _write_tables(tmp, plan, index, classes)
     stats = _stats(plan)
     atomic_write_json(tmp / "real_meta.json", {**params, "stats": stats})  # last: marks the build complete
-    _swap_in(tmp, out)
+    swap_in(tmp, out)
     log.info(
         f"real data: built {out} in {time.time() - t0:.1f} s ({stats['hours']} h of audio, "
         f"{stats['noisy_corrupted']}/{sizes['train_noisy']} noisy label sets corrupted)"
@@ -554,24 +533,12 @@ def verify(out_dir, with_baselines=True) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(
-        prog="python -m pipeline.real_data",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--out", default="data/real", help="output folder (default data/real)")
-    ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    ap.add_argument("--n-curated", type=int, help="number of curated clips (overrides the preset)")
-    ap.add_argument("--n-noisy", type=int, help="number of noisy clips (overrides the preset)")
-    ap.add_argument("--n-test", type=int, help="number of test clips (overrides the preset)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap = dataset_parser("python -m pipeline.real_data", __doc__, "data/real", PRESETS)
     ap.add_argument(
         "--cache",
         default=str(DEFAULT_CACHE),
         help=f"where the packages and the decoded source bank are kept (default {DEFAULT_CACHE})",
     )
-    ap.add_argument("--workers", type=int, default=2, help="processes (the output does not depend on it)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--verify", action="store_true", help="print the statistics, checks and baselines of --out")
     a = ap.parse_args(argv)
     with user_errors("real_data"):

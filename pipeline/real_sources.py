@@ -274,6 +274,8 @@ def read_opensfx_cat(data: bytes, name="opensfx.cat") -> list[tuple[str, bytes, 
     if len(data) < 8:
         raise ValueError(f"{name}: too short for a sound catalogue")
     n = (struct.unpack_from("<I", data, 0)[0] & 0x7FFFFFFF) // 8
+    if n * 8 > len(data):
+        raise ValueError(f"{name}: its offset table runs past the end of the catalogue (truncated or not one)")
     out = []
     for i in range(n):
         off, size = struct.unpack_from("<II", data, i * 8)

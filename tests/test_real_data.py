@@ -260,6 +260,8 @@ def test_package_members_reads_debs_and_nested_containers(tmp_path):
     assert read_opensfx_cat(cat)[0] == ("0.wav", b"RIFFsheep", "Sheep. By someone. CC0")
     with pytest.raises(ValueError, match="opensfx.cat: entry 1 runs past the end"):
         read_opensfx_cat(cat[:-3])
+    with pytest.raises(ValueError, match="offset table runs past the end"):
+        read_opensfx_cat(cat[:12])
     with pytest.raises(ValueError, match="truncated"):
         real_sources.read_ar(deb.read_bytes()[:-10], "pkg.deb")
 

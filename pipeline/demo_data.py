@@ -420,6 +420,15 @@ def _corrupt(rng, labels):
     return sorted(out)
 
 
+def draw_labels(rng, i, classes, counts, p) -> list[str]:
+    """Clip i's sorted label set: classes[i % len(classes)] (balanced primary labels) and k - 1 others, k drawn
+    from counts with probabilities p."""
+    first = classes[i % len(classes)]
+    k = int(rng.choice(counts, p=p))
+    rest = [c for c in classes if c != first]
+    return sorted([first] + [str(c) for c in rng.choice(rest, k - 1, replace=False)])
+
+
 def make_plan(seed, sizes, lengths):
     """{split: [dict(index, fname, labels, given, corrupted, n)]}: everything but the audio, from (seed, split, i)."""
     plan, taken = {}, set()
@@ -427,10 +436,7 @@ def make_plan(seed, sizes, lengths):
         rows = []
         for i in range(sizes[split]):
             rng = np.random.default_rng([seed, sid, i, 0])
-            first = CLASS_NAMES[i % len(CLASS_NAMES)]  # balanced primary labels
-            k = int(rng.choice(LABEL_COUNTS, p=LABEL_P))
-            rest = [c for c in CLASS_NAMES if c != first]
-            labels = sorted([first] + [str(c) for c in rng.choice(rest, k - 1, replace=False)])
+            labels = draw_labels(rng, i, CLASS_NAMES, LABEL_COUNTS, LABEL_P)
             if split == "train_noisy":
                 sec = lengths["noisy"] if rng.random() < 0.85 else rng.uniform(1.0, lengths["noisy"])
             else:

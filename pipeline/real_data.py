@@ -46,7 +46,7 @@ import pandas as pd
 import soundfile as sf
 from scipy import signal
 
-from pipeline.demo_data import _db, _domain_shift, _hum, _level, _noise, dataset_parser, read_meta, swap_in
+from pipeline.demo_data import _db, _domain_shift, _hum, _level, _noise, dataset_parser, draw_labels, read_meta, swap_in
 from pipeline.real_sources import DEFAULT_CACHE, PACKAGE, SR, SourceBank, check_free_space
 from pipeline.utils import UserError, atomic_write_json, get_logger, user_errors
 from pipeline.utils import progress as progress_bar
@@ -156,10 +156,7 @@ def make_plan(seed, sizes, lengths, pools) -> dict[str, list[dict]]:
         rows = []
         for i in range(sizes[split]):
             rng = np.random.default_rng([seed, sid, i, 0])
-            first = classes[i % len(classes)]  # balanced primary labels
-            k = int(rng.choice(LABEL_COUNTS, p=LABEL_P))
-            rest = [c for c in classes if c != first]
-            labels = sorted([first] + [str(c) for c in rng.choice(rest, k - 1, replace=False)])
+            labels = draw_labels(rng, i, classes, LABEL_COUNTS, LABEL_P)
             pick = np.random.default_rng([seed, sid, i, 2])
             sources = [pools[(split, c)][pick.integers(len(pools[(split, c)]))] for c in labels]
             n = max(int(round(_seconds(rng, split, lengths) * SR)), int(0.3 * SR))

@@ -42,6 +42,37 @@ G_PASSES = ("separate", "frozen_stats", "joint")
 RULES = ("class_threshold", "topk", "noisy_aware")
 
 
+WARM = "<warm-up>"  # stands for train.init_from=<this seed's warm-up>
+SUP = "train.mode=supervised"
+MIX = "train.mode=noisy_mix"
+PHASE1 = {  # name -> (label, overrides); <prefix> and <seed> are filled in per run
+    "cur": ("curated only", [SUP, "train.init_from=null"]),
+    "noisy": ("noisy labels as-is", [SUP, "train.init_from=null", "train.noisy_labelled=true"]),
+    "warm_sup": ("noisy warm-up + supervised", [SUP, WARM]),
+    "mix": ("curated + noisy in every batch (noisy_mix 16 / 16)", [MIX, "train.init_from=null"]),
+    "mix_w": ("noisy_mix, noisy clips weighted 0.3", [MIX, "train.init_from=null", "ssl.noisy_mix={weight: 0.3}"]),
+    "mix_boot": (
+        "noisy_mix, soft bootstrapping beta 0.7 (Lsoft)",
+        [MIX, "train.init_from=null", "ssl.noisy_mix={beta: 0.7}"],
+    ),
+    "mix_head": (
+        "noisy_mix, noisy clips on their own head",
+        [MIX, "train.init_from=null", "ssl.noisy_mix={noisy_head: true}"],
+    ),
+    "mix_sel": (
+        "noisy_mix, staged selection by the curated-only model (top 1)",
+        [MIX, "train.init_from=null", "ssl.noisy_mix={select_from: <prefix>cur_s<seed>}"],
+    ),
+    "warm_mix": ("noisy warm-up + noisy_mix", [MIX, WARM]),
+}
+TS_RULE_ROWS = {"ts_joint_noisy_aware": ("joint", "noisy_aware")}
+DEMO_ROWS = ("cur", "noisy", "warm_sup", "ts_separate", "ts_frozen_stats", "ts_joint")
+
+
+def needs_warm(name: str) -> bool:
+    return name.startswith("ts_") or WARM in PHASE1.get(name, ("", []))[1]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="demo.yaml")
@@ -52,6 +83,8 @@ def main():
         "--evals", type=int, default=0, help="validations per run (train.eval_every = epochs / evals; 0: every epoch)"
     )
     ap.add_argument("--section", default="quality", help="docs/results.md section (quality_real for data/real)")
+    ap.add_argument("--rows", default="", help=f"phase-1 rows, comma-separated (default: {','.join(DEMO_ROWS)})")
+    ap.add_argument("--prefix", default="q_", help="run-name prefix (qr_ for data/real, so the two sets' runs differ)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     seeds = [42 + i for i in range(a.seeds)]
@@ -64,12 +97,12 @@ def main():
     results: dict = {}  # row name -> list of per-seed dicts
 
     def warm(seed):
-        name = f"q_warm_s{seed}"
+        name = f"{a.prefix}warm_s{seed}"
         warmup.main(cfg_for(a.config, [f"run.name={name}", f"run.seed={seed}", *base], "warmup"))
         return f"train.init_from=runs/{name}/warmup/last.pt"
 
     def row(label, name, ov, seed, epochs=a.epochs):
-        run = f"q_{name}_s{seed}"
+        run = f"{a.prefix}{name}_s{seed}"
         cfg = cfg_for(
             a.config,
             [
@@ -105,19 +138,26 @@ def main():
     def ts(g_pass, rule="threshold"):
         return ["train.mode=teacher_student", f"teacher_student.g_pass={g_pass}", f"teacher_student.rule={rule}"]
 
-    # phase 1
+    rows = [r.strip() for r in a.rows.split(",") if r.strip()] if a.rows else list(DEMO_ROWS)
+    unknown = sorted(set(rows) - set(PHASE1) - {f"ts_{gp}" for gp in G_PASSES} - set(TS_RULE_ROWS))
+    if unknown:
+        raise SystemExit(f"--rows: unknown {unknown}; rows: {sorted(PHASE1) + [f'ts_{gp}' for gp in G_PASSES]}")
+    # phase 1 (seed by seed, so that a seed's whole comparison is on disk before the next seed starts)
     for seed in seeds:
-        w = warm(seed)
-        row("curated only", "cur", ["train.mode=supervised", "train.init_from=null"], seed)
-        row(
-            "noisy labels as-is",
-            "noisy",
-            ["train.mode=supervised", "train.init_from=null", "train.noisy_labelled=true"],
-            seed,
-        )
-        row("noisy warm-up + supervised", "warm_sup", ["train.mode=supervised", w], seed)
-        for gp in G_PASSES:
-            row(f"teacher-student, g pass {gp}, threshold eta", f"ts_{gp}", [*ts(gp), w], seed)
+        w = warm(seed) if any(needs_warm(n) for n in rows) else None
+        for name in rows:
+            if name.startswith("ts_"):
+                gp, rule = TS_RULE_ROWS.get(name, (name[3:], "threshold"))
+                label = f"teacher-student, g pass {gp}, " + ("threshold eta" if rule == "threshold" else f"rule {rule}")
+                row(label, name, [*ts(gp, rule), w], seed)
+            else:
+                label, ov = PHASE1[name]
+                ov = [o.replace("<prefix>", a.prefix).replace("<seed>", str(seed)) for o in ov]
+                row(label, name, [w if o == WARM else o for o in ov], seed)
+    if a.rows:  # a chosen set of rows: phase 1 only, each row paired with curated only
+        Path(f"runs/{a.prefix}rows.json").write_text(json.dumps(results, default=str, indent=1))
+        report_rows(a, results, len(seeds), (time.time() - t_start) / 60)
+        return
     g_best = best([f"ts_{gp}" for gp in G_PASSES])[3:]
     # phase 2
     for seed in seeds:
@@ -146,7 +186,7 @@ def main():
     extra = []
     for seed in seeds:
         ov = [o if not o.startswith("train.init_from=") else warm(seed) for o in results[recipe][0]["overrides"]]
-        run = f"q_{recipe}_s{seed}"
+        run = f"{a.prefix}{recipe}_s{seed}"
         ovs = [f"run.name={run}", f"run.seed={seed}", f"train.epochs={a.epochs}", *base, *every(a.epochs), *ov]
         cfg = cfg_for(a.config, ovs, "train")
         train.main(cfg)
@@ -164,10 +204,52 @@ def main():
             }
         )
         print(extra[-1], flush=True)
-    Path("runs/q_summary.json").write_text(
+    Path(f"runs/{a.prefix}summary.json").write_text(
         json.dumps({"rows": results, "recipe": recipe, "g_pass": g_best, "phase4": extra}, default=str, indent=1)
     )
     report(a, results, recipe, g_best, extra, len(seeds), (time.time() - t_start) / 60)
+
+
+def paired(results, name, base, key):
+    """Per-seed difference of two rows (same seeds: same folds and warm-up): 'mean +- sd (mean / sd)'."""
+    by_seed = {r["seed"]: r[key] for r in results[base]}
+    d = np.array([r[key] - by_seed[r["seed"]] for r in results[name] if r["seed"] in by_seed])
+    if len(d) < 2:
+        return "-"
+    return f"{d.mean():+.4f} +- {d.std(ddof=1):.4f} ({d.mean() / max(d.std(ddof=1), 1e-9):+.1f} sd)"
+
+
+def report_rows(a, results, n_seeds, minutes):
+    """The table of a --rows run: each row's figures and its paired difference to curated only."""
+    header = ["variant", "fold-0 val lwlrap", "test lwlrap", "val - test", "paired val - cur", "paired test - cur"]
+    header += ["PL precision", "PL recall", "training seconds"]
+    rows = []
+    for name, rs in results.items():
+        vs = [paired(results, name, "cur", k) if "cur" in results and name != "cur" else "-" for k in ("val", "test")]
+        pl = [mean_std([r.get(k, float("nan")) for r in rs], 3) for k in ("pl_precision", "pl_recall")]
+        rows.append(
+            [
+                rs[0]["label"],
+                mean_std([r["val"] for r in rs]),
+                mean_std([r["test"] for r in rs]),
+                mean_std([r["val"] - r["test"] for r in rs]),
+                *vs,
+                *pl,
+                f"{np.mean([r['seconds'] for r in rs]):.0f}",
+            ]
+        )
+    table = markdown_table(header, rows)
+    print(table)
+    body = (
+        f"## Noisy-clip recipes over seeds (bench/quality.py --rows)\n\n`.venv/bin/python bench/quality.py "
+        f"--config {a.config} --section {a.section} --prefix {a.prefix} --rows {a.rows} --seeds {n_seeds} "
+        f"--epochs {a.epochs} --steps {a.steps} --evals {a.evals} {shlex.join(a.overrides)}`: every row trains "
+        f"{a.epochs} epochs of {a.steps} steps on folds 1-2 and is validated on fold 0, for {n_seeds} seeds (each "
+        f"seed redraws the folds, the warm-up and every initialisation); test lwlrap of the fold-0 model without "
+        f"TTA; mean +- std over the seeds; paired: the per-seed difference to curated only. The table took "
+        f"{minutes:.0f} minutes.\n\n{table}\n"
+    )
+    write_section(a.section, body)
 
 
 def report(a, results, recipe, g_best, extra, n_seeds, minutes):

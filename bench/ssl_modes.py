@@ -87,7 +87,11 @@ def main():
     ]  # as measured on 30 Nov
     single = cfg_for(a.config, a.overrides, "train").data.single_label_csv is not None
     ssl_modes = [
-        m for m in list_modes() if mode_class(m).uses_unlabelled and (mode_class(m).single_label_ok or not single)
+        m
+        for m in list_modes()
+        if mode_class(m).uses_unlabelled
+        and not mode_class(m).uses_noisy_labels
+        and (mode_class(m).single_label_ok or not single)
     ]
     if a.modes:
         ssl_modes = [m for m in ssl_modes if m in a.modes.split(",")]

@@ -69,7 +69,7 @@ PARALLEL_KEYS = ("sync_bn",)
 WARMUP_UNUSED = {
     "sections": ("folds", "teacher_student", "ssl"),
     "train": ("mode", "init_from", "calib_fraction", "noisy_labelled"),
-    "data": ("labelled_fraction",),
+    "data": ("labelled_fraction", "unlabelled_noisy"),
 }
 
 
@@ -131,6 +131,18 @@ class ClipSet:
     def get(self, i) -> np.ndarray:
         """Clip i as (n_mels, frames) float32."""
         return self.caches[self.src[i]].get(int(self.pos[i]))
+
+    def subset(self, rows) -> ClipSet:
+        """The clips at `rows` (an index array), in that order."""
+        rows = np.asarray(rows, int)
+        return ClipSet(
+            self.caches,
+            self.src[rows],
+            self.pos[rows],
+            self.y[rows],
+            None if self.truth is None else self.truth[rows],
+            None if self.fnames is None else [self.fnames[i] for i in rows],
+        )
 
     @property
     def cache(self):

@@ -160,6 +160,7 @@ RULES: dict[str, Rule] = {
     "run.progress": flag(),
     "data.root": _path,
     "data.labelled_fraction": number(0, 1, lo_open=True),
+    "data.unlabelled_noisy": flag(),
     "data.single_label_csv": nullable(_path),
     "features.sample_rate": integer(1),
     "features.n_fft": integer(1),

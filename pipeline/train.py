@@ -135,6 +135,8 @@ def main(cfg) -> dict:
         if world.main:  # an earlier config's predictions: never pooled with this fold's model
             (fdir / "oof.csv").unlink(missing_ok=True)
         labelled, unlabelled, calib = fold_clips(cfg, ds, mode_cls, curated_cache, noisy_cache, tr)
+        if unlabelled is not None:
+            unlabelled = mode_cls.select_unlabelled(cfg, k, unlabelled, log)
         seed_offset = 1000 * (1 + (k if k != "full" else 99))
         model = build_model(
             cfg,
@@ -189,7 +191,8 @@ def fold_clips(cfg, ds, mode_cls, curated_cache, noisy_cache, tr) -> tuple:
     """(labelled, unlabelled, calib) ClipSets of a fold that trains on the curated clips ds.curated[tr]: the
     data.labelled_fraction of them that keep their labels (stratified), less the held-out clips whose predictions
     set a calibrating mode's thresholds (calib, else None), plus the noisy clips with train.noisy_labelled; the
-    unlabelled clips (None unless the mode uses them): the rest of the curated ones, else the noisy ones."""
+    unlabelled clips (None unless the mode uses them): the rest of the curated ones (and the noisy ones without their
+    labels with data.unlabelled_noisy), else the noisy ones."""
     lab_mask = labelled_split(ds.targets(ds.curated)[tr], cfg.data.labelled_fraction, cfg.run.seed)
     tr_df = ds.curated[tr].reset_index(drop=True)
     lab_df, calib = tr_df[lab_mask], None
@@ -205,6 +208,10 @@ def fold_clips(cfg, ds, mode_cls, curated_cache, noisy_cache, tr) -> tuple:
         if cfg.data.labelled_fraction < 1:  # the rest of the curated training clips, labels kept as truth
             rest = tr_df[~lab_mask]
             unlabelled = make_clipset(curated_cache, rest, ds.classes, truth_df=rest)
+            if cfg.data.unlabelled_noisy and noisy_cache is not None:  # the noisy clips too, their labels dropped
+                unlabelled = concat_clipsets(
+                    unlabelled, make_clipset(noisy_cache, ds.noisy, ds.classes, ds.noisy_truth)
+                )
             unlabelled.y[:] = 0  # unlabelled: no given labels (only pl_* stats see the truth)
         elif noisy_cache is not None:
             unlabelled = make_clipset(noisy_cache, ds.noisy, ds.classes, ds.noisy_truth)

@@ -214,6 +214,26 @@ def test_labelled_fraction_run_uses_rest_as_unlabelled(prepared):
     assert "pl_precision" in m  # the unlabelled clips' truth is known
 
 
+def test_unlabelled_noisy_adds_the_noisy_clips_without_their_labels(prepared):
+    from pipeline.cache import FeatureCache
+    from pipeline.data import load_dataset
+    from pipeline.modes import mode_class
+    from pipeline.train import fold_clips
+
+    sizes = {}
+    for flag in ("false", "true"):
+        cfg = prepared("train.mode=fixmatch", "data.labelled_fraction=0.5", f"data.unlabelled_noisy={flag}")
+        ds = load_dataset(cfg.data.root, check_audio=False)
+        caches = FeatureCache.open(cfg, "curated"), FeatureCache.open(cfg, "noisy")
+        tr = np.arange(len(ds.curated)) >= 4
+        lab, unl, _ = fold_clips(cfg, ds, mode_class("fixmatch"), *caches, tr)
+        sizes[flag] = (len(lab), len(unl))
+        assert unl.y.sum() == 0  # labels dropped; the truth is kept where every part has it
+        assert (unl.truth is not None) == (flag == "false" or ds.noisy_truth is not None)
+    n_rest = sizes["false"][1]
+    assert sizes["true"] == (sizes["false"][0], n_rest + len(ds.noisy))
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_keep_freed_memory_is_accepted_by_glibc():
     from pipeline.utils import keep_freed_memory

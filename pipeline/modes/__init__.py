@@ -9,9 +9,10 @@ validation. Each mode declares its hyperparameters beside its code in `defaults`
     class Supervised(Mode): ...
     mode = create_mode("supervised", ctx)
 
-Modules: supervised, teacher_student, and the semi-supervised modes (one module each: mean_teacher,
-deep_co_training, mixmatch, remixmatch, fixmatch, fixmatch_mixup, fmuc, vat, pseudo_label) over their shared pieces
-in pipeline/modes/common.py; pseudo-label selection rules in pipeline/modes/pseudo.py.
+Modules: supervised, teacher_student, noisy_mix (the noisy clips with their given labels), and the semi-supervised
+modes (one module each: mean_teacher, deep_co_training, mixmatch, remixmatch, fixmatch, fixmatch_mixup, fmuc, vat,
+pseudo_label) over their shared pieces in pipeline/modes/common.py; pseudo-label selection rules in
+pipeline/modes/pseudo.py.
 
 A batch is a dict: x (B, 1, F, T) and y (B, C) labelled crops on the device, idx (B,) their rows; with an unlabelled
 stream also ux (Bu, 1, F, T), uy (Bu, C) (noisy labels; ignored by the semi-supervised modes), uidx (Bu,) and utruth
@@ -55,6 +56,7 @@ MODULES = (
     "fmuc",
     "vat",
     "pseudo_label",
+    "noisy_mix",
 )
 
 
@@ -95,6 +97,7 @@ class Mode:
     defaults: dict = {}
     heads = ("h",)
     uses_unlabelled = False
+    uses_noisy_labels = False  # trains on the noisy clips' given labels (refuses data.labelled_fraction < 1)
     single_label_ok = True
 
     def __init__(self, ctx: TrainContext):
@@ -135,6 +138,11 @@ class Mode:
         """Whether the mode wants held-out labelled clips (train.calib_fraction) to choose its pseudo-label
         thresholds: rule class_threshold (pipeline/modes/pseudo.py)."""
         return cls.hyperparameters(cfg).get("rule") == "class_threshold"
+
+    @classmethod
+    def select_unlabelled(cls, cfg, fold, clips, log=None):
+        """The unlabelled (noisy) clips fold `fold` trains on, out of `clips` (a ClipSet): all of them."""
+        return clips
 
     def calibration_model(self):
         """(network, head) whose predictions on the held-out clips set the pseudo-label thresholds."""

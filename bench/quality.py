@@ -1,8 +1,11 @@
 """Ablation of the reference system on the demo data over several seeds, every variant with the same training budget.
 
     .venv/bin/python bench/quality.py [--config demo.yaml] [--seeds 3] [--epochs N] [--steps N] [--evals N]
-                                      [key=value ...]
-    (needs `make demo-data features`; writes its table into docs/results.md)
+                                      [--rows a,b] [--prefix q_] [--section quality] [key=value ...]
+    .venv/bin/python bench/quality.py --config real.yaml --section quality_real --prefix qr_ --epochs 16 \
+        --rows cur,noisy,mix,mix_boot,mix_head,mix_sel,warm_sup,ts_joint_noisy_aware     # the real-sound rows
+    (needs `make demo-data features`, or `make real-data` and features for real.yaml; writes its table into
+    docs/results.md)
 
 Every row trains on folds 1-2 and is validated on fold 0 with the same epochs and optimiser steps per epoch
 (train.steps_per_epoch fixed), then its best model is scored on the test set, once per seed (run.seed = 42 + i,
@@ -20,7 +23,12 @@ every key a row does not name (mixup lambda per pair; teacher-student's N_V / N_
            its fold ensemble (all folds, inference with TTA), and its fold-0 model's test lwlrap with TTA counted
            as the paper does (infer.tta_count_windows=paper) and counting every window (all)
 
-Finished runs are reused (runs/q_*), so a rerun costs only what is missing; runs/q_summary.json holds every figure.
+--rows runs phase 1 only, with the rows named (PHASE1 below: the noisy-clip recipes of train.mode=noisy_mix among
+them; ts_<g pass> and ts_joint_noisy_aware for teacher-student), and gives each row's paired per-seed difference to
+curated only (row cur), the comparison issue 18's first target asks for.
+
+Finished runs are reused (runs/<prefix>*), so a rerun costs only what is missing; runs/<prefix>summary.json (phases
+1-4) or runs/<prefix>rows.json (--rows) holds every figure.
 bench/plateau.py finds the budget (docs/results.md gives the one measured).
 """
 

@@ -1,14 +1,15 @@
-"""The real-sound set's first comparison over seeds: the demo's recipe (noisy warm-up + supervised, configs/real.yaml)
-against curated only (from scratch), each a fold ensemble with TTA, folds grouped by recording.
+"""The real-sound set's recipes over seeds, each a fold ensemble with TTA (folds grouped by recording), against
+curated only.
 
-    .venv/bin/python bench/real_recipes.py [--seeds 42 43 44] [key=value ...]
+    .venv/bin/python bench/real_recipes.py [--recipes warm_sup,cur,mix] [--seeds 42 43 44] [key=value ...]
     (needs `make real-data`; runs the make stages, reusing finished ones; writes docs/results.md's real_recipes)
 
-Seed 42 is configs/real.yaml's run.seed, so its runs keep the config's names (real, real-curated); other seeds run as
-real-s<seed> and real-curated-s<seed>. Each seed redraws the folds, the warm-up and every initialisation. The table
-gives each recipe's out-of-fold lwlrap (every curated clip, predicted by the fold model that did not train on it,
-with TTA), its test lwlrap, their gap and its training minutes (warm-up included), mean +- std over the seeds; and
-the per-seed paired difference of the two recipes.
+Recipes (RECIPES): warm_sup (noisy warm-up + supervised, the demo's recipe), cur (curated only, from scratch) and mix
+(train.mode=noisy_mix from scratch), each on configs/real.yaml's other settings. Seed 42 is the config's run.seed:
+its runs are named real-warm-sup, real-curated, real-mix; other seeds add -s<seed>. Each seed redraws the folds, the
+warm-up and every initialisation. The table gives each recipe's out-of-fold lwlrap (every curated clip, predicted by
+the fold model that did not train on it, with TTA), its test lwlrap, their gap, its paired per-seed difference to
+curated only and its training minutes (warm-up included), mean +- std over the seeds.
 """
 
 from __future__ import annotations
@@ -23,9 +24,43 @@ import numpy as np
 import pandas as pd
 from common import markdown_table, mean_std, write_section
 
-RECIPES = {
-    "noisy warm-up + supervised (configs/real.yaml)": ("real", ["folds", "warmup", "train", "infer"], []),
-    "curated only, from scratch": ("real-curated", ["folds", "train", "infer"], ["train.init_from=null"]),
+CUR = "cur"
+SCRATCH = ["folds", "train", "infer"]
+MIX = "train.mode=noisy_mix"  # from scratch: train.init_from=null is added to every noisy_mix recipe
+RECIPES = {  # name -> (label, run name at seed 42, make stages, overrides)
+    "warm_sup": (
+        "noisy warm-up + supervised (the demo's recipe)",
+        "real-warm-sup",
+        ["folds", "warmup", "train", "infer"],
+        ["train.mode=supervised", "train.init_from=warmup"],
+    ),
+    CUR: (
+        "curated only, from scratch",
+        "real-curated",
+        ["folds", "train", "infer"],
+        ["train.mode=supervised", "train.init_from=null"],
+    ),
+    "mix": ("curated + noisy in every batch (noisy_mix 16 / 16), from scratch", "real-mix", SCRATCH, [MIX]),
+    "mix_boot": (
+        "noisy_mix, soft bootstrapping beta 0.7",
+        "real-mix-boot",
+        SCRATCH,
+        [MIX, "ssl.noisy_mix={beta: 0.7}"],
+    ),
+    "mix_head": ("noisy_mix, noisy head", "real-mix-head", SCRATCH, [MIX, "ssl.noisy_mix={noisy_head: true}"]),
+    "mix_sel": (
+        "noisy_mix, staged selection by the curated-only fold models",
+        "real-mix-sel",
+        SCRATCH,
+        [MIX, "ssl.noisy_mix={select_from: <curated run>}"],
+    ),
+    "ts_joint_noisy_aware": (
+        "noisy warm-up + teacher-student (g pass joint, rule noisy_aware)",
+        "real-ts",
+        ["folds", "warmup", "train", "infer"],
+        ["train.mode=teacher_student", "train.init_from=warmup", "teacher_student.g_pass=joint"]
+        + ["teacher_student.rule=noisy_aware"],
+    ),
 }
 
 
@@ -41,46 +76,53 @@ def minutes(run: str) -> float:
     return sum(pd.read_csv(f)["seconds"].sum() for f in files) / 60
 
 
-def measure(label, seed, overrides) -> dict:
-    base, stages, ov = RECIPES[label]
+def measure(name, seed, overrides) -> dict:
+    _, base, stages, ov = RECIPES[name]
     run = run_name(base, seed)
+    ov = [o.replace("<curated run>", run_name(RECIPES[CUR][1], seed)) for o in ov]
+    ov += ["train.init_from=null"] if MIX in ov else []
     ov = [f"run.name={run}", f"run.seed={seed}", "run.progress=false", *ov, *overrides]
     subprocess.run(["make", *stages, "CONFIG=configs/real.yaml", f"OVERRIDES={shlex.join(ov)}"], check=True)
     sub = json.loads(Path(f"submissions/{run}.json").read_text())
     return {"val": sub["oof_lwlrap"], "test": sub["test_lwlrap"], "minutes": minutes(run), "models": sub["n_models"]}
 
 
+def paired(res, name, key) -> str:
+    d = np.array([r[key] - c[key] for r, c in zip(res[name], res[CUR])])
+    return f"{d.mean():+.4f} +- {d.std(ddof=1):.4f} ({d.mean() / max(d.std(ddof=1), 1e-9):+.1f} sd)"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    ap.add_argument("--recipes", default="warm_sup,cur", help=f"comma-separated, of {sorted(RECIPES)}")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
-    res = {label: [measure(label, s, a.overrides) for s in a.seeds] for label in RECIPES}
+    names = [n.strip() for n in a.recipes.split(",") if n.strip()]
+    if set(names) - set(RECIPES) or CUR not in names:
+        raise SystemExit(f"--recipes: {names}; each one of {sorted(RECIPES)}, and {CUR} among them")
+    res = {n: [measure(n, s, a.overrides) for s in a.seeds] for n in names}
     rows = [
         [
-            label,
+            RECIPES[n][0],
             mean_std([r["val"] for r in rs]),
             mean_std([r["test"] for r in rs]),
             mean_std([r["val"] - r["test"] for r in rs]),
+            "-" if n == CUR else paired(res, n, "val"),
+            "-" if n == CUR else paired(res, n, "test"),
             f"{np.mean([r['minutes'] for r in rs]):.1f}",
         ]
-        for label, rs in res.items()
+        for n, rs in res.items()
     ]
-    (wa, cu) = res.values()
-    d_val = [w["val"] - c["val"] for w, c in zip(wa, cu)]
-    d_test = [w["test"] - c["test"] for w, c in zip(wa, cu)]
-    rows.append(
-        ["paired difference (warm-up + supervised - curated only)", mean_std(d_val), mean_std(d_test), "-", "-"]
-    )
-    header = ["recipe", "OOF val lwlrap (TTA)", "test lwlrap", "val - test", "training minutes"]
-    table = markdown_table(header, rows)
+    header = ["recipe", "OOF val lwlrap (TTA)", "test lwlrap", "val - test", "paired val - cur", "paired test - cur"]
+    table = markdown_table([*header, "training minutes"], rows)
     print(table)
-    per_seed = ", ".join(f"{s}: {t:+.4f}" for s, t in zip(a.seeds, d_test))
     body = (
-        f"## Real-sound set: the demo's recipe against curated only over seeds (bench/real_recipes.py)\n\n"
-        f"`.venv/bin/python bench/real_recipes.py --seeds {' '.join(map(str, a.seeds))} {shlex.join(a.overrides)}`"
-        f": configs/real.yaml, {wa[0]['models']}-fold ensembles with TTA, folds grouped by recording; mean +- std "
-        f"over {len(a.seeds)} seeds. Test difference per seed: {per_seed}.\n\n{table}\n"
+        f"## Real-sound set: recipes against curated only over seeds (bench/real_recipes.py)\n\n"
+        f"`.venv/bin/python bench/real_recipes.py --recipes {','.join(names)} --seeds "
+        f"{' '.join(map(str, a.seeds))} {shlex.join(a.overrides)}`: configs/real.yaml, {res[CUR][0]['models']}-fold "
+        f"ensembles with TTA, folds grouped by recording; mean +- std over {len(a.seeds)} seeds; paired: the "
+        f"per-seed difference to curated only (the same folds).\n\n{table}\n"
     )
     write_section("real_recipes", body)
 

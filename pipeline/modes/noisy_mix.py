@@ -106,6 +106,7 @@ def selection_predictions(cfg, run: str, fold, clips) -> np.ndarray:
     import pandas as pd
 
     from models import create_model
+    from pipeline.distributed import get_device
     from pipeline.engine import load_checkpoint
     from pipeline.predict import predict_clips
     from pipeline.utils import atomic_path, run_dir
@@ -128,7 +129,10 @@ def selection_predictions(cfg, run: str, fold, clips) -> np.ndarray:
     ck = load_checkpoint(fdir / "best.pt")
     model = create_model(**ck["model_config"])
     model.load_state_dict(ck["model"])
-    p = predict_clips(model, clips.cache, clips.fnames, cfg.train.frames, cfg.infer.hop, clips.y.shape[1])
+    device = get_device(cfg)
+    p = predict_clips(
+        model.to(device), clips.cache, clips.fnames, cfg.train.frames, cfg.infer.hop, clips.y.shape[1], device=device
+    )
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, p)
     return p

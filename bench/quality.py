@@ -42,7 +42,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import cfg_for, fold_lwlrap, markdown_table, mean_std, test_lwlrap, train_seconds, write_section
+from common import (
+    cfg_for,
+    fold_lwlrap,
+    markdown_table,
+    mean_std,
+    test_lwlrap,
+    train_seconds,
+    unheard_lwlrap,
+    write_section,
+)
 
 from pipeline import infer, train, warmup  # noqa: E402
 
@@ -131,6 +140,7 @@ def main():
             "label": label,
             "seed": seed,
             "val": fold_lwlrap(cfg, fdir),
+            "unheard": unheard_lwlrap(cfg, run, [fdir]),
             "test": test_lwlrap(cfg, fdir, tta=False),
             "seconds": train_seconds(fdir),
             "overrides": ov,
@@ -229,18 +239,24 @@ def paired(results, name, base, key):
 
 def report_rows(a, results, n_seeds, minutes):
     """The table of a --rows run: each row's figures and its paired difference to curated only."""
-    header = ["variant", "fold-0 val lwlrap", "test lwlrap", "val - test", "paired val - cur", "paired test - cur"]
+    header = ["variant", "fold-0 val lwlrap", "unheard val", "test lwlrap", "val - test", "unheard val - test"]
+    header += ["paired val - cur", "paired unheard val - cur", "paired test - cur"]
     header += ["PL precision", "PL recall", "training seconds"]
     rows = []
     for name, rs in results.items():
-        vs = [paired(results, name, "cur", k) if "cur" in results and name != "cur" else "-" for k in ("val", "test")]
+        vs = [
+            paired(results, name, "cur", k) if "cur" in results and name != "cur" else "-"
+            for k in ("val", "unheard", "test")
+        ]
         pl = [mean_std([r.get(k, float("nan")) for r in rs], 3) for k in ("pl_precision", "pl_recall")]
         rows.append(
             [
                 rs[0]["label"],
                 mean_std([r["val"] for r in rs]),
+                mean_std([r["unheard"] for r in rs]),
                 mean_std([r["test"] for r in rs]),
                 mean_std([r["val"] - r["test"] for r in rs]),
+                mean_std([r["unheard"] - r["test"] for r in rs]),
                 *vs,
                 *pl,
                 f"{np.mean([r['seconds'] for r in rs]):.0f}",
@@ -254,7 +270,8 @@ def report_rows(a, results, n_seeds, minutes):
         f"--epochs {a.epochs} --steps {a.steps} --evals {a.evals} {shlex.join(a.overrides)}`: every row trains "
         f"{a.epochs} epochs of {a.steps} steps on folds 1-2 and is validated on fold 0, for {n_seeds} seeds (each "
         f"seed redraws the folds, the warm-up and every initialisation); test lwlrap of the fold-0 model without "
-        f"TTA; mean +- std over the seeds; paired: the per-seed difference to curated only. The table took "
+        f"TTA; unheard val: fold 0's clips none of whose recordings a training clip holds; mean +- std over the "
+        f"seeds; paired: the per-seed difference to curated only. The table took "
         f"{minutes:.0f} minutes.\n\n{table}\n"
     )
     write_section(a.section, body)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import markdown_table, mean_std, write_section
+from common import cfg_for, markdown_table, mean_std, unheard_lwlrap, write_section
 
 CUR = "cur"
 SCRATCH = ["folds", "train", "infer"]
@@ -84,7 +84,15 @@ def measure(name, seed, overrides) -> dict:
     ov = [f"run.name={run}", f"run.seed={seed}", "run.progress=false", *ov, *overrides]
     subprocess.run(["make", *stages, "CONFIG=configs/real.yaml", f"OVERRIDES={shlex.join(ov)}"], check=True)
     sub = json.loads(Path(f"submissions/{run}.json").read_text())
-    return {"val": sub["oof_lwlrap"], "test": sub["test_lwlrap"], "minutes": minutes(run), "models": sub["n_models"]}
+    cfg = cfg_for("real.yaml", ov, "train")
+    unheard = unheard_lwlrap(cfg, run, sorted(Path(f"runs/{run}/train").glob("fold_[0-9]*")))
+    return {
+        "val": sub["oof_lwlrap"],
+        "unheard": unheard,
+        "test": sub["test_lwlrap"],
+        "minutes": minutes(run),
+        "models": sub["n_models"],
+    }
 
 
 def paired(res, name, key) -> str:
@@ -106,15 +114,17 @@ def main():
         [
             RECIPES[n][0],
             mean_std([r["val"] for r in rs]),
+            mean_std([r["unheard"] for r in rs]),
             mean_std([r["test"] for r in rs]),
             mean_std([r["val"] - r["test"] for r in rs]),
-            "-" if n == CUR else paired(res, n, "val"),
-            "-" if n == CUR else paired(res, n, "test"),
+            mean_std([r["unheard"] - r["test"] for r in rs]),
+            *("-" if n == CUR else paired(res, n, k) for k in ("val", "unheard", "test")),
             f"{np.mean([r['minutes'] for r in rs]):.1f}",
         ]
         for n, rs in res.items()
     ]
-    header = ["recipe", "OOF val lwlrap (TTA)", "test lwlrap", "val - test", "paired val - cur", "paired test - cur"]
+    header = ["recipe", "OOF val lwlrap (TTA)", "unheard OOF", "test lwlrap", "val - test", "unheard - test"]
+    header += ["paired val - cur", "paired unheard - cur", "paired test - cur"]
     table = markdown_table([*header, "training minutes"], rows)
     print(table)
     body = (
@@ -122,7 +132,8 @@ def main():
         f"`.venv/bin/python bench/real_recipes.py --recipes {','.join(names)} --seeds "
         f"{' '.join(map(str, a.seeds))} {shlex.join(a.overrides)}`: configs/real.yaml, {res[CUR][0]['models']}-fold "
         f"ensembles with TTA, folds grouped by recording; mean +- std over {len(a.seeds)} seeds; paired: the "
-        f"per-seed difference to curated only (the same folds).\n\n{table}\n"
+        f"per-seed difference to curated only (the same folds); unheard OOF: the out-of-fold predictions of the "
+        f"clips none of whose recordings their fold's training clips hold.\n\n{table}\n"
     )
     write_section("real_recipes", body)
 

@@ -7,8 +7,6 @@ import re
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -82,43 +80,24 @@ def test_lwlrap(cfg, fold_dir, tta: bool, reversal: bool = True, count_windows: 
     return known[key]
 
 
-def unheard_mask(cfg, run: str, fnames, fold) -> np.ndarray | None:
-    """Which of fold `fold`'s validation clips `fnames` share no recording with a clip the fold trained on (the
-    folds' group column, e.g. the real-sound set's sources); None where the dataset names no groups."""
-    import pandas as pd
-
-    from pipeline.data import load_dataset
-    from pipeline.folds import group_column
-
-    ds = load_dataset(cfg.data.root, check_audio=False)
-    col = group_column(cfg, ds)
-    if col is None:
-        return None
-    folds = pd.read_csv(Path("runs") / run / "folds" / "folds.csv", dtype={"fname": str}).set_index("fname")["fold"]
-    groups = ds.curated.set_index("fname")[col].astype(str).str.split(";")
-    heard = {g for fn, gs in groups.items() if folds[fn] != fold for g in gs}
-    return np.array([not (set(groups[fn]) & heard) for fn in fnames])
-
-
 def unheard_lwlrap(cfg, run: str, fold_dirs) -> float:
     """lwlrap of the out-of-fold predictions (fold_dirs' oof.csv, pooled) on the validation clips none of whose
-    recordings any clip of their fold's training set holds: validation on unheard recordings only. NaN without
-    groups."""
+    recordings any clip of their fold's training set holds (pipeline.folds.unheard_mask): validation on unheard
+    recordings only. NaN where the folds are not grouped."""
     import pandas as pd
 
     from pipeline.data import labels_to_matrix, load_dataset
+    from pipeline.folds import unheard_mask
     from pipeline.metrics import lwlrap
 
     ds = load_dataset(cfg.data.root, check_audio=False)
-    ys, ps = [], []
-    for fdir in fold_dirs:
-        oof = pd.read_csv(Path(fdir) / "oof.csv", dtype={"fname": str})
-        keep = unheard_mask(cfg, run, list(oof["fname"]), int(Path(fdir).name.split("_")[1]))
-        if keep is None:
-            return float("nan")
-        ys.append(labels_to_matrix(ds.curated.set_index("fname").loc[oof["fname"][keep], "labels"], ds.classes))
-        ps.append(oof[ds.classes].to_numpy()[keep])
-    return float(lwlrap(np.concatenate(ys), np.concatenate(ps))[0])
+    folds = pd.read_csv(Path("runs") / run / "folds" / "folds.csv", dtype={"fname": str})
+    oof = pd.concat([pd.read_csv(Path(d) / "oof.csv", dtype={"fname": str}) for d in fold_dirs], ignore_index=True)
+    keep = unheard_mask(cfg, ds, folds, oof["fname"])
+    if keep is None or not keep.any():
+        return float("nan")
+    y = labels_to_matrix(ds.curated.set_index("fname").loc[oof["fname"][keep], "labels"], ds.classes)
+    return float(lwlrap(y, oof[ds.classes].to_numpy()[keep])[0])
 
 
 def fold_lwlrap(cfg, fold_dir) -> float:

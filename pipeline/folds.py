@@ -100,6 +100,27 @@ def split_groups(cells, fnames) -> list[list[str]]:
     return out
 
 
+def unheard(groups: list[list[str]], fold: np.ndarray, k: int) -> np.ndarray:
+    """(N,) which clips of fold k share no group (recording) with any clip outside fold k: the validation clips
+    whose recordings fold k's model never heard in training. groups: each clip's groups (split_groups)."""
+    heard = {g for gs, f in zip(groups, fold) if f != k for g in gs}
+    return np.array([f == k and not (set(gs) & heard) for gs, f in zip(groups, fold)])
+
+
+def unheard_mask(cfg, ds, folds_df: pd.DataFrame, fnames) -> np.ndarray | None:
+    """For out-of-fold predictions of the curated clips `fnames` (each predicted by the model of its fold in
+    folds_df): which were validated on recordings its model never heard; None where the folds are not grouped."""
+    gcol = None if ds.folds is not None else group_column(cfg, ds)
+    if gcol is None:
+        return None
+    groups = split_groups(ds.curated[gcol], ds.curated["fname"])
+    fold = folds_df.set_index("fname").loc[ds.curated["fname"], "fold"].to_numpy()
+    clean = np.zeros(len(fold), bool)
+    for k in np.unique(fold):
+        clean |= unheard(groups, fold, int(k))
+    return pd.Series(clean, index=ds.curated["fname"]).loc[list(fnames)].to_numpy()
+
+
 def folds_path(cfg):
     return run_dir(cfg, "folds") / "folds.csv"
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from pipeline.config import cli
 from pipeline.data import dataset, labels_to_matrix
+from pipeline.folds import read_folds, unheard_mask
 from pipeline.metrics import accuracy, lwlrap, single_label_scores
 from pipeline.utils import (
     UserError,
@@ -81,15 +82,24 @@ def summarise(cfg, out, ds, oof_parts: dict, log) -> dict:
     if ds.single_label:
         return summarise_single_label(cfg, out, ds, oof_parts, y, p, log)
     overall, per_class = lwlrap(y, p)
+    clean = unheard_mask(cfg, ds, read_folds(cfg), oof["fname"])
     summary = {
         "oof_lwlrap": overall,
         "n_clips": len(oof),
+        # grouped folds: lwlrap of the clips none of whose recordings their fold's training clips hold
+        "oof_lwlrap_unheard": None if clean is None or not clean.any() else lwlrap(y[clean], p[clean])[0],
+        "n_unheard": None if clean is None else int(clean.sum()),
         "mode": cfg.train.mode,
         "folds": folds,
         "per_class": {c: (None if np.isnan(v) else float(v)) for c, v in zip(ds.classes, per_class)},
     }
     atomic_write_json(out / "summary.json", summary)
-    log.info(f"OOF lwlrap ({len(oof)} clips, folds {folds}): {overall:.4f}")
+    unheard_note = ""
+    if summary["oof_lwlrap_unheard"] is not None:
+        unheard_note = (
+            f"; on the {summary['n_unheard']} clips of unheard recordings: {summary['oof_lwlrap_unheard']:.4f}"
+        )
+    log.info(f"OOF lwlrap ({len(oof)} clips, folds {folds}): {overall:.4f}{unheard_note}")
     print(f"OOF lwlrap: {overall:.4f}")
     return {"dir": out, **summary}
 

@@ -74,3 +74,36 @@ def test_the_stage_groups_by_the_sources_column_when_present(dataset, cfg_for):
     assert any(plain["fold"][rec == r].nunique() > 1 for r in set(rec))
     with pytest.raises(ValueError, match="folds.group_by=speaker: train_curated.csv has no column 'speaker'"):
         folds.main(cfg_for(dataset, "folds.n_splits=3", "folds.group_by=speaker", "run.name=x"))
+
+
+def test_unheard_clips_share_no_recording_with_the_training_folds():
+    groups = [["a"], ["a", "b"], ["b"], ["c"], ["c", "d"], ["d"]]
+    fold = np.array([0, 0, 1, 0, 1, 1])
+    # fold 0 validates clips 0, 1, 3: clip 1 holds b (heard in fold 1's clip 2), clip 3 holds c (heard in clip 4),
+    # clip 0's a is only in fold 0
+    assert folds.unheard(groups, fold, 0).tolist() == [True, False, False, False, False, False]
+    assert folds.unheard(groups, fold, 1).tolist() == [False] * 5 + [True]  # only clip 5's d is fold 1's alone
+    assert folds.unheard(groups, np.array([0, 0, 0, 1, 1, 1]), 1).tolist() == [False] * 3 + [True] * 3
+
+
+def test_unheard_mask_follows_the_stage_grouping(dataset, cfg_for):
+    import pandas as pd
+
+    from pipeline.data import load_dataset
+
+    cfg = cfg_for(dataset, "folds.n_splits=3")
+    ds = load_dataset(dataset, check_audio=False)
+    df = folds.main(cfg)
+    assert folds.unheard_mask(cfg, ds, df, ds.curated["fname"]) is None  # no sources column: nothing to say
+    cur = pd.read_csv(dataset / "train_curated.csv")
+    cur["sources"] = [f"rec{i % 6}" + (";rec1" if i == 0 else "") for i in range(len(cur))]
+    cur.to_csv(dataset / "train_curated.csv", index=False)
+    cfg = cfg_for(dataset, "folds.n_splits=3", "run.name=grouped")
+    ds = load_dataset(dataset, check_audio=False)
+    df = folds.main(cfg)
+    clean = folds.unheard_mask(cfg, ds, df, list(reversed(ds.curated["fname"])))[::-1]  # in the order asked
+    f = df.set_index("fname").loc[cur["fname"], "fold"].to_numpy()
+    recs = [set(r.split(";")) for r in cur["sources"]]
+    want = [not any(recs[i] & recs[j] for j in range(len(recs)) if f[j] != f[i]) for i in range(len(recs))]
+    assert clean.tolist() == want
+    assert clean.any() and not clean.all()  # rec1 held in two folds' clips, or clip 0 mixing two folds

@@ -121,7 +121,9 @@ def mean_std(values, digits: int = 4) -> str:
     v = np.array([x for x in values if x is not None and x == x], float)
     if not len(v):
         return "-"
-    sd = v.std(ddof=1) if len(v) > 1 else float("nan")
+    if len(v) == 1:  # one value: no spread to give
+        return f"{v[0]:.{digits}f}" + ("" if len(values) == 1 else " (n=1)")
+    sd = v.std(ddof=1)
     return f"{v.mean():.{digits}f} +- {sd:.{digits}f}" + ("" if len(v) == len(values) else f" (n={len(v)})")
 
 

@@ -265,7 +265,8 @@ def report_rows(a, results, n_seeds, minutes):
     table = markdown_table(header, rows)
     print(table)
     body = (
-        f"## Noisy-clip recipes over seeds (bench/quality.py --rows)\n\n`.venv/bin/python bench/quality.py "
+        f"## Noisy-clip recipes on configs/{a.config}, {a.epochs} x {a.steps} steps, {n_seeds} seed"
+        f"{'s' if n_seeds > 1 else ''} (bench/quality.py --rows)\n\n`.venv/bin/python bench/quality.py "
         f"--config {a.config} --section {a.section} --prefix {a.prefix} --rows {a.rows} --seeds {n_seeds} "
         f"--epochs {a.epochs} --steps {a.steps} --evals {a.evals} {shlex.join(a.overrides)}`: every row trains "
         f"{a.epochs} epochs of {a.steps} steps on folds 1-2 and is validated on fold 0, for {n_seeds} seeds (each "

@@ -263,7 +263,14 @@ def report_rows(a, results, n_seeds, minutes):
             ]
         )
     table = markdown_table(header, rows)
-    print(table)
+    ts_note = "".join(
+        f"\n\n{results[n][0]['label']} against noisy warm-up + supervised, paired per seed: "
+        + ", ".join(f"{k} {paired(results, n, 'warm_sup', k)}" for k in ("val", "unheard", "test"))
+        + "."
+        for n in results
+        if n.startswith("ts_") and "warm_sup" in results
+    )
+    print(table + ts_note)
     body = (
         f"## Noisy-clip recipes on configs/{a.config}, {a.epochs} x {a.steps} steps, {n_seeds} seed"
         f"{'s' if n_seeds > 1 else ''} (bench/quality.py --rows)\n\n`.venv/bin/python bench/quality.py "
@@ -272,8 +279,9 @@ def report_rows(a, results, n_seeds, minutes):
         f"{a.epochs} epochs of {a.steps} steps on folds 1-2 and is validated on fold 0, for {n_seeds} seeds (each "
         f"seed redraws the folds, the warm-up and every initialisation); test lwlrap of the fold-0 model without "
         f"TTA; unheard val: fold 0's clips none of whose recordings a training clip holds; mean +- std over the "
-        f"seeds; paired: the per-seed difference to curated only. The table took "
-        f"{minutes:.0f} minutes.\n\n{table}\n"
+        f"seeds; paired: the per-seed difference to curated only. Its runs trained "
+        f"{sum(r['seconds'] for rs in results.values() for r in rs) / 60:.0f} minutes in all (warm-ups not "
+        f"counted; this invocation took {minutes:.0f}).\n\n{table}{ts_note}\n"
     )
     write_section(a.section, body)
 

@@ -132,8 +132,8 @@ def main():
         f"`.venv/bin/python bench/real_recipes.py --recipes {','.join(names)} --seeds "
         f"{' '.join(map(str, a.seeds))} {shlex.join(a.overrides)}`: configs/real.yaml, {res[CUR][0]['models']}-fold "
         f"ensembles with TTA, folds grouped by recording; mean +- std over {len(a.seeds)} seeds; paired: the "
-        f"per-seed difference to curated only (the same folds); unheard OOF: the out-of-fold predictions of the "
-        f"clips none of whose recordings their fold's training clips hold.\n\n{table}\n"
+        f"per-seed difference to curated only (the same folds); unheard OOF: the fold models' validation predictions "
+        f"(without TTA) of the clips none of whose recordings their fold's training clips hold.\n\n{table}\n"
     )
     write_section("real_recipes", body)
 

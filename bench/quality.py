@@ -81,6 +81,13 @@ PHASE1 = {  # name -> (label, overrides); <prefix> and <seed> are filled in per 
         [MIX, "train.init_from=null", "ssl.noisy_mix={select_from: <prefix>cur_s<seed>}"],
     ),
     "warm_mix": ("noisy warm-up + noisy_mix", [MIX, WARM]),
+    # levers on the curated-only recipe (configs/real.yaml)
+    "cur_mixup1": ("curated only, mixup alpha 1.0", [SUP, "train.init_from=null", "augment.mixup_alpha=1.0"]),
+    "cur_spec2": (
+        "curated only, SpecAugment masks twice as wide (0.2)",
+        [SUP, "train.init_from=null", "augment.freq_width=0.2", "augment.time_width=0.2"],
+    ),
+    "cur_bce": ("curated only, BCE instead of focal", [SUP, "train.init_from=null", "loss.focal=0", "loss.bce=1"]),
 }
 TS_RULE_ROWS = {"ts_joint_noisy_aware": ("joint", "noisy_aware")}
 DEMO_ROWS = ("cur", "noisy", "warm_sup", "ts_separate", "ts_frozen_stats", "ts_joint")

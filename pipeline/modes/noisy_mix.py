@@ -16,7 +16,7 @@ with beta 0.7), the model's own belief detached, so that a given label the model
 Staged selection (the 8th place's): select_from names a finished run with the same folds (same seed and dataset)
 whose fold model, trained on the curated clips only, predicts every noisy clip once (no TTA); a noisy clip is kept
 when one of its given labels is among that model's select_topk most probable classes, the others are left out of
-the noisy stream. The predictions are kept as runs/<select_from>/train/fold_<k>/noisy_pred.npy.
+the noisy stream. The predictions are kept beside that model (runs/<select_from>/train/fold_<k>/noisy_pred-*.npy).
 
     make train OVERRIDES="train.mode=noisy_mix ssl.noisy_mix.beta=0.7"
 """
@@ -121,7 +121,7 @@ def selection_predictions(cfg, run: str, fold, clips) -> np.ndarray:
             f"ssl.noisy_mix.select_from={run}: its folds ({src}/folds/folds.csv) are not this run's; its fold "
             f"model may have trained on this fold's validation clips (use a run with the same seed and dataset)"
         )
-    path = fdir / "noisy_pred.npy"
+    path = fdir / f"noisy_pred-{(fdir / 'best.pt').stat().st_mtime_ns}.npy"  # a retrained fold model: predicted anew
     if path.exists():
         p = np.load(path)
         if len(p) == len(clips):

@@ -127,6 +127,16 @@ def mean_std(values, digits: int = 4) -> str:
     return f"{v.mean():.{digits}f} +- {sd:.{digits}f}" + ("" if len(v) == len(values) else f" (n={len(v)})")
 
 
+def paired_diff(a, b) -> str:
+    """Per-seed differences a - b of two aligned lists: 'mean +- sd (mean / sd)', '-' with fewer than two."""
+    import numpy as np
+
+    d = np.array(a, float) - np.array(b, float)
+    if len(d) < 2:
+        return "-"
+    return f"{d.mean():+.4f} +- {d.std(ddof=1):.4f} ({d.mean() / max(d.std(ddof=1), 1e-9):+.1f} sd)"
+
+
 def markdown_table(header, rows) -> str:
     def fmt(v):
         if isinstance(v, float):

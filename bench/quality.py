@@ -47,6 +47,7 @@ from common import (
     fold_lwlrap,
     markdown_table,
     mean_std,
+    paired_diff,
     test_lwlrap,
     train_seconds,
     unheard_lwlrap,
@@ -238,10 +239,8 @@ def main():
 def paired(results, name, base, key):
     """Per-seed difference of two rows (same seeds: same folds and warm-up): 'mean +- sd (mean / sd)'."""
     by_seed = {r["seed"]: r[key] for r in results[base]}
-    d = np.array([r[key] - by_seed[r["seed"]] for r in results[name] if r["seed"] in by_seed])
-    if len(d) < 2:
-        return "-"
-    return f"{d.mean():+.4f} +- {d.std(ddof=1):.4f} ({d.mean() / max(d.std(ddof=1), 1e-9):+.1f} sd)"
+    both = [(r[key], by_seed[r["seed"]]) for r in results[name] if r["seed"] in by_seed]
+    return paired_diff([x for x, _ in both], [y for _, y in both])
 
 
 def report_rows(a, results, n_seeds, minutes):

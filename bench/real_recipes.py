@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import cfg_for, markdown_table, mean_std, unheard_lwlrap, write_section
+from common import cfg_for, markdown_table, mean_std, paired_diff, unheard_lwlrap, write_section
 
 CUR = "cur"
 SCRATCH = ["folds", "train", "infer"]
@@ -96,8 +96,7 @@ def measure(name, seed, overrides) -> dict:
 
 
 def paired(res, name, key) -> str:
-    d = np.array([r[key] - c[key] for r, c in zip(res[name], res[CUR])])
-    return f"{d.mean():+.4f} +- {d.std(ddof=1):.4f} ({d.mean() / max(d.std(ddof=1), 1e-9):+.1f} sd)"
+    return paired_diff([r[key] for r in res[name]], [c[key] for c in res[CUR]])
 
 
 def main():

@@ -1,6 +1,8 @@
 """train.mode=noisy_mix (pipeline/modes/noisy_mix.py): curated and noisy clips in one batch, the noisy clips' weight,
 soft bootstrapping, the separate noisy head and staged selection."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -109,6 +111,43 @@ def test_staged_selection_refuses_a_run_without_the_fold_or_with_other_folds(tmp
     (tmp_path / "runs/other/train/fold_0/done.json").write_text("{}")
     with pytest.raises(ValueError, match="not this run's"):
         nm.selection_predictions(cfg, "other", 0, clipset([[1, 0, 0, 0, 0]]))
+
+
+def test_staged_selection_predicts_with_the_fold_model_once_and_anew_after_retraining(prepared, monkeypatch):
+    import os
+
+    from pipeline import folds
+    from pipeline import predict as pred
+    from pipeline.cache import FeatureCache
+    from pipeline.data import load_dataset
+    from pipeline.engine import save_checkpoint
+
+    cfg = prepared("run.name=mine", "train.mode=noisy_mix", "ssl.noisy_mix={select_from: other}")
+    folds.main(cfg)
+    folds.main(prepared("run.name=other"))
+    ds = load_dataset(cfg.data.root, check_audio=False)
+    clips = make_clipset(FeatureCache.open(cfg, "noisy"), ds.noisy, ds.classes)
+    fdir = Path("runs/other/train/fold_0")
+    fdir.mkdir(parents=True)
+    (fdir / "done.json").write_text("{}")
+    models = [build_model(cfg, ds.n_classes, seed=s).eval() for s in (0, 1)]
+    save_checkpoint(fdir / "best.pt", models[0], cfg, ds.classes)
+
+    def direct(model):
+        args = (clips.cache, clips.fnames, cfg.train.frames, cfg.infer.hop, ds.n_classes)
+        return pred.predict_clips(model, *args)
+
+    p = nm.selection_predictions(cfg, "other", 0, clips)
+    assert p.shape == (len(ds.noisy), ds.n_classes)
+    np.testing.assert_allclose(p, direct(models[0]), atol=1e-6)  # the fold model's own predictions
+    assert len(list(fdir.glob("noisy_pred-*.npy"))) == 1
+    with monkeypatch.context() as m:  # kept: a second fit of the fold reads them instead of predicting
+        m.setattr(pred, "predict_clips", lambda *a, **k: pytest.fail("predicted again"))
+        np.testing.assert_array_equal(nm.selection_predictions(cfg, "other", 0, clips), p)
+    save_checkpoint(fdir / "best.pt", models[1], cfg, ds.classes)  # the source fold retrained: predicted anew
+    t = (fdir / "best.pt").stat().st_mtime_ns + 10**9
+    os.utime(fdir / "best.pt", ns=(t, t))
+    np.testing.assert_allclose(nm.selection_predictions(cfg, "other", 0, clips), direct(models[1]), atol=1e-6)
 
 
 def test_fit_one_epoch(prepared, tmp_path):

@@ -54,7 +54,7 @@ from common import (
     write_section,
 )
 
-from pipeline import infer, train, warmup  # noqa: E402
+from pipeline import features, infer, train, warmup  # noqa: E402
 
 G_PASSES = ("separate", "frozen_stats", "joint")
 RULES = ("class_threshold", "topk", "noisy_aware")
@@ -89,6 +89,21 @@ PHASE1 = {  # name -> (label, overrides); <prefix> and <seed> are filled in per 
         [SUP, "train.init_from=null", "augment.freq_width=0.2", "augment.time_width=0.2"],
     ),
     "cur_bce": ("curated only, BCE instead of focal", [SUP, "train.init_from=null", "loss.focal=0", "loss.bce=1"]),
+    "cur_arc0": ("curated only, no ArcFace (weight 0)", [SUP, "train.init_from=null", "loss.arcface=0"]),
+    "cur_arc1": ("curated only, ArcFace weight 1 (the reference's)", [SUP, "train.init_from=null", "loss.arcface=1"]),
+    "cur_norev": (
+        "curated only, no time reversal as classes",
+        [SUP, "train.init_from=null", "model.time_reversal=false"],
+    ),
+    "cur_crop4": ("curated only, 4 s crops (256 frames)", [SUP, "train.init_from=null", "train.frames=256"]),
+    "cur_crop1": ("curated only, 1 s crops (64 frames)", [SUP, "train.init_from=null", "train.frames=64"]),
+    "cur_mels128": ("curated only, 128 mel bands", [SUP, "train.init_from=null", "features.n_mels=128"]),
+    "cur_w05": ("curated only, vgg8 at half width", [SUP, "train.init_from=null", "model.params={width: 0.5}"]),
+    "cur_skip": ("curated only, cnn_skip backbone", [SUP, "train.init_from=null", "model.name=cnn_skip"]),
+    "cur_wrn": (
+        "curated only, wrn28_2 backbone",
+        [SUP, "train.init_from=null", "model.name=wrn28_2", "model.params={}"],
+    ),
 }
 TS_RULE_ROWS = {"ts_joint_noisy_aware": ("joint", "noisy_aware")}
 DEMO_ROWS = ("cur", "noisy", "warm_sup", "ts_separate", "ts_frozen_stats", "ts_joint")
@@ -141,6 +156,7 @@ def main():
             ],
             "train",
         )
+        features.main(cfg_for(a.config, [*base, *ov], "features"))  # a lever may need its own cache (n_mels)
         train.main(cfg)
         fdir = Path(f"runs/{run}/train/fold_0")
         last = pd.read_csv(fdir / "metrics.csv").iloc[-1]

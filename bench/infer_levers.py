@@ -1,0 +1,185 @@
+"""The inference levers of a recipe's fold ensembles, over seeds: the sliding-window hop, length-adaptive TTA,
+time-reversal averaging and the number of fold models averaged, each against the run's own inference.
+
+    .venv/bin/python bench/infer_levers.py [--runs real-curated real-curated-s43 real-curated-s44] [--variants ...]
+    (needs each run's `make infer`: bench/real_recipes.py --recipes cur makes the default runs; writes
+    docs/results.md's infer_levers section)
+
+A variant changes infer settings only (VARIANTS). Every fold model of a run (runs/<run>/infer/fold_<k>/model.pt)
+predicts its held-out curated clips and the test clips with the variant's settings; the choice is made on the pooled
+out-of-fold lwlrap and on its unheard subset (validation clips none of whose recordings their fold's training clips
+hold), the test lwlrap of the fold ensemble (arithmetic mean) is reported beside it. The row `as run` reads the
+run's own oof.csv and test.csv. Predictions are kept in runs/<run>/infer_levers/<variant>/fold_<k>.npz, keyed by
+model.pt's modification time and the settings, so a rerun costs only what changed.
+
+Ensemble size: the test lwlrap of the mean of m fold models (every subset of size m, averaged), m = 1..K, at the
+run's own settings. It has no validation figure (each curated clip has one out-of-fold model), so it says what the
+ensemble adds, not which K to pick; the number of folds (n_splits) also changes each model's training share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shlex
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from common import ROOT, markdown_table, mean_std, paired_diff, write_section
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.utils import atomic_path  # noqa: E402
+
+AS_RUN = "as_run"
+KEYS = ("val", "unheard", "test")  # the figures each variant is paired on
+VARIANTS = {  # name -> (label, infer overrides)
+    AS_RUN: ("as the run inferred (configs/real.yaml: hop 32, TTA, reversal)", []),
+    "hop16": ("hop 16 (the reference's)", ["infer.hop=16"]),
+    "hop64": ("hop 64", ["infer.hop=64"]),
+    "no_tta": ("no TTA", ["infer.tta=false"]),
+    "no_rev": ("no time-reversal averaging", ["infer.reversal=false"]),
+}
+
+
+def run_cfg(run: str, overrides):
+    return load_config(ROOT / "runs" / run / "infer" / "config.yaml", list(overrides), stage="infer")
+
+
+def fold_predictions(run: str, fdir: Path, variant: str, ds, held) -> tuple[np.ndarray, np.ndarray]:
+    """(test, held-out) probabilities of one fold model under a variant, in ds.test's and held's order."""
+    if variant == AS_RUN:
+        test = pd.read_csv(fdir / "test.csv", dtype={"fname": str}).set_index("fname")
+        oof = pd.read_csv(fdir / "oof.csv", dtype={"fname": str}).set_index("fname")
+        return test.loc[ds.test["fname"], ds.classes].to_numpy(), oof.loc[held, ds.classes].to_numpy()
+    import torch
+
+    from models import create_model
+    from pipeline.cache import FeatureCache
+    from pipeline.engine import load_checkpoint
+    from pipeline.predict import predict_settings, predict_with
+
+    cfg = run_cfg(run, VARIANTS[variant][1])
+    settings = predict_settings(cfg)
+    key = json.dumps([(fdir / "model.pt").stat().st_mtime_ns, settings], sort_keys=True)
+    path = ROOT / "runs" / run / "infer_levers" / variant / f"{fdir.name}.npz"
+    if path.exists():
+        z = np.load(path)
+        if str(z["key"]) == key and len(z["test"]) == len(ds.test) and len(z["oof"]) == len(held):
+            return z["test"], z["oof"]
+    ck = load_checkpoint(fdir / "model.pt")
+    model = create_model(**ck["model_config"])
+    model.load_state_dict(ck["model"])
+    model.eval()
+    with torch.no_grad():
+        test = predict_with(model, FeatureCache.open(cfg, "test"), list(ds.test["fname"]), ds.n_classes, settings)
+        oof = predict_with(model, FeatureCache.open(cfg, "curated"), held, ds.n_classes, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, test=test, oof=oof, key=np.array(key))
+    return test, oof
+
+
+def measure(run: str, variant: str) -> dict:
+    """One run under one variant: pooled OOF lwlrap, its unheard subset, the ensemble's test lwlrap and, for
+    AS_RUN, the test lwlrap by ensemble size."""
+    from pipeline.data import labels_to_matrix, load_dataset
+    from pipeline.folds import unheard_mask
+    from pipeline.metrics import lwlrap
+
+    cfg = run_cfg(run, [])
+    ds = load_dataset(cfg.data.root, check_audio=False)
+    folds = pd.read_csv(ROOT / "runs" / run / "folds" / "folds.csv", dtype={"fname": str})
+    fold_of = folds.set_index("fname")["fold"]
+    fdirs = sorted(p for p in (ROOT / "runs" / run / "infer").glob("fold_[0-9]*") if (p / "done.json").exists())
+    if not fdirs:
+        raise SystemExit(f"runs/{run}/infer: no finished fold predictions; run `make infer` for it first")
+    t0, tests, oof_p, oof_names = time.time(), [], [], []
+    for fdir in fdirs:
+        k = int(fdir.name.split("_")[1])
+        held = [f for f in ds.curated["fname"] if fold_of[f] == k]
+        test, oof = fold_predictions(run, fdir, variant, ds, held)
+        tests.append(test)
+        oof_p.append(oof)
+        oof_names += held
+    names = pd.Series(oof_names)
+    y = labels_to_matrix(ds.curated.set_index("fname").loc[names, "labels"], ds.classes)
+    p = np.concatenate(oof_p)
+    keep = unheard_mask(cfg, ds, folds, names)
+    truth = ds.targets(ds.test)
+    out = {
+        "val": float(lwlrap(y, p)[0]),
+        "unheard": float(lwlrap(y[keep], p[keep])[0]) if keep is not None and keep.any() else float("nan"),
+        "test": float(lwlrap(truth, np.mean(tests, axis=0))[0]),
+        "seconds": time.time() - t0,
+    }
+    if variant == AS_RUN:
+        out["by_size"] = [
+            float(np.mean([lwlrap(truth, np.mean([tests[i] for i in c], axis=0))[0] for c in combos]))
+            for combos in (list(itertools.combinations(range(len(tests)), m)) for m in range(1, len(tests) + 1))
+        ]
+    return out
+
+
+def report(variants, res) -> str:
+    base = res[AS_RUN]
+    rows = [
+        [
+            VARIANTS[v][0],
+            mean_std([r["val"] for r in res[v]]),
+            mean_std([r["unheard"] for r in res[v]]),
+            mean_std([r["test"] for r in res[v]]),
+            *("-" if v == AS_RUN else paired_diff([r[k] for r in res[v]], [b[k] for b in base]) for k in KEYS),
+            f"{np.mean([r['seconds'] for r in res[v]]) / 60:.1f}",
+        ]
+        for v in variants
+    ]
+    header = ["inference", "OOF val lwlrap", "unheard OOF", "test lwlrap (ensemble)"]
+    header += [f"paired {k} - as run" for k in KEYS] + ["minutes per run (0: read)"]
+    sizes = np.array([r["by_size"] for r in base])  # (runs, K)
+    size_rows = [
+        [m + 1, mean_std(sizes[:, m]), "-" if m == 0 else paired_diff(sizes[:, m], sizes[:, 0])]
+        for m in range(sizes.shape[1])
+    ]
+    return (
+        markdown_table(header, rows)
+        + "\n\nTest lwlrap by ensemble size (the run's own inference; every subset of m fold models, averaged):\n\n"
+        + markdown_table(["fold models", "test lwlrap", "paired - one model"], size_rows)
+    )
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", nargs="+", default=["real-curated", "real-curated-s43", "real-curated-s44"])
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
+    ap.add_argument("--section", default="infer_levers", help="docs/results.md section")
+    a = ap.parse_args()
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    if set(variants) - set(VARIANTS) or AS_RUN not in variants:
+        raise SystemExit(f"--variants: {variants}; each one of {list(VARIANTS)}, and {AS_RUN} among them")
+    t0 = time.time()
+    res = {}
+    for v in variants:
+        res[v] = []
+        for run in a.runs:
+            res[v].append(measure(run, v))
+            r = res[v][-1]
+            print(f"{v} {run}: val {r['val']:.4f} unheard {r['unheard']:.4f} test {r['test']:.4f}", flush=True)
+    table = report(variants, res)
+    print(table)
+    body = (
+        f"## Real-sound set: inference levers of the fold ensembles (bench/infer_levers.py)\n\n"
+        f"`.venv/bin/python bench/infer_levers.py --runs {shlex.join(a.runs)} --variants {','.join(variants)}`: "
+        f"each run's fold models (one run per seed) predict their held-out curated clips and the test clips with "
+        f"the variant's infer settings; OOF val: pooled out-of-fold lwlrap, unheard: its clips of recordings no "
+        f"training clip of their fold holds; test: the fold ensemble; mean +- std over {len(a.runs)} runs; paired: "
+        f"the per-run difference to the run's own inference. The table took {(time.time() - t0) / 60:.0f} minutes."
+        f"\n\n{table}\n"
+    )
+    write_section(a.section, body)
+
+
+if __name__ == "__main__":
+    main()

@@ -60,7 +60,7 @@ G_PASSES = ("separate", "frozen_stats", "joint")
 RULES = ("class_threshold", "topk", "noisy_aware")
 
 
-WARM = "<warm-up>"  # stands for train.init_from=<this seed's warm-up>
+WARM = "<warm-up>"  # stands for train.init_from=<this seed's warm-up>; "<warm-up:N>": one of N epochs
 SUP = "train.mode=supervised"
 MIX = "train.mode=noisy_mix"
 PHASE1 = {  # name -> (label, overrides); <prefix> and <seed> are filled in per run
@@ -82,6 +82,11 @@ PHASE1 = {  # name -> (label, overrides); <prefix> and <seed> are filled in per 
         [MIX, "train.init_from=null", "ssl.noisy_mix={select_from: <prefix>cur_s<seed>}"],
     ),
     "warm_mix": ("noisy warm-up + noisy_mix", [MIX, WARM]),
+    "warm18_sup": ("noisy warm-up of 18 epochs (3x) + supervised", [SUP, "<warm-up:18>"]),
+    "mix_sel_24": (
+        "staged selection, batches of 24 curated / 8 noisy clips",
+        [MIX, "train.init_from=null", "ssl.noisy_mix={select_from: <prefix>cur_s<seed>, n_curated: 24, n_noisy: 8}"],
+    ),
     # levers on the curated-only recipe (configs/real.yaml)
     "cur_mixup1": ("curated only, mixup alpha 1.0", [SUP, "train.init_from=null", "augment.mixup_alpha=1.0"]),
     "cur_spec2": (
@@ -109,8 +114,13 @@ TS_RULE_ROWS = {"ts_joint_noisy_aware": ("joint", "noisy_aware")}
 DEMO_ROWS = ("cur", "noisy", "warm_sup", "ts_separate", "ts_frozen_stats", "ts_joint")
 
 
+def warm_epochs(override: str) -> int | None:
+    """N of a "<warm-up:N>" placeholder, None for anything else."""
+    return int(override[len(WARM) : -1]) if override.startswith(WARM[:-1] + ":") else None
+
+
 def needs_warm(name: str) -> bool:
-    return name.startswith("ts_") or WARM in PHASE1.get(name, ("", []))[1]
+    return name.startswith("ts_") or any(o == WARM or warm_epochs(o) for o in PHASE1.get(name, ("", []))[1])
 
 
 def main():
@@ -136,9 +146,10 @@ def main():
 
     results: dict = {}  # row name -> list of per-seed dicts
 
-    def warm(seed):
-        name = f"{a.prefix}warm_s{seed}"
-        warmup.main(cfg_for(a.config, [f"run.name={name}", f"run.seed={seed}", *base], "warmup"))
+    def warm(seed, epochs=None):
+        name = f"{a.prefix}warm{epochs or ''}_s{seed}"
+        length = [f"warmup.epochs={epochs}"] if epochs else []
+        warmup.main(cfg_for(a.config, [f"run.name={name}", f"run.seed={seed}", *base, *length], "warmup"))
         return f"train.init_from=runs/{name}/warmup/last.pt"
 
     def row(label, name, ov, seed, epochs=a.epochs):
@@ -195,7 +206,12 @@ def main():
             else:
                 label, ov = PHASE1[name]
                 ov = [o.replace("<prefix>", a.prefix).replace("<seed>", str(seed)) for o in ov]
-                row(label, name, [w if o == WARM else o for o in ov], seed)
+                row(
+                    label,
+                    name,
+                    [w if o == WARM else warm(seed, warm_epochs(o)) if warm_epochs(o) else o for o in ov],
+                    seed,
+                )
     if a.rows:  # a chosen set of rows: phase 1 only, each row paired with curated only
         Path(f"runs/{a.prefix}rows.json").write_text(json.dumps(results, default=str, indent=1))
         report_rows(a, results, len(seeds), (time.time() - t_start) / 60)

@@ -2,6 +2,7 @@
 time-reversal averaging and the number of fold models averaged, each against the run's own inference.
 
     .venv/bin/python bench/infer_levers.py [--runs real-curated real-curated-s43 real-curated-s44] [--variants ...]
+        [--threads N]
     (needs each run's `make infer`: bench/real_recipes.py --recipes cur makes the default runs; writes
     docs/results.md's infer_levers section)
 
@@ -155,7 +156,12 @@ def main():
     ap.add_argument("--runs", nargs="+", default=["real-curated", "real-curated-s43", "real-curated-s44"])
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
     ap.add_argument("--section", default="infer_levers", help="docs/results.md section")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     a = ap.parse_args()
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     if set(variants) - set(VARIANTS) or AS_RUN not in variants:
         raise SystemExit(f"--variants: {variants}; each one of {list(VARIANTS)}, and {AS_RUN} among them")
@@ -171,7 +177,8 @@ def main():
     print(table)
     body = (
         f"## Real-sound set: inference levers of the fold ensembles (bench/infer_levers.py)\n\n"
-        f"`.venv/bin/python bench/infer_levers.py --runs {shlex.join(a.runs)} --variants {','.join(variants)}`: "
+        f"`.venv/bin/python bench/infer_levers.py --runs {shlex.join(a.runs)} --variants {','.join(variants)}"
+        f"{f' --threads {a.threads}' if a.threads else ''}`: "
         f"each run's fold models (one run per seed) predict their held-out curated clips and the test clips with "
         f"the variant's infer settings; OOF val: pooled out-of-fold lwlrap, unheard: its clips of recordings no "
         f"training clip of their fold holds; test: the fold ensemble; mean +- std over {len(a.runs)} runs; paired: "

@@ -275,6 +275,28 @@ def paired(results, name, base, key):
     return paired_diff([x for x, _ in both], [y for _, y in both])
 
 
+def ranking_note(results) -> str:
+    """How each validation figure ranks the rows against test: Spearman's rho over the rows' means, and the test
+    rank of the row it would choose ('' with fewer than 3 rows)."""
+    from scipy.stats import spearmanr
+
+    names = list(results)
+    if len(names) < 3:
+        return ""
+    mean = {k: np.array([np.nanmean([r[k] for r in results[n]]) for n in names]) for k in ("val", "unheard", "test")}
+    test_rank = {n: i + 1 for i, n in enumerate(sorted(names, key=lambda n: -mean["test"][names.index(n)]))}
+    parts = []
+    for key, label in (("val", "fold-0 val"), ("unheard", "unheard val")):
+        if np.isnan(mean[key]).any():
+            continue
+        pick = names[int(np.argmax(mean[key]))]
+        parts.append(
+            f"{label} rho {spearmanr(mean[key], mean['test']).statistic:+.2f}, its choice "
+            f"({results[pick][0]['label']}) ranks {test_rank[pick]} of {len(names)} on test"
+        )
+    return "\n\nThe rows ranked by their means, against test (Spearman): " + "; ".join(parts) + "." if parts else ""
+
+
 def report_rows(a, results, n_seeds, minutes):
     """The table of a --rows run: each row's figures and its paired difference to curated only."""
     header = ["variant", "fold-0 val lwlrap", "unheard val", "test lwlrap", "val - test", "unheard val - test"]
@@ -307,7 +329,7 @@ def report_rows(a, results, n_seeds, minutes):
         + "."
         for n in results
         if n.startswith("ts_") and "warm_sup" in results
-    )
+    ) + ranking_note(results)
     print(table + ts_note)
     body = (
         f"## Noisy-clip recipes on configs/{a.config}, {a.epochs} x {a.steps} steps, {n_seeds} seed"

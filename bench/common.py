@@ -20,6 +20,14 @@ def cfg_for(config, overrides, stage):
     return load_config(CONFIG_DIR / config if not Path(config).exists() else config, overrides, stage=stage)
 
 
+def titled(config, overrides, title: str) -> str:
+    """A results section's title: 'Real-sound set: ' + title for a config on the real-sound set (data.root named
+    real), the title itself otherwise."""
+    if Path(cfg_for(config, list(overrides), None).data.root).name != "real":
+        return title
+    return f"Real-sound set: {title[:1].lower()}{title[1:]}"
+
+
 def train_seconds(folder) -> float:
     """Training time recorded in a fit's metrics.csv (so reused runs report what they cost)."""
     import pandas as pd

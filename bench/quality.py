@@ -49,6 +49,7 @@ from common import (
     mean_std,
     paired_diff,
     test_lwlrap,
+    titled,
     train_seconds,
     unheard_lwlrap,
     write_section,
@@ -135,6 +136,7 @@ def main():
     ap.add_argument("--section", default="quality", help="docs/results.md section (quality_real for data/real)")
     ap.add_argument("--rows", default="", help=f"phase-1 rows, comma-separated (default: {','.join(DEMO_ROWS)})")
     ap.add_argument("--prefix", default="q_", help="run-name prefix (qr_ for data/real, so the two sets' runs differ)")
+    ap.add_argument("--title", default="", help="--rows: the section's title (default: noisy-clip recipes on ...)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     seeds = [42 + i for i in range(a.seeds)]
@@ -331,10 +333,14 @@ def report_rows(a, results, n_seeds, minutes):
         if n.startswith("ts_") and "warm_sup" in results
     ) + ranking_note(results)
     print(table + ts_note)
+    title = a.title or (
+        f"Noisy-clip recipes on configs/{a.config}, {a.epochs} x {a.steps} steps, {n_seeds} seed"
+        f"{'s' if n_seeds > 1 else ''}"
+    )
     body = (
-        f"## Noisy-clip recipes on configs/{a.config}, {a.epochs} x {a.steps} steps, {n_seeds} seed"
-        f"{'s' if n_seeds > 1 else ''} (bench/quality.py --rows)\n\n`.venv/bin/python bench/quality.py "
+        f"## {titled(a.config, a.overrides, title)} (bench/quality.py --rows)\n\n`.venv/bin/python bench/quality.py "
         f"--config {a.config} --section {a.section} --prefix {a.prefix} --rows {a.rows} --seeds {n_seeds} "
+        f"{f'--title {shlex.quote(a.title)} ' if a.title else ''}"
         f"--epochs {a.epochs} --steps {a.steps} --evals {a.evals} {shlex.join(a.overrides)}`: every row trains "
         f"{a.epochs} epochs of {a.steps} steps on folds 1-2 and is validated on fold 0, for {n_seeds} seeds (each "
         f"seed redraws the folds, the warm-up and every initialisation); test lwlrap of the fold-0 model without "

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import cfg_for, fold_lwlrap, markdown_table, mean_std, test_lwlrap, train_seconds, write_section
+from common import cfg_for, fold_lwlrap, markdown_table, mean_std, test_lwlrap, titled, train_seconds, write_section
 
 from pipeline import train  # noqa: E402  (common puts the repository on sys.path)
 from pipeline.modes import list_modes, mode_class  # noqa: E402
@@ -213,8 +213,8 @@ def report(a, results, single, ref_label, minutes):
     table = markdown_table(header, rows)
     print(table)
     body = (
-        f"## Semi-supervised modes{' (single-label forms)' if single else ''} at {a.fraction:.0%} labelled over "
-        f"seeds, {a.epochs} x {a.steps} steps (bench/ssl_modes.py)\n\n"
+        f"## {titled(a.config, a.overrides, 'Semi-supervised modes')}{' (single-label forms)' if single else ''} at "
+        f"{a.fraction:.0%} labelled over seeds, {a.epochs} x {a.steps} steps (bench/ssl_modes.py)\n\n"
         f"`.venv/bin/python bench/ssl_modes.py --config {a.config} --fraction {a.fraction} --seeds {a.seeds}"
         f"{f' --seed0 {a.seed0}' if a.seed0 != 42 else ''} --epochs {a.epochs} --steps {a.steps} --evals {a.evals}"
         f"{' --modes ' + a.modes if a.modes else ''}{' --no-topk' if a.no_topk else ''}"

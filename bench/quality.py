@@ -1,7 +1,7 @@
 """Ablation of the reference system on the demo data over several seeds, every variant with the same training budget.
 
     .venv/bin/python bench/quality.py [--config demo.yaml] [--seeds 3] [--epochs N] [--steps N] [--evals N]
-                                      [--rows a,b] [--prefix q_] [--section quality] [key=value ...]
+                                      [--rows a,b] [--prefix q_] [--section quality] [--title T] [key=value ...]
     .venv/bin/python bench/quality.py --config real.yaml --section quality_real --prefix qr_ --epochs 16 \
         --rows cur,noisy,mix,mix_boot,mix_head,mix_sel,warm_sup,ts_joint_noisy_aware     # the real-sound rows
     (needs `make demo-data features`, or `make real-data` and features for real.yaml; writes its table into
@@ -24,8 +24,11 @@ every key a row does not name (mixup lambda per pair; teacher-student's N_V / N_
            as the paper does (infer.tta_count_windows=paper) and counting every window (all)
 
 --rows runs phase 1 only, with the rows named (PHASE1 below: the noisy-clip recipes of train.mode=noisy_mix among
-them; ts_<g pass> and ts_joint_noisy_aware for teacher-student), and gives each row's paired per-seed difference to
-curated only (row cur), the comparison issue 18's first target asks for.
+them, the warm-up length (warm18_sup), the batch composition (mix_sel_24) and the levers of the curated-only recipe
+(cur_*: loss, ArcFace weight, time reversal, crop length, mel bands, width, backbone); ts_<g pass> and
+ts_joint_noisy_aware for teacher-student), and gives each row's paired per-seed difference to curated only (row cur),
+the comparison issue 18's first target asks for, and how fold-0 val and unheard val rank the rows against test.
+--title names such a table's section.
 
 Finished runs are reused (runs/<prefix>*), so a rerun costs only what is missing; runs/<prefix>summary.json (phases
 1-4) or runs/<prefix>rows.json (--rows) holds every figure.

@@ -108,6 +108,29 @@ def unheard_lwlrap(cfg, run: str, fold_dirs) -> float:
     return float(lwlrap(y, oof[ds.classes].to_numpy()[keep])[0])
 
 
+def recording_sd(root, fnames, truth, a, b, n: int = 500, seed: int = 0) -> float:
+    """Standard deviation of lwlrap(a) - lwlrap(b) over the test clips fnames when the split's recordings are
+    redrawn with replacement (each clip goes with the first recording <root>/test_sources.csv names): the luck of
+    which recordings the test split holds, which no number of training seeds averages away. NaN without the file."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.metrics import lwlrap
+
+    path = Path(root) / "test_sources.csv"
+    if not path.exists():
+        return float("nan")
+    first = pd.read_csv(path, dtype=str).set_index("fname").loc[list(fnames), "sources"].str.split(";").str[0]
+    groups = pd.factorize(first)[0]
+    members = [np.flatnonzero(groups == g) for g in range(groups.max() + 1)]
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n):
+        ix = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        diffs.append(lwlrap(truth[ix], a[ix])[0] - lwlrap(truth[ix], b[ix])[0])
+    return float(np.std(diffs, ddof=1))
+
+
 def fold_lwlrap(cfg, fold_dir) -> float:
     """lwlrap of one fold's held-out predictions (fold_dir/oof.csv): the fold's figure even when the run's pooled
     summary covers more folds (bench/quality.py's phase 4 trains the other folds of a row's run)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import cfg_for, markdown_table, mean_std, paired_diff, unheard_lwlrap, write_section
+from common import cfg_for, markdown_table, mean_std, paired_diff, recording_sd, unheard_lwlrap, write_section
 
 CUR = "cur"
 SCRATCH = ["folds", "train", "infer"]
@@ -95,6 +95,22 @@ def measure(name, seed, overrides) -> dict:
     }
 
 
+def test_resolution(name: str, seed: int) -> float:
+    """recording_sd of the recipe's and curated only's submissions at one seed: how much of their test difference
+    the luck of the test split's recordings can make."""
+    from pipeline.data import load_dataset
+
+    ds = load_dataset(cfg_for("real.yaml", [], "infer").data.root, check_audio=False)
+    a, b = (
+        pd.read_csv(f"submissions/{run_name(RECIPES[n][1], seed)}.csv", dtype={"fname": str})
+        .set_index("fname")
+        .loc[ds.test["fname"], ds.classes]
+        .to_numpy()
+        for n in (name, CUR)
+    )
+    return recording_sd(ds.root, ds.test["fname"], ds.targets(ds.test), a, b)
+
+
 def paired(res, name, key) -> str:
     return paired_diff([r[key] for r in res[name]], [c[key] for c in res[CUR]])
 
@@ -118,13 +134,14 @@ def main():
             mean_std([r["val"] - r["test"] for r in rs]),
             mean_std([r["unheard"] - r["test"] for r in rs]),
             *("-" if n == CUR else paired(res, n, k) for k in ("val", "unheard", "test")),
+            "-" if n == CUR else f"{np.mean([test_resolution(n, s) for s in a.seeds]):.4f}",
             f"{np.mean([r['minutes'] for r in rs]):.1f}",
         ]
         for n, rs in res.items()
     ]
     header = ["recipe", "OOF val lwlrap (TTA)", "unheard OOF", "test lwlrap", "val - test", "unheard - test"]
     header += ["paired val - cur", "paired unheard - cur", "paired test - cur"]
-    table = markdown_table([*header, "training minutes"], rows)
+    table = markdown_table([*header, "recording sd of test - cur", "training minutes"], rows)
     print(table)
     body = (
         f"## Real-sound set: recipes against curated only over seeds (bench/real_recipes.py)\n\n"
@@ -132,7 +149,10 @@ def main():
         f"{' '.join(map(str, a.seeds))} {shlex.join(a.overrides)}`: configs/real.yaml, {res[CUR][0]['models']}-fold "
         f"ensembles with TTA, folds grouped by recording; mean +- std over {len(a.seeds)} seeds; paired: the "
         f"per-seed difference to curated only (the same folds); unheard OOF: the fold models' validation predictions "
-        f"(without TTA) of the clips none of whose recordings their fold's training clips hold.\n\n{table}\n"
+        f"(without TTA) of the clips none of whose recordings their fold's training clips hold; recording sd: the "
+        f"standard deviation of the recipe's test difference to curated only when the test split's recordings are "
+        f"redrawn with replacement (bench/common.recording_sd; mean over the seeds), the part of a test difference "
+        f"that is the luck of which recordings the split holds.\n\n{table}\n"
     )
     write_section("real_recipes", body)
 

@@ -9,7 +9,9 @@ Recipes (RECIPES): warm_sup (noisy warm-up + supervised, the demo's recipe), cur
 its runs are named real-warm-sup, real-curated, real-mix; other seeds add -s<seed>. Each seed redraws the folds, the
 warm-up and every initialisation. The table gives each recipe's out-of-fold lwlrap (every curated clip, predicted by
 the fold model that did not train on it, with TTA), its test lwlrap, their gap, its paired per-seed difference to
-curated only and its training minutes (warm-up included), mean +- std over the seeds.
+curated only and its training minutes (warm-up included), mean +- std over the seeds, and the recording sd of each
+recipe's test difference to curated only (common.recording_sd: what redrawing the test split's recordings does to
+it, a spread the seeds do not sample).
 """
 
 from __future__ import annotations

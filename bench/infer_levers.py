@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import ROOT, markdown_table, mean_std, paired_diff, write_section
+from common import ROOT, markdown_table, mean_std, paired_diff, titled, write_section
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.utils import atomic_path  # noqa: E402
@@ -49,12 +49,13 @@ def run_cfg(run: str, overrides):
     return load_config(ROOT / "runs" / run / "infer" / "config.yaml", list(overrides), stage="infer")
 
 
-def fold_predictions(run: str, fdir: Path, variant: str, ds, held) -> tuple[np.ndarray, np.ndarray]:
-    """(test, held-out) probabilities of one fold model under a variant, in ds.test's and held's order."""
+def fold_predictions(run: str, fdir: Path, variant: str, ds, held) -> tuple[np.ndarray, np.ndarray, float]:
+    """(test, held-out) probabilities of one fold model under a variant, in ds.test's and held's order, and the
+    seconds their prediction took when it was made (NaN for AS_RUN and for files written without it)."""
     if variant == AS_RUN:
         test = pd.read_csv(fdir / "test.csv", dtype={"fname": str}).set_index("fname")
         oof = pd.read_csv(fdir / "oof.csv", dtype={"fname": str}).set_index("fname")
-        return test.loc[ds.test["fname"], ds.classes].to_numpy(), oof.loc[held, ds.classes].to_numpy()
+        return test.loc[ds.test["fname"], ds.classes].to_numpy(), oof.loc[held, ds.classes].to_numpy(), float("nan")
     import torch
 
     from models import create_model
@@ -69,18 +70,19 @@ def fold_predictions(run: str, fdir: Path, variant: str, ds, held) -> tuple[np.n
     if path.exists():
         z = np.load(path)
         if str(z["key"]) == key and len(z["test"]) == len(ds.test) and len(z["oof"]) == len(held):
-            return z["test"], z["oof"]
+            return z["test"], z["oof"], float(z["seconds"]) if "seconds" in z else float("nan")
     ck = load_checkpoint(fdir / "model.pt")
     model = create_model(**ck["model_config"])
     model.load_state_dict(ck["model"])
     model.eval()
+    t0 = time.time()
     with torch.no_grad():
         test = predict_with(model, FeatureCache.open(cfg, "test"), list(ds.test["fname"]), ds.n_classes, settings)
         oof = predict_with(model, FeatureCache.open(cfg, "curated"), held, ds.n_classes, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, test=test, oof=oof, key=np.array(key))
-    return test, oof
+        np.savez(tmp, test=test, oof=oof, key=np.array(key), seconds=np.array(time.time() - t0))
+    return test, oof, time.time() - t0
 
 
 def measure(run: str, variant: str) -> dict:
@@ -97,11 +99,12 @@ def measure(run: str, variant: str) -> dict:
     fdirs = sorted(p for p in (ROOT / "runs" / run / "infer").glob("fold_[0-9]*") if (p / "done.json").exists())
     if not fdirs:
         raise SystemExit(f"runs/{run}/infer: no finished fold predictions; run `make infer` for it first")
-    t0, tests, oof_p, oof_names = time.time(), [], [], []
+    seconds, tests, oof_p, oof_names = 0.0, [], [], []
     for fdir in fdirs:
         k = int(fdir.name.split("_")[1])
         held = [f for f in ds.curated["fname"] if fold_of[f] == k]
-        test, oof = fold_predictions(run, fdir, variant, ds, held)
+        test, oof, took = fold_predictions(run, fdir, variant, ds, held)
+        seconds += took
         tests.append(test)
         oof_p.append(oof)
         oof_names += held
@@ -114,7 +117,7 @@ def measure(run: str, variant: str) -> dict:
         "val": float(lwlrap(y, p)[0]),
         "unheard": float(lwlrap(y[keep], p[keep])[0]) if keep is not None and keep.any() else float("nan"),
         "test": float(lwlrap(truth, np.mean(tests, axis=0))[0]),
-        "seconds": time.time() - t0,
+        "seconds": seconds,
     }
     if variant == AS_RUN:
         out["by_size"] = [
@@ -133,12 +136,12 @@ def report(variants, res) -> str:
             mean_std([r["unheard"] for r in res[v]]),
             mean_std([r["test"] for r in res[v]]),
             *("-" if v == AS_RUN else paired_diff([r[k] for r in res[v]], [b[k] for b in base]) for k in KEYS),
-            f"{np.mean([r['seconds'] for r in res[v]]) / 60:.1f}",
+            mean_std([r["seconds"] / 60 for r in res[v]], 1),
         ]
         for v in variants
     ]
     header = ["inference", "OOF val lwlrap", "unheard OOF", "test lwlrap (ensemble)"]
-    header += [f"paired {k} - as run" for k in KEYS] + ["minutes per run (0: read)"]
+    header += [f"paired {k} - as run" for k in KEYS] + ["prediction minutes per run"]
     sizes = np.array([r["by_size"] for r in base])  # (runs, K)
     size_rows = [
         [m + 1, mean_std(sizes[:, m]), "-" if m == 0 else paired_diff(sizes[:, m], sizes[:, 0])]
@@ -176,7 +179,9 @@ def main():
     table = report(variants, res)
     print(table)
     body = (
-        f"## Real-sound set: inference levers of the fold ensembles (bench/infer_levers.py)\n\n"
+        f"## {titled(str(ROOT / 'runs' / a.runs[0] / 'infer' / 'config.yaml'), [], 'Inference levers')} of the fold "
+        f"ensembles: {', '.join(VARIANTS[v][0] for v in variants[1:])}; {len(a.runs)} run"
+        f"{'s' if len(a.runs) > 1 else ''} (bench/infer_levers.py)\n\n"
         f"`.venv/bin/python bench/infer_levers.py --runs {shlex.join(a.runs)} --variants {','.join(variants)}"
         f"{f' --threads {a.threads}' if a.threads else ''}`: "
         f"each run's fold models (one run per seed) predict their held-out curated clips and the test clips with "

@@ -6,13 +6,13 @@ curated only.
 
 Recipes (RECIPES): warm_sup (noisy warm-up + supervised, the demo's recipe), cur (curated only, from scratch), mix
 and its variants mix_boot, mix_head, mix_sel (train.mode=noisy_mix from scratch; mix_sel selects with the same
-seed's cur fold models) and ts_joint_noisy_aware (teacher-student), each on configs/real.yaml's other settings. Seed 42 is the config's run.seed:
-its runs are named real-warm-sup, real-curated, real-mix; other seeds add -s<seed>. Each seed redraws the folds, the
-warm-up and every initialisation. The table gives each recipe's out-of-fold lwlrap (every curated clip, predicted by
-the fold model that did not train on it, with TTA), its test lwlrap, their gap, its paired per-seed difference to
-curated only and its training minutes (warm-up included), mean +- std over the seeds, and the recording sd of each
-recipe's test difference to curated only (common.recording_sd: what redrawing the test split's recordings does to
-it, a spread the seeds do not sample).
+seed's cur fold models) and ts_joint_noisy_aware (teacher-student), each on configs/real.yaml's other settings. Seed
+42 is the config's run.seed: its runs are named real-warm-sup, real-curated, real-mix; other seeds add -s<seed>.
+Each seed redraws the folds, the warm-up and every initialisation. The table gives each recipe's out-of-fold lwlrap
+(every curated clip, predicted by the fold model that did not train on it, with TTA), its test lwlrap, their gap,
+its paired per-seed difference to curated only and its training minutes (warm-up included), mean +- std over the
+seeds, and the recording sd of each recipe's test difference to curated only (common.recording_sd: what redrawing
+the test split's recordings does to it, a spread the seeds do not sample).
 """
 
 from __future__ import annotations

@@ -40,10 +40,9 @@ def test_lwlrap(cfg, fold_dir, tta: bool, reversal: bool = True, count_windows: 
     the clip's windows are counted to choose the TTA passes; default infer.tta_count_windows)."""
     import json
 
-    from models import create_model
     from pipeline.cache import FeatureCache
     from pipeline.data import load_dataset
-    from pipeline.engine import load_checkpoint
+    from pipeline.engine import load_model
     from pipeline.metrics import lwlrap
     from pipeline.predict import predict_clips
 
@@ -65,9 +64,7 @@ def test_lwlrap(cfg, fold_dir, tta: bool, reversal: bool = True, count_windows: 
     if key in known:
         return known[key]
     ds = load_dataset(cfg.data.root, check_audio=False)
-    ck = load_checkpoint(best)
-    model = create_model(**ck["model_config"])
-    model.load_state_dict(ck["model"])
+    model, _ = load_model(best)
     cache = FeatureCache.open(cfg, "test")
     p = predict_clips(
         model,

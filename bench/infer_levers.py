@@ -58,9 +58,8 @@ def fold_predictions(run: str, fdir: Path, variant: str, ds, held) -> tuple[np.n
         return test.loc[ds.test["fname"], ds.classes].to_numpy(), oof.loc[held, ds.classes].to_numpy(), float("nan")
     import torch
 
-    from models import create_model
     from pipeline.cache import FeatureCache
-    from pipeline.engine import load_checkpoint
+    from pipeline.engine import load_model
     from pipeline.predict import predict_settings, predict_with
 
     cfg = run_cfg(run, VARIANTS[variant][1])
@@ -71,9 +70,7 @@ def fold_predictions(run: str, fdir: Path, variant: str, ds, held) -> tuple[np.n
         z = np.load(path)
         if str(z["key"]) == key and len(z["test"]) == len(ds.test) and len(z["oof"]) == len(held):
             return z["test"], z["oof"], float(z["seconds"]) if "seconds" in z else float("nan")
-    ck = load_checkpoint(fdir / "model.pt")
-    model = create_model(**ck["model_config"])
-    model.load_state_dict(ck["model"])
+    model, _ = load_model(fdir / "model.pt")
     model.eval()
     t0 = time.time()
     with torch.no_grad():

@@ -269,6 +269,17 @@ def load_checkpoint(path):
         raise UserError(f"{path}: not a readable checkpoint: {e}") from None
 
 
+def load_model(path):
+    """(model, checkpoint) of a self-describing checkpoint (load_checkpoint): the model built from its model_config
+    with its weights, on the CPU."""
+    from models import create_model
+
+    ck = load_checkpoint(path)
+    model = create_model(**ck["model_config"])
+    model.load_state_dict(ck["model"])
+    return model, ck
+
+
 def checkpoint_state(path) -> dict:
     """The model weights of a checkpoint (a fattag checkpoint's "model", or a plain state dict)."""
     ck = load_checkpoint(path)

@@ -22,7 +22,7 @@ from pipeline.cache import FeatureCache
 from pipeline.config import cli, config_hash, save_config
 from pipeline.data import dataset
 from pipeline.distributed import get_device
-from pipeline.engine import load_checkpoint, save_checkpoint
+from pipeline.engine import load_model, save_checkpoint
 from pipeline.folds import read_folds
 from pipeline.predict import predict_settings, predict_with
 from pipeline.utils import (
@@ -57,11 +57,7 @@ def predicted_from(odir: Path, best: Path) -> bool:
 
 def export(best_path: Path, out_path: Path):
     """The inference checkpoint of a fold: the model without g and the ArcFace weights."""
-    from models import create_model
-
-    ck = load_checkpoint(best_path)
-    model = create_model(**ck["model_config"])
-    model.load_state_dict(ck["model"])
+    model, ck = load_model(best_path)
     small = model.export_inference()
     save_checkpoint(out_path, small, ck["cfg"], ck["classes"], epoch=ck.get("epoch"), source=str(best_path))
     return small

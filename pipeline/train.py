@@ -53,7 +53,7 @@ from pipeline.engine import (
     concat_clipsets,
     fit,
     init_from_checkpoint,
-    load_checkpoint,
+    load_model,
     make_clipset,
     train_key,
 )
@@ -236,12 +236,9 @@ def check_single_label(cfg, mode_cls):
 def write_fold_oof(cfg, fdir, val, classes):
     """Predictions of the fold's best model on its held-out clips, as fdir/oof.csv (data-parallel: every rank
     predicts its share, rank 0 writes)."""
-    from models import create_model
     from pipeline.engine import validate
 
-    ck = load_checkpoint(fdir / "best.pt")
-    model = create_model(**ck["model_config"])
-    model.load_state_dict(ck["model"])
+    model, _ = load_model(fdir / "best.pt")
     device = distributed.get_device(cfg)
     _, p = validate(model.to(device), cfg, val, device, len(classes))
     if not distributed.world().main:

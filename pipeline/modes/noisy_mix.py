@@ -105,9 +105,8 @@ def selection_predictions(cfg, run: str, fold, clips) -> np.ndarray:
     """(N, C) predictions of runs/<run>/train/fold_<fold>/best.pt on the clips, computed once and kept beside it."""
     import pandas as pd
 
-    from models import create_model
     from pipeline.distributed import get_device
-    from pipeline.engine import load_checkpoint
+    from pipeline.engine import load_model
     from pipeline.predict import predict_clips
     from pipeline.utils import atomic_path, run_dir
 
@@ -126,9 +125,7 @@ def selection_predictions(cfg, run: str, fold, clips) -> np.ndarray:
         p = np.load(path)
         if len(p) == len(clips):
             return p
-    ck = load_checkpoint(fdir / "best.pt")
-    model = create_model(**ck["model_config"])
-    model.load_state_dict(ck["model"])
+    model, _ = load_model(fdir / "best.pt")
     device = get_device(cfg)
     p = predict_clips(
         model.to(device), clips.cache, clips.fnames, cfg.train.frames, cfg.infer.hop, clips.y.shape[1], device=device

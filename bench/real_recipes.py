@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 from common import cfg_for, markdown_table, mean_std, paired_diff, recording_sd, unheard_lwlrap, write_section
 
+from pipeline.data import load_dataset  # noqa: E402  (common puts the repository on sys.path)
+
 CUR = "cur"
 SCRATCH = ["folds", "train", "infer"]
 MIX = "train.mode=noisy_mix"  # from scratch: train.init_from=null is added to every noisy_mix recipe
@@ -98,12 +100,9 @@ def measure(name, seed, overrides) -> dict:
     }
 
 
-def test_resolution(name: str, seed: int) -> float:
+def test_resolution(ds, name: str, seed: int) -> float:
     """recording_sd of the recipe's and curated only's submissions at one seed: how much of their test difference
     the luck of the test split's recordings can make."""
-    from pipeline.data import load_dataset
-
-    ds = load_dataset(cfg_for("real.yaml", [], "infer").data.root, check_audio=False)
     a, b = (
         pd.read_csv(f"submissions/{run_name(RECIPES[n][1], seed)}.csv", dtype={"fname": str})
         .set_index("fname")
@@ -128,6 +127,7 @@ def main():
     if set(names) - set(RECIPES) or CUR not in names:
         raise SystemExit(f"--recipes: {names}; each one of {sorted(RECIPES)}, and {CUR} among them")
     res = {n: [measure(n, s, a.overrides) for s in a.seeds] for n in names}
+    ds = load_dataset(cfg_for("real.yaml", a.overrides, "infer").data.root, check_audio=False)
     rows = [
         [
             RECIPES[n][0],
@@ -137,7 +137,7 @@ def main():
             mean_std([r["val"] - r["test"] for r in rs]),
             mean_std([r["unheard"] - r["test"] for r in rs]),
             *("-" if n == CUR else paired(res, n, k) for k in ("val", "unheard", "test")),
-            "-" if n == CUR else f"{np.mean([test_resolution(n, s) for s in a.seeds]):.4f}",
+            "-" if n == CUR else f"{np.mean([test_resolution(ds, n, s) for s in a.seeds]):.4f}",
             f"{np.mean([r['minutes'] for r in rs]):.1f}",
         ]
         for n, rs in res.items()

@@ -25,9 +25,10 @@ every key a row does not name (mixup lambda per pair; teacher-student's N_V / N_
 
 --rows runs phase 1 only, with the rows named (PHASE1 below: the noisy-clip recipes of train.mode=noisy_mix among
 them, the warm-up length (warm18_sup), the batch composition (mix_sel_24) and the levers of the curated-only recipe
-(cur_*: loss, ArcFace weight, time reversal, crop length, mel bands, width, backbone); ts_<g pass> and
-ts_joint_noisy_aware for teacher-student), and gives each row's paired per-seed difference to curated only (row cur),
-the comparison issue 18's first target asks for, and how fold-0 val and unheard val rank the rows against test.
+(cur_*: loss, ArcFace weight, time reversal, crop length, mel bands, width, backbone: cnn_skip, cnn14, wrn28_2);
+ts_<g pass> and ts_joint_noisy_aware for teacher-student), and gives each row's paired per-seed difference to curated
+only (row cur), the comparison issue 18's first target asks for, and how fold-0 val and unheard val rank the rows
+against test.
 --title names such a table's section.
 
 Finished runs are reused (runs/<prefix>*), so a rerun costs only what is missing; runs/<prefix>summary.json (phases
@@ -109,6 +110,10 @@ PHASE1 = {  # name -> (label, overrides); <prefix> and <seed> are filled in per 
     "cur_mels128": ("curated only, 128 mel bands", [SUP, "train.init_from=null", "features.n_mels=128"]),
     "cur_w05": ("curated only, vgg8 at half width", [SUP, "train.init_from=null", "model.params={width: 0.5}"]),
     "cur_skip": ("curated only, cnn_skip backbone", [SUP, "train.init_from=null", "model.name=cnn_skip"]),
+    "cur_cnn14": (
+        "curated only, cnn14 backbone at quarter width (16..512 channels)",
+        [SUP, "train.init_from=null", "model.name=cnn14", "model.params={width: 0.25}"],
+    ),
     "cur_wrn": (
         "curated only, wrn28_2 backbone",
         [SUP, "train.init_from=null", "model.name=wrn28_2", "model.params={}"],

@@ -1,10 +1,12 @@
 """The real-sound set's recipes over seeds, each a fold ensemble with TTA (folds grouped by recording), against
 curated only.
 
-    .venv/bin/python bench/real_recipes.py [--recipes warm_sup,cur,mix] [--seeds 42 43 44] [key=value ...]
-    (needs `make real-data`; runs the make stages, reusing finished ones; writes docs/results.md's real_recipes)
+    .venv/bin/python bench/real_recipes.py [--recipes warm_sup,cur,mix] [--seeds 42 43 44] [--section S] [key=value ...]
+    (needs `make real-data`; runs the make stages, reusing finished ones; writes docs/results.md's section
+    real_recipes, or --section)
 
-Recipes (RECIPES): warm_sup (noisy warm-up + supervised, the demo's recipe), cur (curated only, from scratch), mix
+Recipes (RECIPES): warm_sup (noisy warm-up + supervised, the demo's recipe), cur (curated only, from scratch), cur5
+(curated only on 5 folds instead of the config's 3: the ensemble's size and each model's share of the clips), mix
 and its variants mix_boot, mix_head, mix_sel (train.mode=noisy_mix from scratch; mix_sel selects with the same
 seed's cur fold models) and ts_joint_noisy_aware (teacher-student), each on configs/real.yaml's other settings. Seed
 42 is the config's run.seed: its runs are named real-warm-sup, real-curated, real-mix; other seeds add -s<seed>.
@@ -44,6 +46,12 @@ RECIPES = {  # name -> (label, run name at seed 42, make stages, overrides)
         "real-curated",
         ["folds", "train", "infer"],
         ["train.mode=supervised", "train.init_from=null"],
+    ),
+    "cur5": (
+        "curated only, 5 folds (4/5 of the clips per model, 5 models)",
+        "real-curated-5f",
+        ["folds", "train", "infer"],
+        ["train.mode=supervised", "train.init_from=null", "folds.n_splits=5"],
     ),
     "mix": ("curated + noisy in every batch (noisy_mix 16 / 16), from scratch", "real-mix", SCRATCH, [MIX]),
     "mix_boot": (
@@ -121,6 +129,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     ap.add_argument("--recipes", default="warm_sup,cur", help=f"comma-separated, of {sorted(RECIPES)}")
+    ap.add_argument("--section", default="real_recipes", help="docs/results.md section to write")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     names = [n.strip() for n in a.recipes.split(",") if n.strip()]
@@ -149,15 +158,16 @@ def main():
     body = (
         f"## Real-sound set: recipes against curated only over seeds (bench/real_recipes.py)\n\n"
         f"`.venv/bin/python bench/real_recipes.py --recipes {','.join(names)} --seeds "
-        f"{' '.join(map(str, a.seeds))} {shlex.join(a.overrides)}`: configs/real.yaml, {res[CUR][0]['models']}-fold "
-        f"ensembles with TTA, folds grouped by recording; mean +- std over {len(a.seeds)} seeds; paired: the "
-        f"per-seed difference to curated only (the same folds); unheard OOF: the fold models' validation predictions "
+        f"{' '.join(map(str, a.seeds))} {shlex.join(a.overrides)}`: configs/real.yaml, fold ensembles with TTA "
+        f"({res[CUR][0]['models']} folds unless the recipe says otherwise), folds grouped by recording; mean +- std "
+        f"over {len(a.seeds)} seeds; paired: the per-seed difference to curated only (the same seed, so the same "
+        f"folds where the number of folds is the same); unheard OOF: the fold models' validation predictions "
         f"(without TTA) of the clips none of whose recordings their fold's training clips hold; recording sd: the "
         f"standard deviation of the recipe's test difference to curated only when the test split's recordings are "
         f"redrawn with replacement (bench/common.recording_sd; mean over the seeds), the part of a test difference "
         f"that is the luck of which recordings the split holds.\n\n{table}\n"
     )
-    write_section("real_recipes", body)
+    write_section(a.section, body)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,31 @@ def cfg_for(config, overrides, stage):
     return load_config(CONFIG_DIR / config if not Path(config).exists() else config, overrides, stage=stage)
 
 
+def truth_root(root) -> Path:
+    """A dataset folder beside `root` (<root>_truth) in which train_noisy.csv is root's train_noisy_truth.csv and
+    every other entry a symlink to root's: the noisy clips with their true labels, the ceiling of any label
+    cleaning (bench/quality.py's *_oracle rows). Built once, under a temporary name renamed into place."""
+    root = Path(root).resolve()
+    truth = root / "train_noisy_truth.csv"
+    if not truth.exists():
+        raise SystemExit(f"{truth}: no such file; the oracle rows need the noisy clips' true labels")
+    out = root.with_name(f"{root.name}_truth")
+    if out.exists():
+        return out
+    tmp = root.with_name(f".{root.name}_truth.tmp")
+    if tmp.exists():
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+    tmp.mkdir()
+    for f in root.iterdir():
+        if f.name != "train_noisy.csv":
+            (tmp / f.name).symlink_to(f)
+    (tmp / "train_noisy.csv").write_bytes(truth.read_bytes())
+    tmp.rename(out)
+    return out
+
+
 def titled(config, overrides, title: str) -> str:
     """A results section's title: 'Real-sound set: ' + title for a config on the real-sound set (data.root named
     real), the title itself otherwise."""

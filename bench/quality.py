@@ -24,11 +24,12 @@ every key a row does not name (mixup lambda per pair; teacher-student's N_V / N_
            as the paper does (infer.tta_count_windows=paper) and counting every window (all)
 
 --rows runs phase 1 only, with the rows named (PHASE1 below: the noisy-clip recipes of train.mode=noisy_mix among
-them, the warm-up length (warm18_sup), the batch composition (mix_sel_24) and the levers of the curated-only recipe
-(cur_*: loss, ArcFace weight, time reversal, crop length, mel bands, width, backbone: cnn_skip, cnn14, wrn28_2);
-ts_<g pass> and ts_joint_noisy_aware for teacher-student), and gives each row's paired per-seed difference to curated
-only (row cur), the comparison issue 18's first target asks for, and how fold-0 val and unheard val rank the rows
-against test.
+them, their oracles (noisy_oracle, mix_oracle: the noisy clips with their true labels, from a <data.root>_truth
+folder that common.truth_root builds of symlinks), the warm-up length (warm18_sup), the batch composition
+(mix_sel_24) and the levers of the curated-only recipe (cur_*: loss, ArcFace weight, time reversal, crop length, mel
+bands, width, backbone: cnn_skip, cnn14, wrn28_2); ts_<g pass> and ts_joint_noisy_aware for teacher-student), and
+gives each row's paired per-seed difference to curated only (row cur), the comparison issue 18's first target asks
+for, and how fold-0 val and unheard val rank the rows against test.
 --title names such a table's section.
 
 Finished runs are reused (runs/<prefix>*), so a rerun costs only what is missing; runs/<prefix>summary.json (phases
@@ -55,6 +56,7 @@ from common import (
     test_lwlrap,
     titled,
     train_seconds,
+    truth_root,
     unheard_lwlrap,
     write_section,
 )
@@ -68,6 +70,7 @@ RULES = ("class_threshold", "topk", "noisy_aware")
 WARM = "<warm-up>"  # stands for train.init_from=<this seed's warm-up>; "<warm-up:N>": one of N epochs
 SUP = "train.mode=supervised"
 MIX = "train.mode=noisy_mix"
+TRUTH = "<noisy truth>"  # stands for data.root=<the dataset with train_noisy_truth.csv as its noisy labels>
 PHASE1 = {  # name -> (label, overrides); <prefix> and <seed> are filled in per run
     "cur": ("curated only", [SUP, "train.init_from=null"]),
     "noisy": ("noisy labels as-is", [SUP, "train.init_from=null", "train.noisy_labelled=true"]),
@@ -87,6 +90,12 @@ PHASE1 = {  # name -> (label, overrides); <prefix> and <seed> are filled in per 
         [MIX, "train.init_from=null", "ssl.noisy_mix={select_from: <prefix>cur_s<seed>}"],
     ),
     "warm_mix": ("noisy warm-up + noisy_mix", [MIX, WARM]),
+    # oracles: the noisy clips with their true labels (train_noisy_truth.csv), what any label cleaning can reach
+    "noisy_oracle": (
+        "oracle: curated + noisy clips with their true labels, one labelled set",
+        [SUP, "train.init_from=null", "train.noisy_labelled=true", TRUTH],
+    ),
+    "mix_oracle": ("oracle: noisy_mix 16 / 16 with the noisy clips' true labels", [MIX, "train.init_from=null", TRUTH]),
     "warm18_sup": ("noisy warm-up of 18 epochs (3x) + supervised", [SUP, "<warm-up:18>"]),
     "mix_sel_24": (
         "staged selection, batches of 24 curated / 8 noisy clips",
@@ -217,6 +226,9 @@ def main():
             else:
                 label, ov = PHASE1[name]
                 ov = [o.replace("<prefix>", a.prefix).replace("<seed>", str(seed)) for o in ov]
+                ov = [
+                    f"data.root={truth_root(cfg_for(a.config, base, None).data.root)}" if o == TRUTH else o for o in ov
+                ]
                 row(
                     label,
                     name,

@@ -27,9 +27,9 @@ every key a row does not name (mixup lambda per pair; teacher-student's N_V / N_
 them, their oracles (noisy_oracle, mix_oracle: the noisy clips with their true labels, from a <data.root>_truth
 folder that common.truth_root builds of symlinks), the warm-up length (warm18_sup), the batch composition
 (mix_sel_24) and the levers of the curated-only recipe (cur_*: loss, ArcFace weight, time reversal, crop length, mel
-bands, width, backbone: cnn_skip, cnn14, wrn28_2); ts_<g pass> and ts_joint_noisy_aware for teacher-student), and
-gives each row's paired per-seed difference to curated only (row cur), the comparison issue 18's first target asks
-for, and how fold-0 val and unheard val rank the rows against test.
+bands, width, backbone: cnn_skip, cnn14, wrn28_2); ts_<g pass> (the threshold rule) and ts_joint_<rule> for
+teacher-student), and gives each row's paired per-seed difference to curated only (row cur), the comparison issue
+18's first target asks for, and how fold-0 val and unheard val rank the rows against test.
 --title names such a table's section.
 
 Finished runs are reused (runs/<prefix>*), so a rerun costs only what is missing; runs/<prefix>summary.json (phases
@@ -129,7 +129,7 @@ PHASE1 = {  # name -> (label, overrides); <prefix> and <seed> are filled in per 
         [SUP, "train.init_from=null", "model.name=wrn28_2", "model.params={}"],
     ),
 }
-TS_RULE_ROWS = {"ts_joint_noisy_aware": ("joint", "noisy_aware")}
+TS_RULE_ROWS = {f"ts_joint_{rule}": ("joint", rule) for rule in RULES}  # g pass joint: the best on real sound
 DEMO_ROWS = ("cur", "noisy", "warm_sup", "ts_separate", "ts_frozen_stats", "ts_joint")
 
 
@@ -214,7 +214,9 @@ def main():
     rows = [r.strip() for r in a.rows.split(",") if r.strip()] if a.rows else list(DEMO_ROWS)
     unknown = sorted(set(rows) - set(PHASE1) - {f"ts_{gp}" for gp in G_PASSES} - set(TS_RULE_ROWS))
     if unknown:
-        raise SystemExit(f"--rows: unknown {unknown}; rows: {sorted(PHASE1) + [f'ts_{gp}' for gp in G_PASSES]}")
+        raise SystemExit(
+            f"--rows: unknown {unknown}; rows: {sorted(PHASE1) + [f'ts_{gp}' for gp in G_PASSES] + list(TS_RULE_ROWS)}"
+        )
     # phase 1 (seed by seed, so that a seed's whole comparison is on disk before the next seed starts)
     for seed in seeds:
         w = warm(seed) if any(needs_warm(n) for n in rows) else None

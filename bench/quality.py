@@ -115,6 +115,7 @@ PHASE1 = {  # name -> (label, overrides); <prefix> and <seed> are filled in per 
         [SUP, "train.init_from=null", "model.time_reversal=false"],
     ),
     "cur_crop4": ("curated only, 4 s crops (256 frames)", [SUP, "train.init_from=null", "train.frames=256"]),
+    "cur_crop3": ("curated only, 3 s crops (192 frames)", [SUP, "train.init_from=null", "train.frames=192"]),
     "cur_crop2": ("curated only, 2 s crops (128 frames)", [SUP, "train.init_from=null", "train.frames=128"]),
     "cur_crop1": ("curated only, 1 s crops (64 frames)", [SUP, "train.init_from=null", "train.frames=64"]),
     "cur_mels128": ("curated only, 128 mel bands", [SUP, "train.init_from=null", "features.n_mels=128"]),

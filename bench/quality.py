@@ -213,11 +213,10 @@ def main():
         return ["train.mode=teacher_student", f"teacher_student.g_pass={g_pass}", f"teacher_student.rule={rule}"]
 
     rows = [r.strip() for r in a.rows.split(",") if r.strip()] if a.rows else list(DEMO_ROWS)
-    unknown = sorted(set(rows) - set(PHASE1) - {f"ts_{gp}" for gp in G_PASSES} - set(TS_RULE_ROWS))
+    known = [*PHASE1, *(f"ts_{gp}" for gp in G_PASSES), *TS_RULE_ROWS]
+    unknown = sorted(set(rows) - set(known))
     if unknown:
-        raise SystemExit(
-            f"--rows: unknown {unknown}; rows: {sorted(PHASE1) + [f'ts_{gp}' for gp in G_PASSES] + list(TS_RULE_ROWS)}"
-        )
+        raise SystemExit(f"--rows: unknown {unknown}; rows: {known}")
     # phase 1 (seed by seed, so that a seed's whole comparison is on disk before the next seed starts)
     for seed in seeds:
         w = warm(seed) if any(needs_warm(n) for n in rows) else None

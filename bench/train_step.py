@@ -7,7 +7,7 @@ peak it reaches, and the share of step time spent waiting for data.
 
 Settings (configs/demo.yaml with these overrides, data: 96 curated demo clips in a FeatureCache):
     demo   vgg8 width 0.25, 64 mels, 128-frame crops, batch 32
-    full   vgg8 width 1.0, 128 mels, 192-frame crops, batch 64 (base.yaml's crops and batch)
+    full   vgg8 width 1.0, 128 mels, 192-frame crops, batch 64 (the reference's crops, base.yaml's batch)
 Variants (one row each; every row first runs --warmup / --full-warmup untimed steps, then times --steps / --full-steps):
     plain            random batch already in memory, forward, BCE on head h, NAdam step: a plain training loop
     engine           what pipeline.engine.fit does per step, as it did on a CPU before 30 Nov 2026 (NCHW, glibc's

@@ -1,7 +1,7 @@
 """The real-sound set's recipes over seeds, each a fold ensemble with TTA (folds grouped by recording), against
 curated only.
 
-    .venv/bin/python bench/real_recipes.py [--recipes warm_sup,cur,mix] [--seeds 42 43 44] [--section S] [key=value ...]
+    .venv/bin/python bench/real_recipes.py [key=value ...] [--recipes warm_sup,cur,mix] [--seeds 42 43 44] [--section S]
     (needs `make real-data`; runs the make stages, reusing finished ones; writes docs/results.md's section
     real_recipes, or --section)
 
@@ -155,10 +155,12 @@ def main():
     header += ["paired val - cur", "paired unheard - cur", "paired test - cur"]
     table = markdown_table([*header, "recording sd of test - cur", "training minutes"], rows)
     print(table)
+    # the overrides first: after --seeds they would be read as seeds
+    command = ["bench/real_recipes.py", *a.overrides, "--recipes", ",".join(names), "--seeds", *map(str, a.seeds)]
+    command += ["--section", a.section]
     body = (
         f"## Real-sound set: recipes against curated only over seeds (bench/real_recipes.py)\n\n"
-        f"`.venv/bin/python bench/real_recipes.py --recipes {','.join(names)} --seeds "
-        f"{' '.join(map(str, a.seeds))} {shlex.join(a.overrides)}`: configs/real.yaml, fold ensembles with TTA "
+        f"`.venv/bin/python {shlex.join(command)}`: configs/real.yaml, fold ensembles with TTA "
         f"({res[CUR][0]['models']} folds unless the recipe says otherwise), folds grouped by recording; mean +- std "
         f"over {len(a.seeds)} seeds; paired: the per-seed difference to curated only (the same seed, so the same "
         f"folds where the number of folds is the same); unheard OOF: the fold models' validation predictions "

@@ -133,6 +133,10 @@ PHASE1 = {  # name -> (label, overrides); <prefix> and <seed> are filled in per 
         "curated only, WRN-16-2 (wrn28_2 at depth 16: 2 blocks a group, about half its cost)",
         [SUP, "train.init_from=null", "model.name=wrn28_2", "model.params={depth: 16}"],
     ),
+    "cur_wrn16_bn1": (
+        "curated only, WRN-16-2 with BN momentum 0.1 (its running statistics follow a short run)",
+        [SUP, "train.init_from=null", "model.name=wrn28_2", "model.params={depth: 16, bn_momentum: 0.1}"],
+    ),
 }
 TS_RULE_ROWS = {f"ts_joint_{rule}": ("joint", rule) for rule in RULES}  # g pass joint: the best on real sound
 DEMO_ROWS = ("cur", "noisy", "warm_sup", "ts_separate", "ts_frozen_stats", "ts_joint")

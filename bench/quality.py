@@ -27,9 +27,10 @@ every key a row does not name (mixup lambda per pair; teacher-student's N_V / N_
 them, their oracles (noisy_oracle, mix_oracle: the noisy clips with their true labels, from a <data.root>_truth
 folder that common.truth_root builds of symlinks), the warm-up length (warm18_sup), the batch composition
 (mix_sel_24) and the levers of the curated-only recipe (cur_*: loss, ArcFace weight, time reversal, crop length, mel
-bands, width, backbone: cnn_skip, cnn14, wrn28_2); ts_<g pass> (the threshold rule) and ts_joint_<rule> for
-teacher-student), and gives each row's paired per-seed difference to curated only (row cur), the comparison issue
-18's first target asks for, and how fold-0 val and unheard val rank the rows against test.
+bands, width, backbone: cnn_skip, cnn14, wrn28_2, WRN-16-2 with and without BN momentum 0.1); ts_<g pass> (the
+threshold rule) and ts_joint_<rule> for teacher-student), and gives each row's paired per-seed difference to curated
+only (row cur), the comparison issue 18's first target asks for, and how fold-0 val and unheard val rank the rows
+against test.
 --title names such a table's section.
 
 Finished runs are reused (runs/<prefix>*), so a rerun costs only what is missing; runs/<prefix>summary.json (phases
@@ -130,7 +131,7 @@ PHASE1 = {  # name -> (label, overrides); <prefix> and <seed> are filled in per 
         [SUP, "train.init_from=null", "model.name=wrn28_2", "model.params={}"],
     ),
     "cur_wrn16": (
-        "curated only, WRN-16-2 (wrn28_2 at depth 16: 2 blocks a group, about half its cost)",
+        "curated only, WRN-16-2 (wrn28_2 at depth 16: 2 blocks a group instead of 4)",
         [SUP, "train.init_from=null", "model.name=wrn28_2", "model.params={depth: 16}"],
     ),
     "cur_wrn16_bn1": (

@@ -125,13 +125,23 @@ def paired(res, name, key) -> str:
     return paired_diff([r[key] for r in res[name]], [c[key] for c in res[CUR]])
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     ap.add_argument("--recipes", default="warm_sup,cur", help=f"comma-separated, of {sorted(RECIPES)}")
     ap.add_argument("--section", default="real_recipes", help="docs/results.md section to write")
     ap.add_argument("overrides", nargs="*")
-    a = ap.parse_args()
+    return ap
+
+
+def command_line(a: argparse.Namespace) -> list:
+    """The arguments that parse back to `a` (the table's command): the overrides first, since after --seeds they
+    would be read as seeds."""
+    return [*a.overrides, "--recipes", a.recipes, "--seeds", *map(str, a.seeds), "--section", a.section]
+
+
+def main():
+    a = parser().parse_args()
     names = [n.strip() for n in a.recipes.split(",") if n.strip()]
     if set(names) - set(RECIPES) or CUR not in names:
         raise SystemExit(f"--recipes: {names}; each one of {sorted(RECIPES)}, and {CUR} among them")
@@ -155,9 +165,7 @@ def main():
     header += ["paired val - cur", "paired unheard - cur", "paired test - cur"]
     table = markdown_table([*header, "recording sd of test - cur", "training minutes"], rows)
     print(table)
-    # the overrides first: after --seeds they would be read as seeds
-    command = ["bench/real_recipes.py", *a.overrides, "--recipes", ",".join(names), "--seeds", *map(str, a.seeds)]
-    command += ["--section", a.section]
+    command = ["bench/real_recipes.py", *command_line(a)]
     body = (
         f"## Real-sound set: recipes against curated only over seeds (bench/real_recipes.py)\n\n"
         f"`.venv/bin/python {shlex.join(command)}`: configs/real.yaml, fold ensembles with TTA "

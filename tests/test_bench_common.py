@@ -1,4 +1,5 @@
-"""bench/common.truth_root: the dataset whose noisy labels are the true ones (the oracle rows of bench/quality.py)."""
+"""bench/common.truth_root: the dataset whose noisy labels are the true ones (the oracle rows of bench/quality.py);
+bench/real_recipes.py: the command its table prints runs."""
 
 import sys
 from pathlib import Path
@@ -31,3 +32,15 @@ def test_truth_root_refuses_a_dataset_without_true_noisy_labels(dataset):
     with pytest.raises(SystemExit, match="train_noisy_truth.csv"):
         truth_root(dataset)
     assert not dataset.with_name(f"{dataset.name}_truth").exists()
+
+
+def test_real_recipes_prints_a_command_that_parses_back_to_its_arguments():
+    from real_recipes import command_line, parser
+
+    a = parser().parse_args(["--seeds", "42", "43", "--recipes", "cur,cur5", "train.threads=1", "train.frames=128"])
+    assert a.seeds == [42, 43] and a.overrides == ["train.threads=1", "train.frames=128"]  # options first, then keys
+    again = parser().parse_args(command_line(a))
+    assert vars(again) == vars(a)
+    # printed in the old order (keys after --seeds) they are read as seeds
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--recipes", "cur", "--seeds", "42", "train.threads=1"])

@@ -12,31 +12,30 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import pandas as pd
 import torch
-from common import ROOT, cfg_for, markdown_table
+from common import ROOT, cfg_for, fold_lwlrap, markdown_table
 
 from pipeline.cache import FeatureCache  # noqa: E402  (common puts the repository on sys.path)
 from pipeline.data import load_dataset  # noqa: E402
 from pipeline.engine import batch_stream, load_model, make_clipset, validate  # noqa: E402
+from pipeline.folds import read_folds  # noqa: E402
 
 
 def measure(run: str, batches: int) -> tuple[float, float]:
-    """(fold-0 val lwlrap as trained, with BN statistics recomputed over `batches` training batches)."""
+    """(fold-0 val lwlrap as trained: its oof.csv, with BN statistics recomputed over `batches` training batches)."""
     cfg = cfg_for(ROOT / "runs" / run / "train" / "config.yaml", [], "train")
+    fdir = ROOT / "runs" / run / "train" / "fold_0"
     ds = load_dataset(cfg.data.root, check_audio=False)
     cache = FeatureCache.open(cfg, "curated")
-    folds = pd.read_csv(ROOT / "runs" / run / "folds" / "folds.csv", dtype={"fname": str})
-    fold = ds.curated[["fname"]].merge(folds, on="fname", how="left")["fold"].to_numpy()
+    fold = read_folds(cfg)["fold"].to_numpy()  # in ds.curated's order, as train reads it
     val = make_clipset(cache, ds.curated[fold == 0], ds.classes)
     train = make_clipset(cache, ds.curated[fold != 0], ds.classes)
-    model, _ = load_model(ROOT / "runs" / run / "train" / "fold_0" / "best.pt")
-    as_trained, _ = validate(model.eval(), cfg, val, "cpu", ds.n_classes)
+    model, _ = load_model(fdir / "best.pt")
     stream = batch_stream(train, cfg.train.batch_size, batches, cfg.train.frames, np.random.default_rng(0))
     with torch.no_grad():
         torch.optim.swa_utils.update_bn((torch.as_tensor(x) for x, _, _ in stream), model)
     recomputed, _ = validate(model.eval(), cfg, val, "cpu", ds.n_classes)
-    return as_trained, recomputed
+    return fold_lwlrap(cfg, fdir), recomputed
 
 
 def main():

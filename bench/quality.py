@@ -71,6 +71,7 @@ RULES = ("class_threshold", "topk", "noisy_aware")
 WARM = "<warm-up>"  # stands for train.init_from=<this seed's warm-up>; "<warm-up:N>": one of N epochs
 SUP = "train.mode=supervised"
 MIX = "train.mode=noisy_mix"
+WRN = [SUP, "train.init_from=null", "model.name=wrn28_2"]  # the WideResNet rows, curated only from scratch
 TRUTH = "<noisy truth>"  # stands for data.root=<the dataset with train_noisy_truth.csv as its noisy labels>
 PHASE1 = {  # name -> (label, overrides); <prefix> and <seed> are filled in per run
     "cur": ("curated only", [SUP, "train.init_from=null"]),
@@ -126,17 +127,14 @@ PHASE1 = {  # name -> (label, overrides); <prefix> and <seed> are filled in per 
         "curated only, cnn14 backbone at quarter width (16..512 channels)",
         [SUP, "train.init_from=null", "model.name=cnn14", "model.params={width: 0.25}"],
     ),
-    "cur_wrn": (
-        "curated only, wrn28_2 backbone",
-        [SUP, "train.init_from=null", "model.name=wrn28_2", "model.params={}"],
-    ),
+    "cur_wrn": ("curated only, wrn28_2 backbone", [*WRN, "model.params={}"]),
     "cur_wrn16": (
         "curated only, WRN-16-2 (wrn28_2 at depth 16: 2 blocks a group instead of 4)",
-        [SUP, "train.init_from=null", "model.name=wrn28_2", "model.params={depth: 16}"],
+        [*WRN, "model.params={depth: 16}"],
     ),
     "cur_wrn16_bn1": (
         "curated only, WRN-16-2 with BN momentum 0.1 (its running statistics follow a short run)",
-        [SUP, "train.init_from=null", "model.name=wrn28_2", "model.params={depth: 16, bn_momentum: 0.1}"],
+        [*WRN, "model.params={depth: 16, bn_momentum: 0.1}"],
     ),
 }
 TS_RULE_ROWS = {f"ts_joint_{rule}": ("joint", rule) for rule in RULES}  # g pass joint: the best on real sound

@@ -121,7 +121,7 @@ class WideResNet(Backbone):
     ((32, 64, 128) for WRN-28-2) and strides 1, 2, 2; then BN + leaky ReLU (0.1) and global pooling (FixMatch: "avg").
     BN momentum 0.001 as in FixMatch (TF decay 0.999), made for its 2^20 steps: in a 640-step run the running
     statistics move 47% of the way from their initial values and validation suffers (bench/bn_stats.py; on real sound
-    0.348 as trained, 0.504 recomputed), so short runs pass bn_momentum: 0.1 (docs/results.md, the WRN table).
+    0.348 as trained, 0.504 recomputed, one seed), so short runs pass bn_momentum: 0.1 (docs/results.md, WRN table).
     `block_dropout` inside every block (see WRNBlock).
     (B, 1, F, T) -> (B, 64 * widen).
     """

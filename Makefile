@@ -34,10 +34,10 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 setup: $(STAMP) ## make .venv and install the pinned requirements (redone when they change)
 
 demo-data: $(STAMP) ## build the embedded demo dataset in data/demo (DEMO_FLAGS="--preset tiny ...")
-	$(PY) -m pipeline.demo_data --out data/demo $(DEMO_FLAGS)
+	$(PY) -m pipeline.datasets.demo --out data/demo $(DEMO_FLAGS)
 
 real-data: $(STAMP) ## build the real-sound set in data/real from Debian packages (REAL_FLAGS="--preset tiny", "--verify")
-	$(PY) -m pipeline.real_data --out data/real $(REAL_FLAGS)
+	$(PY) -m pipeline.datasets.real --out data/real $(REAL_FLAGS)
 
 features: $(STAMP) ## log-mel feature cache of every split (a no-op when up to date; SHARD=i/n: one shard; VERIFY=1)
 	$(call STAGE,features) $(if $(SHARD),--shard $(SHARD)) $(if $(VERIFY),--verify)

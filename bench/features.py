@@ -5,9 +5,9 @@ single-process librosa loop over the same files, with throughput and the peak me
     .venv/bin/python bench/features.py --clips 60 --scale 2     # quicker
     .venv/bin/python bench/features.py --data data/demo         # wavs of an existing dataset instead of a new one
 
-The audio is the demo dataset (pipeline.demo_data, preset "default": 44.1 kHz 16-bit mono, curated clips of
+The audio is the demo dataset (pipeline.datasets.demo, preset "default": 44.1 kHz 16-bit mono, curated clips of
 0.3-30 s with a median of ~4 s, noisy clips of mostly 15 s), built once into a temporary folder with scale x N clips
-(40% curated, 40% noisy, 20% test); when pipeline.demo_data is missing or fails, tones-and-noise wavs with the same
+(40% curated, 40% noisy, 20% test); when pipeline.datasets.demo is missing or fails, tones-and-noise wavs with the same
 length distribution are written instead. The N-clip set is a random subset of the scale x N one that also holds its
 longest clip (the per-clip work arrays grow with the longest clip; the comparison is about the number of clips).
 Every file is read once before the runs, so all of them read from the page cache.
@@ -92,15 +92,15 @@ def write_fallback(out: Path, n: int, seed: int = 0) -> Path:
 
 def make_audio(folder: Path, n: int) -> tuple[Path, str]:
     try:
-        from pipeline import demo_data
+        from pipeline.datasets import demo as demo_data
 
         sizes = dict(n_curated=round(0.4 * n), n_noisy=round(0.4 * n))
         sizes["n_test"] = n - sizes["n_curated"] - sizes["n_noisy"]
         return demo_data.build(
             folder / "demo", preset="default", workers=2, progress=False, **sizes
-        ), "pipeline.demo_data (preset default)"
+        ), "pipeline.datasets.demo (preset default)"
     except Exception as e:  # noqa: BLE001  (missing or broken generator: fall back to synthetic wavs)
-        print(f"pipeline.demo_data unavailable ({type(e).__name__}: {e}); writing synthetic wavs", flush=True)
+        print(f"pipeline.datasets.demo unavailable ({type(e).__name__}: {e}); writing synthetic wavs", flush=True)
         return write_fallback(folder / "synthetic", n), "synthetic tones and noise"
 
 

@@ -6,7 +6,7 @@ test set, and the network's inference FLOP/s against the training step's on the 
     .venv/bin/python bench/infer.py --no-full           # demo width only (~1.5 min)
     .venv/bin/python bench/infer.py --threads 2 --clips 48 --full-rows 128
 
-Data: the demo dataset (pipeline.demo_data, preset "default": 44.1 kHz 16-bit wavs; --clips test clips of 0.3-30 s,
+Data: the demo dataset (pipeline.datasets.demo, preset "default": 44.1 kHz 16-bit wavs; --clips test clips of 0.3-30 s,
 median ~4 s), its feature cache (for the normalisation statistics a bundle records) and a bundle of random-weight
 vgg8 models (throughput does not depend on the weights) written by pipeline.bundle itself from fold checkpoints
 put in runs/<set>/train/. Settings (the widths of bench/train_step.py):
@@ -309,9 +309,9 @@ def main(argv=None):
         spec = json.loads(args.child)
         Path(spec["out"]).write_text(json.dumps(network_rows(spec)))
         return
-    from pipeline import demo_data
     from pipeline.cache import FeatureCache
     from pipeline.data import load_dataset
+    from pipeline.datasets import demo as demo_data
     from pipeline.predict import predict_settings
 
     t_start = time.time()

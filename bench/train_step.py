@@ -71,15 +71,15 @@ SETTINGS = {
 
 # ------------------------------------------------------------------------------------------------- data
 def make_data(tmp: Path) -> Path:
-    """A small dataset with realistic lengths (96 curated clips), or the test suite's tones when demo_data fails."""
+    """A small dataset with realistic lengths (96 curated clips), or the test suite's tones when the demo one fails."""
     try:
-        from pipeline import demo_data
+        from pipeline.datasets import demo as demo_data
 
         return demo_data.build(
             tmp / "demo", preset="default", n_curated=96, n_noisy=8, n_test=8, workers=2, progress=False
         )
     except Exception as e:  # noqa: BLE001
-        print(f"pipeline.demo_data unavailable ({type(e).__name__}: {e}); using tests/conftest.make_dataset")
+        print(f"pipeline.datasets.demo unavailable ({type(e).__name__}: {e}); using tests/conftest.make_dataset")
         sys.path.insert(0, str(ROOT / "tests"))
         from conftest import make_dataset
 

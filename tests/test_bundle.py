@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import bundle, demo_data, features, folds, infer, predict_dir, train
+from pipeline import bundle, features, folds, infer, predict_dir, train
 from pipeline import cache as feature_cache
 from pipeline.config import CONFIG_DIR, load_config
+from pipeline.datasets import demo as demo_data
 from pipeline.predict import plan_windows, predict_settings
 from pipeline.utils import ROOT, UserError
 

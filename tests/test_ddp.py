@@ -235,7 +235,8 @@ def test_ddp_gradient_is_the_mean_of_the_shares_gradients(tmp_path, monkeypatch)
 def demo(tmp_path_factory):
     """The tiny demo preset with its feature cache; returns the overrides that point configs/demo.yaml at it and
     shrink a run to seconds (one thread, tiny width, 4 steps of 8 clips per epoch, fold 0 only)."""
-    from pipeline import demo_data, features
+    from pipeline import features
+    from pipeline.datasets import demo as demo_data
 
     base = tmp_path_factory.mktemp("ddp_demo")
     root = demo_data.build(base / "tiny", preset="tiny", workers=1, progress=False)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline import demo_data as dd
+from pipeline.datasets import demo as dd
 
 LABEL_CSVS = ("train_curated.csv", "train_noisy.csv", "train_noisy_truth.csv", "test_labels.csv")
 WAV_DIR = {

@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import demo_data, features, folds, infer, report, train, warmup
+from pipeline import features, folds, infer, report, train, warmup
 from pipeline.config import CONFIG_DIR, load_config
+from pipeline.datasets import demo as demo_data
 from pipeline.utils import ROOT
 
 

@@ -1,5 +1,6 @@
 """The import graph of pipeline/ and models/, read with ast (every import statement, module-level or inside a
-function): plumbing (pipeline/utils.py) stands on nothing of the project, and no module reaches itself again."""
+function): plumbing (pipeline/utils.py) stands on nothing of the project, no stage or model imports the dataset
+builders (pipeline/datasets/), and no module reaches itself again."""
 
 from __future__ import annotations
 
@@ -94,6 +95,16 @@ def test_utils_imports_no_project_module():
     path = ROOT / "pipeline" / "utils.py"
     project = sorted(n for n in imported_names(path, "pipeline.utils") if n.split(".")[0] in PACKAGES)
     assert project == [], f"pipeline/utils.py imports {project}: plumbing must stand on nothing of the project"
+
+
+def test_no_stage_imports_the_dataset_builders():
+    """pipeline/datasets/ builds data (make demo-data, make real-data); a stage reads a dataset folder and never
+    imports a builder (a helper both need lives on a lower floor)."""
+    graph = import_graph()
+    assert "pipeline.datasets.demo" in graph and "pipeline.datasets.real" in graph
+    builders = {m for m in graph if m == "pipeline.datasets" or m.startswith("pipeline.datasets.")}
+    found = sorted(f"{m} -> {sorted(graph[m] & builders)}" for m in graph if m not in builders and graph[m] & builders)
+    assert found == [], "modules outside pipeline/datasets/ import a dataset builder: " + "; ".join(found)
 
 
 def test_import_graph_has_no_cycle():

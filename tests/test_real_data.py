@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import real_data, real_sources
-from pipeline.real_sources import SR, SourceBank, package_members, read_opensfx_cat, take_of
+from pipeline.datasets import real as real_data
+from pipeline.datasets import real_sources
+from pipeline.datasets.real_sources import SR, SourceBank, package_members, read_opensfx_cat, take_of
 from pipeline.utils import UserError
 
 CLASSES = ("Alpha", "Beta", "Gamma")
@@ -323,4 +324,4 @@ def test_the_command_line_reports_a_user_error_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         real_data.main(["--out", str(tmp_path / "notes"), "--verify"])
     assert e.value.code == 2
-    assert "fattag real_data: error:" in capsys.readouterr().err
+    assert "fattag datasets.real: error:" in capsys.readouterr().err

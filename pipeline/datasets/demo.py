@@ -7,8 +7,8 @@ over a quiet background of noise and hum. The noisy split is domain-shifted (fil
 clipping; mostly 15-s clips) and about 40% of its label sets are corrupted (a label replaced, added or dropped):
 train_noisy.csv holds the corrupted labels, train_noisy_truth.csv the true ones.
 
-    python -m pipeline.demo_data [--out data/demo] [--preset default|tiny] [--n-curated N] [--n-noisy N]
-                                 [--n-test N] [--seed 0] [--workers 2]
+    python -m pipeline.datasets.demo [--out data/demo] [--preset default|tiny] [--n-curated N] [--n-noisy N]
+                                     [--n-test N] [--seed 0] [--workers 2]
 
     out/train_curated/ train_noisy/ test/     wavs: 44.1 kHz mono 16-bit PCM, fnames of 8 hex digits
     out/train_curated.csv train_noisy.csv train_noisy_truth.csv test_labels.csv     fname,labels
@@ -311,7 +311,7 @@ def render_source(name, rng, seconds, limit=None):
         x *= 1 - depth * (0.5 + 0.5 * np.sin(2 * np.pi * np.arange(len(x)) / SR / period + phase))
     level = _level(x)
     if not np.isfinite(level) or level < 1e-6:
-        raise RuntimeError(f"demo_data: class {name} rendered silence (program {bank}:{preset}, notes {notes[:3]})")
+        raise RuntimeError(f"demo data: class {name} rendered silence (program {bank}:{preset}, notes {notes[:3]})")
     return x * (0.1 / level)
 
 
@@ -497,7 +497,7 @@ def swap_in(tmp: Path, out: Path):
 
 
 def dataset_parser(prog: str, doc: str, out: str, presets) -> argparse.ArgumentParser:
-    """The command line a dataset builder shares (demo_data, real_data)."""
+    """The command line a dataset builder shares (demo, real)."""
     ap = argparse.ArgumentParser(
         prog=prog, description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -608,7 +608,7 @@ def build(
 
 
 def main(argv=None):
-    a = dataset_parser("python -m pipeline.demo_data", __doc__, "data/demo", PRESETS).parse_args(argv)
+    a = dataset_parser("python -m pipeline.datasets.demo", __doc__, "data/demo", PRESETS).parse_args(argv)
     build(a.out, a.preset, a.seed, a.n_curated, a.n_noisy, a.n_test, a.workers, not a.no_progress)
     return 0
 

@@ -1,9 +1,10 @@
 """Backbone base class and loading of local pretrained weights (never downloaded).
 
 A backbone maps a log-mel batch (B, 1, F, T) to a pooled embedding (B, D) and says D in `out_dim`.
-`load_pretrained(path)` copies the tensors of a local checkpoint whose names and shapes match and returns a report:
+`load_pretrained(path)` copies the tensors of a local weights file (.safetensors, or a .pt / .pth checkpoint read
+weights-only: nothing in it runs) whose names and shapes match and returns a report:
 
-    report = backbone.load_pretrained("weights/x.pth")
+    report = backbone.load_pretrained("weights/x.pth")      # or "weights/model.safetensors"
     report["loaded"], report["skipped"], report["missing"]      # lists of parameter/buffer names
 """
 
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from pipeline.model_files import read_weights
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +29,17 @@ def strip_prefix(state: dict, prefix: str) -> dict:
 
 
 def read_state_dict(path) -> dict:
-    """The tensors of a local checkpoint file: the dict under 'model' / 'state_dict' / 'model_state_dict', or the
-    file's bare dict. DataParallel 'module.' prefixes are dropped; a fattag Tagger checkpoint (keys 'backbone.*')
-    gives its backbone's tensors."""
+    """The tensors of a local weights file, read without running code (pipeline.model_files.read_weights): a
+    .safetensors file (timm's and Hugging Face's published `model.safetensors`), or a .pt / .pth checkpoint loaded
+    weights-only (PANNs' releases, torchvision's, a fattag run's): the dict under 'model' / 'state_dict' /
+    'model_state_dict', or the file's bare dict. DataParallel 'module.' prefixes are dropped; a fattag Tagger
+    checkpoint (keys 'backbone.*') gives its backbone's tensors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"pretrained weights not found: {path} (weights are never downloaded; give a local file)"
         )
-    ckpt = torch.load(path, map_location="cpu")
+    ckpt = read_weights(path)  # .safetensors, or .pt / .pth weights-only: a file that would run code is refused
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]

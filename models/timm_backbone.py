@@ -1,6 +1,7 @@
 """Any timm model as a backbone, 'timm:<name>': 1 input channel, no classifier, weights only from a local file.
 
     bb = build_backbone("timm:resnet18", pretrained_path="weights/resnet18.pth")   # timm or torchvision state dict
+    bb = build_backbone("timm:resnet18", pretrained_path="resnet18/model.safetensors")   # timm's published file
     bb.out_dim                                                                      # 512
 
 Local weights: the classifier is dropped and a 3-channel stem is summed to 1 channel (timm's adapt_input_conv).

@@ -33,15 +33,18 @@ from pipeline.config import config_hash, to_plain
 from pipeline.data import is_single_label
 from pipeline.losses import build_loss
 from pipeline.metrics import accuracy, lwlrap
+from pipeline.model_files import SAFETENSORS, plain, read_safetensors
 from pipeline.modes import TrainContext, create_mode
 from pipeline.predict import predict_clips
 from pipeline.utils import (
     DamagedFile,
+    NotPlainWeights,
     UserError,
     amp_dtype,
     atomic_path,
     atomic_to_csv,
     keep_freed_memory,
+    load_weights_only,
     make_scaler,
     mark_done,
     move_with_checksum,
@@ -252,19 +255,24 @@ def save_checkpoint(path, model, cfg, classes, **extra):
         "classes": list(classes),
         **extra,
     }
-    save_torch(state, path)  # with its sha256 beside it (path.sha256), checked by load_checkpoint
+    # in the forms weights-only loading reads back (numpy values as tensors and numbers), with its sha256 beside it
+    # (path.sha256), checked by load_checkpoint
+    save_torch(plain(state), path)
 
 
 def load_checkpoint(path):
-    """A checkpoint's contents; one whose bytes are not those its sha256 sidecar recorded is a DamagedFile error
-    naming it and the stage that writes it again."""
+    """A checkpoint's contents, read weights-only (torch.load(weights_only=True): a file that would run code when
+    unpickled is refused, NotPlainWeights, nothing in it run); one whose bytes are not those its sha256 sidecar
+    recorded is a DamagedFile error naming it and the stage that writes it again."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     stage = next((s for s in ("warmup", "train", "infer") if s in path.parts[:-1]), None)
     verify_checksum(path, f"delete {path.parent} and run `make {stage}` again" if stage else "write it again")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return load_weights_only(path)
+    except NotPlainWeights:
+        raise
     except Exception as e:  # a corrupt or foreign file
         raise UserError(f"{path}: not a readable checkpoint: {e}") from None
 
@@ -281,7 +289,12 @@ def load_model(path):
 
 
 def checkpoint_state(path) -> dict:
-    """The model weights of a checkpoint (a fattag checkpoint's "model", or a plain state dict)."""
+    """The model weights of a checkpoint (a fattag checkpoint's "model", or a plain state dict) or of a .safetensors
+    file (an export's fold model, pipeline/bundle.py)."""
+    if Path(path).suffix == SAFETENSORS:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no such checkpoint")
+        return read_safetensors(path)[0]
     ck = load_checkpoint(path)
     state = ck.get("model", ck) if isinstance(ck, dict) else None
     if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):

@@ -335,12 +335,44 @@ def verify_checksum(path, repair: str = "write it again"):
         )
 
 
-def load_torch(path, repair: str = "write it again"):
-    """torch.load (on the CPU) of a file save_torch wrote, after verify_checksum."""
+class NotPlainWeights(UserError):
+    """A model file whose unpickling would call code (a class, a function): refused unread, nothing in it run."""
+
+
+CONVERT_COMMAND = "python -m pipeline.model_files convert"  # the one-time conversion of a trusted old file
+
+
+def _refused(path, e: BaseException) -> NotPlainWeights:
+    """The one-line refusal of a file weights-only unpickling stopped at, naming what it would have called."""
+    needs = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    what = f"it calls {needs.group(1)}" if needs else "it holds pickle instructions beyond plain data"
+    return NotPlainWeights(
+        f"{path}: not a plain weights file: loading it would run code ({what}), so nothing in it was read or run; "
+        f"a fattag checkpoint written before weights-only loading (or another file from a source you trust) is "
+        f"converted once with `{CONVERT_COMMAND} {path}`"
+    )
+
+
+def load_weights_only(path):
+    """torch.load(path, weights_only=True) on the CPU: tensors, plain containers, numbers and strings come back; a
+    file whose unpickling would call anything else (a crafted file, or a checkpoint pickling numpy or other
+    objects) is refused with NotPlainWeights before any of it runs. Other unreadable files raise as torch does."""
+    import pickle
+
     import torch
 
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower():
+            raise _refused(path, e) from None
+        raise
+
+
+def load_torch(path, repair: str = "write it again"):
+    """load_weights_only of a file save_torch wrote, after verify_checksum."""
     verify_checksum(path, repair)
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_weights_only(path)
 
 
 def move_with_checksum(src, dst):

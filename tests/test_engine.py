@@ -58,8 +58,8 @@ def test_resume_gives_same_weights_as_uninterrupted(prepared, tmp_path, monkeypa
     assert not (tmp_path / "c" / "done.json").exists()
     torch.manual_seed(12345)  # the process's RNG state differs from a fresh run's
     small_fit(cfg, tmp_path / "c")
-    a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
-    c = torch.load(tmp_path / "c" / "last.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    c = torch.load(tmp_path / "c" / "last.pt", weights_only=True)["model"]
     for k in a:
         assert torch.equal(a[k], c[k]), k
     assert pd.read_csv(tmp_path / "c" / "metrics.csv")["epoch"].tolist() == [1, 2, 3]

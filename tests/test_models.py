@@ -6,6 +6,7 @@ import json
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 from timm.models._manipulate import adapt_input_conv
 
 from models import Tagger, build_backbone, create_model, list_models
@@ -159,13 +160,16 @@ def _panns_checkpoint(path, width, n_mels=64, bare=False):
     state["logmel_extractor.melW"] = torch.randn(513, n_mels)
     state["fc_audioset.weight"] = torch.randn(527, src.out_dim)
     state["fc_audioset.bias"] = torch.randn(527)
-    torch.save(state if bare else {"model": state, "iteration": 660000}, path)
+    if path.suffix == ".safetensors":  # a safetensors file holds the bare tensors
+        save_file(state, str(path))
+    else:
+        torch.save(state if bare else {"model": state, "iteration": 660000}, path)
     return src
 
 
-@pytest.mark.parametrize("bare", [False, True])
-def test_load_panns(tmp_path, bare):
-    path = tmp_path / "Cnn14_small.pth"
+@pytest.mark.parametrize("bare,suffix", [(False, ".pth"), (True, ".pth"), (True, ".safetensors")])
+def test_load_panns(tmp_path, bare, suffix):
+    path = tmp_path / f"Cnn14_small{suffix}"
     src = _panns_checkpoint(path, width=1 / 16, bare=bare)
     model = create_model("cnn14", N_CLASSES, width=1 / 16, n_mels=64, pretrained_path=str(path))
     for k, v in src.state_dict().items():
@@ -197,12 +201,16 @@ def test_load_panns_errors(tmp_path):
         create_model("cnn14", N_CLASSES, width=1 / 16, pretrained_path=str(tmp_path / "missing.pth"))
 
 
-@pytest.mark.parametrize("timm_name", ["mobilenetv3_small_050", "resnet10t"])
-def test_timm_local_weights(tmp_path, timm_name):
+@pytest.mark.parametrize("timm_name,suffix", [("mobilenetv3_small_050", ".pth"), ("resnet10t", ".safetensors")])
+def test_timm_local_weights(tmp_path, timm_name, suffix):
+    """A timm / torchvision state dict (.pth), or timm's published model.safetensors, loads with the same report."""
     torch.manual_seed(2)
     src = timm.create_model(timm_name, pretrained=False, in_chans=3, num_classes=10)
-    path = tmp_path / "w.pth"
-    torch.save(src.state_dict(), path)
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".safetensors":
+        save_file(src.state_dict(), str(path))
+    else:
+        torch.save(src.state_dict(), path)
     model = create_model("timm:" + timm_name, N_CLASSES, pretrained_path=str(path))
     ours, theirs = model.backbone.model.state_dict(), src.state_dict()
     stem = src.pretrained_cfg["first_conv"] + ".weight"

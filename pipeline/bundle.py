@@ -11,8 +11,10 @@ Writes bundles/<run.name>/ (built in a temporary folder, then renamed into place
                            train.channels_last), the ensemble's mean and one weight per model, config hashes, the
                            git commit, and each model file's sha256 and TTA seed (its run's run.seed: runs that
                            differ only in their seed make one bundle)
-    weights/<run>/fold_<k>.pt   every inference model (backbone + head h; no g, no ArcFace weights: infer.export) of
-                           this run and of infer.runs, from runs/<run>/train/fold_*/best.pt, as `make infer` uses them
+    weights/<run>/fold_<k>.safetensors   every inference model (backbone + head h; no g, no ArcFace weights:
+                           infer.inference_model) of this run and of infer.runs, from runs/<run>/train/fold_*/best.pt,
+                           as `make infer` uses them; the manifest gives each one's model_config (what rebuilds it),
+                           so prediction from a bundle unpickles nothing
     pipeline/ models/      a copy of the project's code (no data, no caches, no runs)
     requirements.txt       the pinned requirements prediction imports
     config.yaml            the resolved config it was built from
@@ -25,6 +27,7 @@ folder, or anywhere with the bundle on PYTHONPATH) predicts a folder of clips fr
 
 from __future__ import annotations
 
+import json
 import platform
 import shlex
 import shutil
@@ -37,7 +40,8 @@ from pathlib import Path
 from pipeline.cache import feature_params, norm_stats
 from pipeline.config import cli, config_hash, load_config, save_config
 from pipeline.data import dataset
-from pipeline.infer import export, fold_dirs, predicted_from
+from pipeline.infer import fold_dirs, inference_model, predicted_from
+from pipeline.model_files import SAFETENSORS, write_safetensors
 from pipeline.predict import predict_settings
 from pipeline.predict_dir import FORMAT, MANIFEST, sha256
 from pipeline.utils import (
@@ -67,6 +71,7 @@ PREDICT_REQUIREMENTS = (
     "pandas",
     "tqdm",
     "pyyaml",
+    "safetensors",
 )
 TIMM_REQUIREMENTS = ("torchvision", "timm")
 
@@ -108,10 +113,8 @@ def check_compatible(cfg, other, run: str):
 
 
 def export_models(cfg, runs, out: Path, classes, log) -> list[dict]:
-    """Export every fold model of `runs` into out/weights/<run>/; the manifest's model entries (equal weights,
-    as pipeline.ensemble averages every fold of every run)."""
-    from pipeline.engine import load_checkpoint
-
+    """Export every fold model of `runs` into out/weights/<run>/<fold>.safetensors; the manifest's model entries
+    (equal weights, as pipeline.ensemble averages every fold of every run)."""
     entries = []
     for run in runs:
         rcfg = run_config(cfg, run)
@@ -122,27 +125,32 @@ def export_models(cfg, runs, out: Path, classes, log) -> list[dict]:
                     f"{fdir / 'best.pt'} is newer than its `make infer` predictions: the bundle holds the "
                     f"new model, submissions/{run}.csv the old one (run `make infer` to refresh it)"
                 )
-            rel = Path("weights") / run / f"{fdir.name}.pt"
-            export(fdir / "best.pt", out / rel)
-            ck = load_checkpoint(out / rel)
-            if list(ck["classes"]) != list(classes):
-                raise UserError(f"{fdir / 'best.pt'}: its classes differ from {cfg.data.root}'s sample_submission.csv")
-            entries.append(
-                {
-                    "file": str(rel),
-                    "run": run,
-                    "fold": fdir.name,
-                    "source": str(fdir / "best.pt"),
-                    "model": ck["model_config"]["name"],
-                    "sha256": sha256(out / rel),
-                    "train_config_hash": config_hash(ck["cfg"]),
-                    "seed": int(rcfg.run.seed),
-                }
-            )
+            rel = Path("weights") / run / f"{fdir.name}{SAFETENSORS}"
+            entries.append({**write_model(fdir / "best.pt", out / rel, classes, cfg), "file": str(rel), "run": run})
+            entries[-1].update(fold=fdir.name, seed=int(rcfg.run.seed))
             log.info(f"bundled {fdir / 'best.pt'} as {rel}")
     for e in entries:
         e["weight"] = 1.0 / len(entries)
     return entries
+
+
+def write_model(best: Path, path: Path, classes, cfg) -> dict:
+    """A fold's inference model (backbone + head h: infer.inference_model) as a .safetensors file whose header
+    also holds its model_config and classes (JSON); its manifest entry: source, model name, model_config (what
+    create_model rebuilds it from), sha256, the config hash of its training."""
+    small, ck = inference_model(best)
+    if list(ck["classes"]) != list(classes):
+        raise UserError(f"{best}: its classes differ from {cfg.data.root}'s sample_submission.csv")
+    config = json.loads(json.dumps(small.config))  # JSON's forms (lists), as the manifest gives it back
+    header = {"fattag": "inference model", "model_config": json.dumps(config), "classes": json.dumps(list(classes))}
+    write_safetensors(small.state_dict(), path, header)
+    return {
+        "source": str(best),
+        "model": config["name"],
+        "model_config": config,
+        "sha256": sha256(path),
+        "train_config_hash": config_hash(ck["cfg"]),
+    }
 
 
 def download_wheels(reqs: Path, dest: Path, pip_args=(), log=None):

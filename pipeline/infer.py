@@ -55,10 +55,15 @@ def predicted_from(odir: Path, best: Path) -> bool:
     return done.exists() and read_json(done).get("key", "").endswith(f"-{best.stat().st_mtime_ns}")
 
 
-def export(best_path: Path, out_path: Path):
-    """The inference checkpoint of a fold: the model without g and the ArcFace weights."""
+def inference_model(best_path: Path):
+    """(the fold's inference model: the model without g and the ArcFace weights, its best.pt's contents)."""
     model, ck = load_model(best_path)
-    small = model.export_inference()
+    return model.export_inference(), ck
+
+
+def export(best_path: Path, out_path: Path):
+    """The inference checkpoint of a fold (inference_model), written to out_path."""
+    small, ck = inference_model(best_path)
     save_checkpoint(out_path, small, ck["cfg"], ck["classes"], epoch=ck.get("epoch"), source=str(best_path))
     return small
 

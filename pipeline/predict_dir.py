@@ -16,8 +16,9 @@ held in memory as the float16 values the feature cache would store (nothing is w
 bundle's statistics; each model predicts with pipeline.predict.predict_with and the bundle's settings (sliding
 windows, length-adaptive TTA, time reversal, channels_last); the models are averaged with the manifest's weights
 and mean (pipeline.ensemble.average). So the CSV equals `make infer`'s submission for the same models and clips
-(tests/test_bundle.py). A user's mistake (no bundle, a missing wav, a class mismatch) prints one line naming the
-file and exits with status 2.
+(tests/test_bundle.py). The models are .safetensors files, rebuilt from the manifest's model_config: nothing of a
+bundle is unpickled, so one from elsewhere cannot run code by being loaded. A user's mistake (no bundle, a missing
+wav, a class mismatch) prints one line naming the file and exits with status 2.
 
     from pipeline.predict_dir import load_bundle, extract, predict_bundle
     bundle = load_bundle("bundles/demo"); cache = extract(paths, fnames, bundle, workers=2)
@@ -42,7 +43,7 @@ from pipeline.extractor import FeatureError, logmels
 from pipeline.utils import UserError, atomic_to_csv, keep_freed_memory, progress, read_json, user_errors
 
 MANIFEST = "manifest.json"
-FORMAT = 1  # manifest.json's layout version; bumped when a reader of the old one would misread it
+FORMAT = 2  # manifest.json's layout version; bumped when a reader of the old one would misread it (2: safetensors)
 MAX_LISTED = 5
 
 
@@ -66,7 +67,11 @@ def load_bundle(folder) -> dict:
     except ValueError as e:
         raise UserError(f"{path}: not valid JSON: {e}") from None
     if manifest.get("format") != FORMAT:
-        raise UserError(f"{path}: manifest format {manifest.get('format')!r}, this code reads format {FORMAT}")
+        old = "; format 1 bundles hold pickled .pt models: build it again with `make bundle`"
+        raise UserError(
+            f"{path}: manifest format {manifest.get('format')!r}, this code reads format {FORMAT}"
+            + (old if manifest.get("format") == 1 else "")
+        )
     for key in ("classes", "features", "normalisation", "predict", "ensemble", "models"):
         if key not in manifest:
             raise UserError(f"{path}: manifest has no '{key}'")
@@ -74,22 +79,27 @@ def load_bundle(folder) -> dict:
 
 
 def load_models(bundle: dict, device="cpu") -> list:
-    """[(entry, model)] for the manifest's models: each file checked against its sha256 and the bundle's classes."""
+    """[(entry, model)] for the manifest's models: each a .safetensors file (nothing unpickled) checked against its
+    sha256, the model rebuilt from the manifest's model_config and given exactly the file's tensors."""
     from models import create_model
-    from pipeline.engine import load_checkpoint
+    from pipeline.model_files import SAFETENSORS, read_safetensors
 
     out = []
     for entry in bundle["models"]:
         path = bundle["dir"] / entry["file"]
         if not path.is_file():
             raise UserError(f"{path}: model file named in {MANIFEST} is missing")
+        if path.suffix != SAFETENSORS:
+            raise UserError(f"{path}: not a {SAFETENSORS} file; a bundle's models are (format {FORMAT})")
         if sha256(path) != entry["sha256"]:
             raise UserError(f"{path}: contents differ from {MANIFEST}'s sha256 (a changed or truncated file)")
-        ck = load_checkpoint(path)
-        if list(ck["classes"]) != list(bundle["classes"]):
-            raise UserError(f"{path}: its classes differ from {MANIFEST}'s")
-        model = create_model(**ck["model_config"])
-        model.load_state_dict(ck["model"])
+        tensors, _ = read_safetensors(path)
+        model = create_model(**entry["model_config"])
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as e:
+            why = str(e).splitlines()[0]
+            raise UserError(f"{path}: its tensors do not fit the model_config {MANIFEST} gives it ({why})") from None
         out.append((entry, model.to(device).eval()))
     return out
 

@@ -18,7 +18,7 @@ TRAIN_STAGE = $(if $(filter-out 0 1,$(NPROC)),$(PY) -m pipeline.torchrun --stand
 	--max-restarts=$(RESTARTS) -m pipeline.$(1) --config $(CONFIG) $(OVERRIDES),$(call STAGE,$(1)))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo-data real-data features folds warmup train summary infer ensemble bundle score report demo test lint format browser bench clean
+.PHONY: help setup demo-data real-data features folds warmup train summary infer ensemble bundle score compare report demo test lint format browser bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -69,6 +69,10 @@ score: $(STAMP) ## score submissions/<run.name>.csv against <data.root>/test_lab
 demo: $(STAMP) ## the whole chain on the embedded demo set, printing the test lwlrap last
 	$(MAKE) demo-data
 	$(MAKE) features folds warmup train infer score CONFIG=configs/demo.yaml OVERRIDES="$(OVERRIDES)"
+
+compare: $(STAMP) ## is run B better than A? RUNS="a b [c ...]": paired OOF (and test) lwlrap differences, 95% intervals
+	@test -n "$(RUNS)" || { echo 'make compare: give the runs, e.g. make compare RUNS="a b"' >&2; exit 2; }
+	$(PY) -m pipeline.compare $(RUNS)
 
 report: $(STAMP) ## runs/<run.name>/report.html: per-class scores, curves, pseudo-labels, hardest clips
 	$(call STAGE,report)

@@ -6,7 +6,8 @@
 Averages runs/<run>/infer/fold_*/test.csv over folds and over this run plus infer.runs (ensemble.mean: arithmetic
 or geometric), in exactly sample_submission.csv's format, checked before it is written. Beside it,
 submissions/<run.name>.json holds the pooled OOF lwlrap (overall and per class, from the inference OOF predictions
-with TTA), the test lwlrap when the dataset has test_labels.csv, config hashes, the fold list and the git commit.
+with TTA), the test lwlrap when the dataset has test_labels.csv, each with its 95% bootstrap interval (resampling
+the folds' groups, pipeline.intervals; the test clips one by one), config hashes, the fold list and the git commit.
 """
 
 from __future__ import annotations
@@ -18,11 +19,22 @@ import pandas as pd
 
 from pipeline.config import cli, config_hash
 from pipeline.data import dataset, labels_to_matrix
+from pipeline.intervals import ci_text, interval
 from pipeline.metrics import lwlrap
 from pipeline.score import check_submission
 from pipeline.utils import atomic_to_csv, atomic_write_json, get_logger, git_commit, remove_stale_outputs
 
 SUBMISSIONS = Path("submissions")
+
+
+def _units(cfg, fnames):
+    """Bootstrap units of the out-of-fold clips: this run's fold groups (clips where it has no folds.csv)."""
+    from pipeline.folds import folds_path, units
+
+    path = folds_path(cfg)
+    if not path.exists():
+        return None
+    return units(pd.read_csv(path, dtype={"fname": str, "groups": str}), fnames)
 
 
 def average(frames: list[pd.DataFrame], classes, mean="arithmetic", weights=None) -> pd.DataFrame:
@@ -92,15 +104,19 @@ def main(cfg) -> dict:
         oof = average(list(oofs.values()), ds.classes, cfg.ensemble.mean)
         truth = labels_to_matrix(ds.curated.set_index("fname").loc[oof["fname"], "labels"], ds.classes)
         overall, per = lwlrap(truth, oof[ds.classes].to_numpy())
-        meta.update(oof_lwlrap=overall, oof_clips=len(oof), oof_per_class=per_class_dict(ds.classes, per))
-        log.info(f"OOF lwlrap (with TTA, {len(oof)} clips): {overall:.4f}")
+        ci = interval(truth, oof[ds.classes].to_numpy(), _units(cfg, oof["fname"]))
+        meta.update(oof_lwlrap=overall, oof_lwlrap_ci=[ci["lo"], ci["hi"]], oof_ci_units=ci["units"])
+        meta.update(oof_clips=len(oof), oof_per_class=per_class_dict(ds.classes, per))
+        log.info(f"OOF lwlrap (with TTA, {len(oof)} clips; 95% interval over {ci['units']} groups): {ci_text(ci)}")
     if ds.has_test_labels:
         overall, per = lwlrap(ds.targets(ds.test), sub[ds.classes].to_numpy())
-        meta.update(test_lwlrap=overall, test_per_class=per_class_dict(ds.classes, per))
+        ci = interval(ds.targets(ds.test), sub[ds.classes].to_numpy())
+        meta.update(test_lwlrap=overall, test_lwlrap_ci=[ci["lo"], ci["hi"]], test_ci_units=ci["units"])
+        meta.update(test_per_class=per_class_dict(ds.classes, per))
     atomic_write_json(SUBMISSIONS / f"{cfg.run.name}.json", meta)
     log.info(
         f"wrote {path} ({len(tests)} models from {len(runs)} run(s))"
-        + (f"; test lwlrap {meta['test_lwlrap']:.4f}" if "test_lwlrap" in meta else "")
+        + (f"; test lwlrap {ci_text(ci)} (95% interval over clips)" if "test_lwlrap" in meta else "")
     )
     return {"submission": path, **{k: v for k, v in meta.items() if k.endswith("lwlrap")}}
 

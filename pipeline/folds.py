@@ -78,17 +78,72 @@ def make_group_folds(groups: list[list[str]], y: np.ndarray, n_splits: int, seed
 
 
 def group_column(cfg, ds) -> str | None:
-    """The curated CSV's column that folds.group_by names (auto: `sources` where present), or None."""
+    """What folds.group_by groups by: a column of the curated CSV, "audio" (the recordings found in the clips'
+    audio, pipeline.audio_groups), or None. auto: `sources` where present, else audio."""
     g = cfg.folds.group_by
-    if g == "none" or (g == "auto" and "sources" not in ds.curated.columns):
+    if g == "none":
         return None
-    g = "sources" if g == "auto" else g
-    if g not in ds.curated.columns:
+    if g == "auto":
+        return "sources" if "sources" in ds.curated.columns else "audio"
+    if g != "audio" and g not in ds.curated.columns:
         raise ValueError(
             f"folds.group_by={g}: train_curated.csv has no column {g!r} "
-            f"(its columns: {', '.join(c for c in ds.curated.columns if c != 'labels')})"
+            f"(its columns: {', '.join(c for c in ds.curated.columns if c != 'labels')}; or audio, auto, none)"
         )
     return g
+
+
+def audio_groups(cfg, ds, log):
+    """(each curated clip's recordings found in the audio, or None for label-stratified folds; what was found)."""
+    from pipeline import audio_groups as ag
+    from pipeline.cache import cache_dir
+
+    folder = cache_dir(cfg)
+    if not (folder / "curated.json").exists():
+        raise FileNotFoundError(
+            f"{folder}: no feature cache of the curated clips; folds.group_by={cfg.folds.group_by} finds the "
+            f"recordings in it: run `make features` first (or folds.group_by=none)"
+        )
+    p = cfg.features
+    found = ag.find(folder, cfg.folds.audio.min_match, p.sample_rate / p.hop_length, cfg.run.progress, log)
+    au = cfg.folds.audio
+    groups, info, _ = ag.clip_groups(found, ds.targets(ds.curated), au.purity, au.max_class_share, ds.classes)
+    info["seconds"] = {k: v for k, v in found.stats.items() if k.endswith("_s")}
+    log.info(
+        f"audio groups: {info['kept']} recordings heard in {100 * info['grouped_share']:.1f}% of the "
+        f"{len(groups)} curated clips ({info['background']} backgrounds heard under several labels left out); the "
+        f"largest holds {100 * info['largest_share']:.1f}% of the clips"
+    )
+    if info["whole_class"]:
+        log.info(
+            f"audio groups: one recording holds most of the clips of {', '.join(info['whole_class'])}: "
+            + (
+                "this dataset's classes come from single sources, so the folds are label-stratified, not grouped"
+                if info["fallback"]
+                else "those recordings are not kept together (grouping them would leave the class out of training)"
+            )
+        )
+    return (None if info["fallback"] else groups), info, (found, au.foreground_db)
+
+
+def shared_audio(ds, found, foreground_db: float, fold: np.ndarray, log) -> pd.DataFrame:
+    """The noisy and test clips that share a foreground stretch of audio with curated clips (within foreground_db
+    of both clips' loudest bins: quiet background beds are not counted): split, fname, the curated clips and their
+    folds. A test clip's is a leak that inflates a leaderboard; a noisy clip's leaks that fold's validation through
+    the warm-up."""
+    names = {"noisy": ds.noisy["fname"].tolist(), "test": ds.test["fname"].tolist()}
+    cur = ds.curated["fname"].tolist()
+    rows = []
+    for split, shared in sorted(found.shared.items()):
+        hits: dict[int, list] = {}
+        for (q, c, _), level in zip(shared.tolist(), found.shared_level[split].tolist()):
+            if level <= foreground_db:
+                hits.setdefault(q, []).append(c)
+        for q in sorted(hits):
+            cs = sorted(set(hits[q]))
+            rows.append((split, names[split][q], ";".join(cur[c] for c in cs), ";".join(str(int(fold[c])) for c in cs)))
+        log.info(f"audio groups: {len(hits)} of {len(names[split])} {split} clips share audio with curated clips")
+    return pd.DataFrame(rows, columns=["split", "fname", "curated", "folds"])
 
 
 def split_groups(cells, fnames) -> list[list[str]]:
@@ -110,10 +165,13 @@ def unheard(groups: list[list[str]], fold: np.ndarray, k: int) -> np.ndarray:
 def unheard_mask(cfg, ds, folds_df: pd.DataFrame, fnames) -> np.ndarray | None:
     """For out-of-fold predictions of the curated clips `fnames` (each predicted by the model of its fold in
     folds_df): which were validated on recordings its model never heard; None where the folds are not grouped."""
-    gcol = None if ds.folds is not None else group_column(cfg, ds)
-    if gcol is None:
-        return None
-    groups = split_groups(ds.curated[gcol], ds.curated["fname"])
+    if "groups" in folds_df.columns:  # what `folds` grouped by, whatever its source
+        groups = split_groups(folds_df.set_index("fname").loc[ds.curated["fname"], "groups"], ds.curated["fname"])
+    else:  # folds written before the groups column, or not grouped
+        gcol = None if ds.folds is not None else group_column(cfg, ds)
+        if gcol is None or gcol == "audio":
+            return None
+        groups = split_groups(ds.curated[gcol], ds.curated["fname"])
     fold = folds_df.set_index("fname").loc[ds.curated["fname"], "fold"].to_numpy()
     clean = np.zeros(len(fold), bool)
     for k in np.unique(fold):
@@ -121,27 +179,32 @@ def unheard_mask(cfg, ds, folds_df: pd.DataFrame, fnames) -> np.ndarray | None:
     return pd.Series(clean, index=ds.curated["fname"]).loc[list(fnames)].to_numpy()
 
 
+def units(folds_df: pd.DataFrame, fnames) -> np.ndarray:
+    """(N,) the bootstrap unit of each clip of fnames (pipeline.intervals): its largest group in folds.csv's
+    `groups` column, the clip itself where the folds are not grouped."""
+    from pipeline.intervals import units_of
+
+    if "groups" not in folds_df.columns:
+        return np.arange(len(fnames))
+    return units_of(list(folds_df.set_index("fname").loc[list(fnames), "groups"]))
+
+
 def folds_path(cfg):
     return run_dir(cfg, "folds") / "folds.csv"
 
 
-def main(cfg) -> pd.DataFrame:
-    out = run_dir(cfg, "folds")
-    ds = dataset(cfg)
-    given = None if ds.folds is None else ds.folds.tolist()
-    gcol = None if ds.folds is not None else group_column(cfg, ds)
-    groups = None if gcol is None else split_groups(ds.curated[gcol], ds.curated["fname"])
-    key = hashlib.sha1(
-        (
-            "|".join(ds.curated["fname"])
-            + f"|{cfg.folds.n_splits}|{cfg.run.seed}|{given}|{gcol}:{groups}|"
-            + "|".join(",".join(labs) for labs in ds.curated["labels"])
-        ).encode()
-    ).hexdigest()
-    log = get_logger(folder=out)
-    if is_done(out, key):
-        log.info(f"folds up to date: {folds_path(cfg)}")
-        return read_folds(cfg)
+def _grouping(cfg, ds, log):
+    """(what the folds group by or None, each clip's groups or None, the audio grouping's record or None, and
+    what the audio pass found or None)."""
+    src = None if ds.folds is not None else group_column(cfg, ds)
+    if src == "audio":
+        groups, info, found = audio_groups(cfg, ds, log)
+        return src, groups, info, found
+    return src, (None if src is None else split_groups(ds.curated[src], ds.curated["fname"])), None, None
+
+
+def _deal(cfg, ds, src, groups, log) -> tuple[pd.DataFrame, float | None]:
+    """folds.csv's frame (fname, fold[, given_fold]) and the share of clips that mix groups of two folds."""
     if ds.folds is not None:  # predefined: fold names in sorted order become 0..K-1
         names, fold = np.unique(ds.folds, return_inverse=True)
         if len(names) < 2:
@@ -150,27 +213,53 @@ def main(cfg) -> pd.DataFrame:
                 f"cross-validation needs two or more"
             )
         log.info(f"folds from {cfg.data.single_label_csv}: {names.tolist()} (folds.n_splits is not used)")
-        df = pd.DataFrame({"fname": ds.curated["fname"], "fold": fold, "given_fold": ds.folds})
-    elif groups is not None:
+        return pd.DataFrame({"fname": ds.curated["fname"], "fold": fold, "given_fold": ds.folds}), None
+    if groups is not None:
         fold, leak = make_group_folds(groups, ds.targets(ds.curated), cfg.folds.n_splits, cfg.run.seed)
         log.info(
-            f"folds grouped by {gcol}: {len({g for gs in groups for g in gs})} groups; {100 * leak:.1f}% of "
+            f"folds grouped by {src}: {len({g for gs in groups for g in gs})} groups; {100 * leak:.1f}% of "
             f"the clips mix groups of two folds"
         )
-        df = pd.DataFrame({"fname": ds.curated["fname"], "fold": fold})
-    else:
-        fold = make_folds(ds.targets(ds.curated), cfg.folds.n_splits, cfg.run.seed, ds.single_label)
-        df = pd.DataFrame({"fname": ds.curated["fname"], "fold": fold})
+        return pd.DataFrame({"fname": ds.curated["fname"], "fold": fold}), leak
+    fold = make_folds(ds.targets(ds.curated), cfg.folds.n_splits, cfg.run.seed, ds.single_label)
+    return pd.DataFrame({"fname": ds.curated["fname"], "fold": fold}), None
+
+
+def main(cfg) -> pd.DataFrame:
+    out = run_dir(cfg, "folds")
+    ds = dataset(cfg)
+    log = get_logger(folder=out)
+    given = None if ds.folds is None else ds.folds.tolist()
+    src, groups, info, audio = _grouping(cfg, ds, log)
+    key = hashlib.sha1(
+        (
+            "|".join(ds.curated["fname"])
+            + f"|{cfg.folds.n_splits}|{cfg.run.seed}|{given}|{src}:{groups}|"
+            + ("" if audio is None else f"{dict(cfg.folds.audio)}|{sorted(audio[0].shared)}|")
+            + "|".join(",".join(labs) for labs in ds.curated["labels"])
+        ).encode()
+    ).hexdigest()
+    if is_done(out, key):
+        log.info(f"folds up to date: {folds_path(cfg)}")
+        return read_folds(cfg)
+    df, leak = _deal(cfg, ds, src, groups, log)
+    if groups is not None:  # each clip's groups, the largest first (the unit pipeline.intervals resamples)
+        size = pd.Series([g for gs in groups for g in gs]).value_counts()
+        df["groups"] = [";".join(sorted(gs, key=lambda g: (-size[g], g))) for gs in groups]
+    if audio is not None:
+        shared = shared_audio(ds, *audio, df["fold"].to_numpy(), log)
+        atomic_to_csv(shared, out / "shared_audio.csv", index=False)
     atomic_to_csv(df, folds_path(cfg), index=False)
     save_config(cfg, out)
     mark_done(
         out,
         key,
         n_splits=int(df["fold"].max()) + 1,
-        group_by=gcol,
-        group_leak=None if groups is None else round(leak, 4),
+        group_by=src if groups is not None or src is None else f"{src} (fallback: label-stratified)",
+        group_leak=None if leak is None else round(leak, 4),
+        audio=info,
     )
-    log.info(f"wrote {folds_path(cfg)}: {len(df)} clips, sizes {np.bincount(fold).tolist()}")
+    log.info(f"wrote {folds_path(cfg)}: {len(df)} clips, sizes {np.bincount(df['fold']).tolist()}")
     return df
 
 
@@ -178,7 +267,7 @@ def read_folds(cfg) -> pd.DataFrame:
     path = folds_path(cfg)
     if not (path.parent / "done.json").exists():  # written after folds.csv: a stray csv alone is not valid
         raise FileNotFoundError(f"{path}: no completed folds; run `make folds`")
-    return pd.read_csv(path, dtype={"fname": str})
+    return pd.read_csv(path, dtype={"fname": str, "groups": str})
 
 
 if __name__ == "__main__":

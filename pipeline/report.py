@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ import pandas as pd
 
 from pipeline.config import cli, config_hash
 from pipeline.data import dataset, labels_to_matrix
+from pipeline.intervals import ci_text, interval
 from pipeline.metrics import lwlrap, per_class_precision, single_label_scores
 from pipeline.utils import UserError, atomic_write_text, get_logger, git_commit, run_dir
 
@@ -259,6 +261,39 @@ window.addEventListener("load", function () {{
 """
 
 
+def _units(cfg, fnames):
+    """Bootstrap units of the out-of-fold clips: the run's fold groups (pipeline.folds.units), else clips."""
+    from pipeline.folds import folds_path, units
+
+    path = folds_path(cfg)
+    return units(pd.read_csv(path, dtype={"fname": str, "groups": str}), fnames) if path.exists() else None
+
+
+def comparisons_html(folder: Path) -> str:
+    """The run's comparisons (`make compare` with this run first: runs/<run>/compare/*.json) as tables."""
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.exists() else []:
+        result = json.loads(path.read_text())
+        ref = result["runs"][0]
+        rows = [("run", "OOF lwlrap [95%]", f"minus {ref} [95% paired]", "test lwlrap", f"minus {ref}")]
+        for r in result["rows"]:
+            rows.append(
+                (
+                    r["run"],
+                    ci_text(r["oof"]),
+                    ci_text(r["oof_diff"], "diff") if "oof_diff" in r else "",
+                    ci_text(r["test"]) if "test" in r else "-",
+                    ci_text(r["test_diff"], "diff") if "test_diff" in r else "",
+                )
+            )
+        cells = "".join(
+            "<tr>" + "".join(f"<{t}>{html.escape(str(v))}</{t}>" for v in row) + "</tr>"
+            for row, t in zip(rows, ["th"] + ["td"] * (len(rows) - 1))
+        )
+        out.append(f"<h3>Comparison {html.escape(path.stem)}</h3><table>{cells}</table>")
+    return "".join(out)
+
+
 def main(cfg) -> Path:
     log = get_logger()
     ds = dataset(cfg)
@@ -281,15 +316,15 @@ def main(cfg) -> Path:
         s = single_label_scores(y, p)
         rows += [("OOF accuracy", f"{s['accuracy']:.4f}"), ("OOF weighted AUC", f"{s['weighted_auc']:.4f}")]
     else:
-        rows.append(("OOF lwlrap", f"{lwlrap(y, p)[0]:.4f}"))
-        rows.append(("test lwlrap", f"{lwlrap(*test[0])[0]:.4f}" if test[0] is not None else test[1]))
+        rows.append(("OOF lwlrap [95% interval]", ci_text(interval(y, p, _units(cfg, oof["fname"])))))
+        rows.append(("test lwlrap [95% interval]", ci_text(interval(*test[0])) if test[0] is not None else test[1]))
     rows += [
         ("folds", ", ".join(k for k in hist if k != "warm-up") or "-"),
         ("config hash", config_hash(trained)),
         ("report written at commit", git_commit()),
     ]
     parts = {
-        "summary": table_html(rows),
+        "summary": table_html(rows) + comparisons_html(train_dir.parent / "compare"),
         "per-class": per_class_section(ds, y, p, test),
         "curves": curves_section(hist),
         "pseudo-labels": pseudo_section(hist),

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data import DataError, labels_to_matrix, read_classes, read_labels_csv
+from pipeline.intervals import interval
 from pipeline.metrics import lwlrap
 from pipeline.utils import UserError, atomic_write_json
 
@@ -87,8 +88,11 @@ def score_files(sub_path, labels_path, sample_path=None, json_path=None) -> dict
     check_submission(sub, truth["fname"], classes, source=str(sub_path))
     sub = sub.set_index("fname").loc[truth["fname"]]
     overall, per_class = lwlrap(labels_to_matrix(truth["labels"], classes), sub[classes].to_numpy(np.float64))
+    y = labels_to_matrix(truth["labels"], classes)
+    ci = interval(y, sub[classes].to_numpy(np.float64))
     result = {
         "lwlrap": overall,
+        "lwlrap_ci": [ci["lo"], ci["hi"]],  # 95% bootstrap interval over the clips
         "n_clips": len(truth),
         "per_class": {c: (None if np.isnan(v) else float(v)) for c, v in zip(classes, per_class)},
     }
@@ -102,6 +106,9 @@ def report(result: dict, out=sys.stdout):
     worst = sorted(per.items(), key=lambda kv: kv[1])[:5]
     print(f"clips: {result['n_clips']}  classes scored: {len(per)}", file=out)
     print("weakest classes: " + ", ".join(f"{k} {v:.3f}" for k, v in worst), file=out)
+    if result.get("lwlrap_ci"):
+        lo, hi = result["lwlrap_ci"]
+        print(f"95% interval (bootstrap over the clips): [{lo:.4f}, {hi:.4f}]", file=out)
     print(f"lwlrap: {result['lwlrap']:.4f}", file=out)
 
 

@@ -23,7 +23,8 @@ import pandas as pd
 
 from pipeline.config import cli
 from pipeline.data import dataset, labels_to_matrix
-from pipeline.folds import read_folds, unheard_mask
+from pipeline.folds import read_folds, unheard_mask, units
+from pipeline.intervals import ci_text, interval
 from pipeline.metrics import accuracy, lwlrap, single_label_scores
 from pipeline.utils import (
     UserError,
@@ -82,24 +83,33 @@ def summarise(cfg, out, ds, oof_parts: dict, log) -> dict:
     if ds.single_label:
         return summarise_single_label(cfg, out, ds, oof_parts, y, p, log)
     overall, per_class = lwlrap(y, p)
-    clean = unheard_mask(cfg, ds, read_folds(cfg), oof["fname"])
+    folds_df = read_folds(cfg)
+    clean = unheard_mask(cfg, ds, folds_df, oof["fname"])
+    unit = units(folds_df, oof["fname"])
+    ci = interval(y, p, unit)
+    ci_clean = None if clean is None or not clean.any() else interval(y[clean], p[clean], unit[clean])
     summary = {
         "oof_lwlrap": overall,
+        "oof_lwlrap_ci": [ci["lo"], ci["hi"]],
         "n_clips": len(oof),
         # grouped folds: lwlrap of the clips none of whose recordings their fold's training clips hold
-        "oof_lwlrap_unheard": None if clean is None or not clean.any() else lwlrap(y[clean], p[clean])[0],
+        "oof_lwlrap_unheard": None if ci_clean is None else ci_clean["lwlrap"],
+        "oof_lwlrap_unheard_ci": None if ci_clean is None else [ci_clean["lo"], ci_clean["hi"]],
         "n_unheard": None if clean is None else int(clean.sum()),
+        # 95% intervals: bootstrap resampling the folds' groups (recordings, audio groups) or clips
+        "ci": {"level": ci["level"], "resamples": ci["resamples"], "units": ci["units"]},
         "mode": cfg.train.mode,
         "folds": folds,
         "per_class": {c: (None if np.isnan(v) else float(v)) for c, v in zip(ds.classes, per_class)},
     }
     atomic_write_json(out / "summary.json", summary)
     unheard_note = ""
-    if summary["oof_lwlrap_unheard"] is not None:
-        unheard_note = (
-            f"; on the {summary['n_unheard']} clips of unheard recordings: {summary['oof_lwlrap_unheard']:.4f}"
-        )
-    log.info(f"OOF lwlrap ({len(oof)} clips, folds {folds}): {overall:.4f}{unheard_note}")
+    if ci_clean is not None:
+        unheard_note = f"; on the {summary['n_unheard']} clips of unheard recordings: {ci_text(ci_clean)}"
+    log.info(
+        f"OOF lwlrap ({len(oof)} clips, folds {folds}; 95% intervals over {ci['units']} groups): "
+        f"{ci_text(ci)}{unheard_note}"
+    )
     print(f"OOF lwlrap: {overall:.4f}")
     return {"dir": out, **summary}
 

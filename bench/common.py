@@ -14,6 +14,7 @@ from pipeline.config import CONFIG_DIR, load_config  # noqa: E402
 from pipeline.utils import atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results.md"
+BENCHMARKS = ROOT / "docs" / "benchmarks.md"
 
 
 def cfg_for(config, overrides, stage):
@@ -200,13 +201,13 @@ def markdown_table(header, rows) -> str:
     return "\n".join(lines)
 
 
-def write_section(name: str, body: str):
-    """Replace (or append) the section between <!-- name --> markers in docs/results.md."""
+def write_section(name: str, body: str, path: Path = RESULTS):
+    """Replace (or append) the section between <!-- name --> markers in docs/results.md (or `path`)."""
     start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Results\n\nTables printed by the benchmark scripts.\n"
+    text = path.read_text() if path.exists() else "# Results\n\nTables printed by the benchmark scripts.\n"
     block = f"{start}\n{body.rstrip()}\n{end}"
     if start in text:
         text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    atomic_write_text(RESULTS, text)
+    atomic_write_text(path, text)

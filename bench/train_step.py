@@ -399,28 +399,34 @@ def run_engine(cfg, clips, classes, threads: int, steps: int, warmup: int, chann
     }
 
 
-def run_fit(cfg, clips, classes, threads: int, steps: int, warmup: int, out: Path) -> dict:
+def run_fit(
+    cfg, clips, classes, threads: int, steps: int, warmup: int, out: Path, mode="supervised", unlabelled=None
+) -> dict:
     """pipeline.engine.fit itself: epochs of `steps` steps, as many as it takes to run `warmup` steps or more
-    before the last one (2 at least); the last epoch's figures. Only in a child process (run_child): fit calls
-    keep_freed_memory(), which changes the whole process for good."""
+    before the last one (2 at least); the last epoch's figures (and its mean loss). Only in a child process
+    (run_child, or bench/gpu_check.py's checks): fit calls keep_freed_memory(), which changes the whole process
+    for good. mode / unlabelled: another training mode and its unlabelled ClipSet (bench/gpu_check.py's
+    teacher-student row)."""
     assert IN_CHILD, "run_fit would change glibc's malloc settings of this process: run it through run_child"
     from pipeline.config import to_cfg, to_plain
     from pipeline.engine import build_model, fit
+    from pipeline.modes import mode_class
 
     plain = to_plain(cfg)
     epochs = 1 + max(1, -(-warmup // steps))
     plain["train"].update(epochs=epochs, steps_per_epoch=steps, threads=threads, lr_warmup_epochs=1)
     cfg2 = to_cfg(plain)
     torch.manual_seed(0)
-    model = build_model(cfg2, len(classes))
+    model = build_model(cfg2, len(classes), heads=mode_class(mode).heads)
     out = out / f"threads-{threads}"
     shutil.rmtree(out, ignore_errors=True)
-    hist = fit(cfg2, out, model, "supervised", classes, clips)["history"]
+    hist = fit(cfg2, out, model, mode, classes, clips, unlabelled)["history"]
     row = hist.iloc[-1]
     return {
         "step": float(row["seconds"]) / steps,
         "first": float(hist.iloc[0]["seconds"]) / steps,
         "wait": float(row["data_wait_share"]),
+        "loss": float(row["loss"]),
         "sys": None,
         "faults": None,
     }

@@ -101,6 +101,10 @@ bench: $(STAMP) ## throughput and memory: bench/features.py, bench/train_step.py
 	$(PY) bench/features.py
 	$(PY) bench/train_step.py
 
+.PHONY: gpu-check
+gpu-check: $(STAMP) ## on a CUDA machine: every CUDA path once, and the GPU's figures (~8 min; GPU_FLAGS="--docs")
+	@$(PY) bench/gpu_check.py $(GPU_FLAGS)
+
 clean: ## remove outputs (runs, submissions); `make clean ALL=1` also removes data/demo, cache and .venv
 	rm -rf runs submissions/*.csv submissions/*.json
 	$(if $(ALL),rm -rf data/demo cache $(VENV))

@@ -63,7 +63,7 @@ def main():
     wall = time.perf_counter() - t0
     y = ds.targets(ds.curated)
     au = cfg.folds.audio
-    groups, info, seg_group = ag.clip_groups(found, y, au.purity, au.max_class_share, ds.classes)
+    groups, info = ag.clip_groups(found, y, au.purity, au.max_class_share, ds.classes)
     found_recs, _ = ag.recordings(found, np.ones((len(y), 1)))  # every segment, whatever the labels
     truth = split_groups(ds.curated["sources"], ds.curated["fname"])
     raw = [[] for _ in range(len(y))]  # every recording found, before the label rules

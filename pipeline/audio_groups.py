@@ -54,7 +54,7 @@ FANOUT, DT_MAX = 6, 48  # landmark pairs: next peaks within 48 frames (0.75 s at
 BUCKET_CAP = 64  # a hash held by more landmarks is a stop word
 SHARED_LANDMARKS = 3  # two segments holding this many of the same landmark occurrences are one recording,
 SHARED_FRACTION = 0.0  # and at least this share of the smaller one's
-WHOLE_CLASS = -2  # clip_groups' mark of a segment whose recording holds most of a class
+MIN_CLASS_CLIPS = 5  # a class this small may come from one recording without saying anything of the dataset
 OTHER_SPLITS = ("noisy", "test")
 
 
@@ -396,41 +396,36 @@ def recordings(found: Found, y: np.ndarray) -> tuple[list, np.ndarray]:
 
 
 def clip_groups(found: Found, y, min_purity: float, max_class_share: float, classes=None):
-    """(each curated clip's recordings (names "a<k>"; a clip with none gets its own group "clip:<i>"), what was
-    decided, and (S,) the group k each segment belongs to, WHOLE_CLASS, or -1 (a background, or two clips with no
-    label in common).
+    """(each curated clip's recordings, names "a<k>", a clip with none its own group "clip:<i>"; what was decided).
 
     y: (N, C) multi-hot curated labels. A recording whose clips share a label less often than min_purity is a
-    background (dropped); one holding more than max_class_share of its class's clips is dissolved; when that is
-    so for half the classes present or more, info["fallback"] is True (deal label-stratified folds)."""
+    background (dropped). A recording that holds more than max_class_share of the clips of a class (of at least
+    MIN_CLASS_CLIPS) says the class comes from one source: info["fallback"] is then True, and the folds are dealt
+    label-stratified, since grouped folds would leave that class out of training."""
     y = np.asarray(y) > 0
     per_class = y.sum(axis=0)
-    found_recs, seg_rec = recordings(found, y)
-    kept, background, whole = {}, 0, set()
-    for r, members in enumerate(found_recs):
+    found_recs, _ = recordings(found, y)
+    kept, background, whole = [], 0, set()
+    for members in found_recs:
         p, c = purity(members, y)
         if p < min_purity:
             background += 1
-        elif y[members, c].sum() > max_class_share * per_class[c] and per_class[c] > 1:
+            continue
+        if per_class[c] >= MIN_CLASS_CLIPS and y[members, c].sum() > max_class_share * per_class[c]:
             whole.add(c)
-            kept[r] = WHOLE_CLASS
-        else:
-            kept[r] = len(kept) - sum(v == WHOLE_CLASS for v in kept.values())
+        kept.append(members)
     groups = [[] for _ in range(len(y))]
-    for r, k in kept.items():
-        for i in found_recs[r] if k >= 0 else ():
+    for k, members in enumerate(kept):
+        for i in members:
             groups[i].append(f"a{k}")
     groups = [g or [f"clip:{i}"] for i, g in enumerate(groups)]
-    seg_group = np.array([kept.get(r, -1) for r in seg_rec.tolist()], np.int64)
     info = dict(
         recordings=len(found_recs),
-        kept=sum(k >= 0 for k in kept.values()),
+        kept=len(kept),
         background=background,
         whole_class=[classes[c] if classes is not None else str(c) for c in sorted(whole)],
-        fallback=len(whole) > 0 and 2 * len(whole) >= int((per_class > 0).sum()),
-        largest_share=round(
-            max((len(found_recs[r]) for r, k in kept.items() if k >= 0), default=1) / max(len(y), 1), 4
-        ),
+        fallback=bool(whole),
+        largest_share=round(max((len(m) for m in kept), default=1) / max(len(y), 1), 4),
         grouped_share=round(float(np.mean([not g[0].startswith("clip:") for g in groups])) if len(y) else 0.0, 4),
     )
-    return groups, info, seg_group
+    return groups, info

@@ -107,21 +107,17 @@ def audio_groups(cfg, ds, log):
     p = cfg.features
     found = ag.find(folder, cfg.folds.audio.min_match, p.sample_rate / p.hop_length, cfg.run.progress, log)
     au = cfg.folds.audio
-    groups, info, _ = ag.clip_groups(found, ds.targets(ds.curated), au.purity, au.max_class_share, ds.classes)
+    groups, info = ag.clip_groups(found, ds.targets(ds.curated), au.purity, au.max_class_share, ds.classes)
     info["seconds"] = {k: v for k, v in found.stats.items() if k.endswith("_s")}
     log.info(
         f"audio groups: {info['kept']} recordings heard in {100 * info['grouped_share']:.1f}% of the "
         f"{len(groups)} curated clips ({info['background']} backgrounds heard under several labels left out); the "
         f"largest holds {100 * info['largest_share']:.1f}% of the clips"
     )
-    if info["whole_class"]:
+    if info["fallback"]:
         log.info(
-            f"audio groups: one recording holds most of the clips of {', '.join(info['whole_class'])}: "
-            + (
-                "this dataset's classes come from single sources, so the folds are label-stratified, not grouped"
-                if info["fallback"]
-                else "those recordings are not kept together (grouping them would leave the class out of training)"
-            )
+            f"audio groups: one recording holds most of the clips of {', '.join(info['whole_class'])}: this "
+            f"dataset's classes come from single sources, so the folds are label-stratified, not grouped"
         )
     return (None if info["fallback"] else groups), info, (found, au.foreground_db)
 

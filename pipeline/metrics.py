@@ -35,18 +35,19 @@ def lwlrap_overall(y_true, y_score) -> float:
     )
 
 
-def per_class_precision(y_true, y_score):
+def per_class_precision(y_true, y_score, chunk: int = 256):
     """(N, C) precision at each true (clip, label) pair; 0 where the label is not true.
 
     precision = (true labels scoring >= s_c) / (labels scoring >= s_c), ties counted as ranked above (sklearn).
-    """
+    Computed for `chunk` clips at a time as (chunk, C, C) comparisons: no Python loop over clips."""
     y_true = np.asarray(y_true) > 0
     s = np.asarray(y_score, np.float64)
     prec = np.zeros(s.shape)
-    for i in np.flatnonzero(y_true.any(axis=1)):
-        row, pos = s[i], y_true[i]
-        at_or_above = row[None, :] >= row[pos][:, None]  # (n_pos, C)
-        prec[i, pos] = (at_or_above & pos[None, :]).sum(1) / at_or_above.sum(1)
+    for a in range(0, len(s), chunk):
+        ys, ss = y_true[a : a + chunk], s[a : a + chunk]
+        at_or_above = ss[:, None, :] >= ss[:, :, None]  # (n, C label, C other): other scores >= label
+        num = (at_or_above & ys[:, None, :]).sum(2)
+        prec[a : a + chunk] = np.where(ys, num / at_or_above.sum(2), 0.0)
     return prec
 
 

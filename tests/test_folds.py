@@ -17,7 +17,7 @@ def test_stratified_and_deterministic():
 
 
 def test_stage_writes_once(dataset, cfg_for):
-    cfg = cfg_for(dataset, "folds.n_splits=3")
+    cfg = cfg_for(dataset, "folds.n_splits=3", "folds.group_by=none")
     df = folds.main(cfg)
     assert sorted(df["fold"].unique()) == [0, 1, 2] and len(df) == 20
     path = folds.folds_path(cfg)
@@ -32,7 +32,7 @@ def test_stage_writes_once(dataset, cfg_for):
 
 def test_too_many_folds(dataset, cfg_for):
     with pytest.raises(ValueError, match="n_splits=50"):
-        folds.main(cfg_for(dataset, "folds.n_splits=50"))
+        folds.main(cfg_for(dataset, "folds.n_splits=50", "folds.group_by=none"))
 
 
 def test_group_folds_keep_each_recording_in_one_fold():
@@ -91,10 +91,10 @@ def test_unheard_mask_follows_the_stage_grouping(dataset, cfg_for):
 
     from pipeline.data import load_dataset
 
-    cfg = cfg_for(dataset, "folds.n_splits=3")
+    cfg = cfg_for(dataset, "folds.n_splits=3", "folds.group_by=none")
     ds = load_dataset(dataset, check_audio=False)
     df = folds.main(cfg)
-    assert folds.unheard_mask(cfg, ds, df, ds.curated["fname"]) is None  # no sources column: nothing to say
+    assert folds.unheard_mask(cfg, ds, df, ds.curated["fname"]) is None  # not grouped: nothing to say
     cur = pd.read_csv(dataset / "train_curated.csv")
     cur["sources"] = [f"rec{i % 6}" + (";rec1" if i == 0 else "") for i in range(len(cur))]
     cur.to_csv(dataset / "train_curated.csv", index=False)
@@ -107,3 +107,24 @@ def test_unheard_mask_follows_the_stage_grouping(dataset, cfg_for):
     want = [not any(recs[i] & recs[j] for j in range(len(recs)) if f[j] != f[i]) for i in range(len(recs))]
     assert clean.tolist() == want
     assert clean.any() and not clean.all()  # rec1 held in two folds' clips, or clip 0 mixing two folds
+
+
+def test_audio_grouping_needs_the_feature_cache_and_says_so(dataset, cfg_for):
+    with pytest.raises(FileNotFoundError, match="make features"):
+        folds.main(cfg_for(dataset, "folds.n_splits=3"))  # auto, no sources column: audio
+
+
+def test_classes_from_one_source_fall_back_to_stratified_folds(dataset, cfg_for, caplog):
+    """The tone dataset renders every clip of a class from one tone, as the demo set renders each instrument from
+    one soundfont sample: grouping it would leave classes out of training, so the folds are label-stratified."""
+    from pipeline import features
+    from pipeline.data import load_dataset
+
+    cfg = cfg_for(dataset, "folds.n_splits=3")
+    features.main(cfg)
+    with caplog.at_level("INFO", logger="fattag"):
+        df = folds.main(cfg)
+    assert "folds are label-stratified, not grouped" in caplog.text
+    ds = load_dataset(dataset, check_audio=False)
+    assert (df["fold"].to_numpy() == make_folds(ds.targets(ds.curated), 3, cfg.run.seed)).all()
+    assert "groups" not in df.columns

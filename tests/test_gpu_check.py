@@ -234,6 +234,22 @@ def test_docs_writes_the_table_into_its_section(tmp_path, monkeypatch):
     assert "chain fp16 (scaler)" in text and "h on one card" in text
 
 
+def test_every_planned_check_has_its_run_and_reads_log_lines_the_pipeline_writes(tmp_path):
+    """The plan's kinds are the device side's (bench/gpu_runs.KINDS), and the lines the torchrun check reads from
+    train/log.txt (process group, SyncBatchNorm, resume) are the ones pipeline/ writes: without a GPU nothing else
+    would notice them drift apart."""
+    import gpu_runs
+
+    checks = gc.plan(tmp_path, "cuda", 2, gc.sizes(1.0))
+    assert {c["kind"] for c in checks} | {"device"} == set(gpu_runs.KINDS)
+    distributed = (ROOT / "pipeline" / "distributed.py").read_text()
+    assert "data-parallel: {dist.get_world_size()} processes ({dist.get_backend()})" in distributed
+    assert "'synchronised (SyncBatchNorm)' if use_sync" in distributed
+    engine = (ROOT / "pipeline" / "engine.py").read_text()
+    assert 'f"resuming {run.out_dir} from epoch {run.start}/{run.cfg.train.epochs}"' in engine
+    assert "device {device}, precision {dtype or 'float32'} (train.amp=" in engine
+
+
 @pytest.mark.e2e
 def test_the_real_checks_wired_end_to_end_on_the_cpu(tmp_path):
     """The checks themselves (bench/gpu_runs.py) in processes of their own, the device forced to the CPU at the

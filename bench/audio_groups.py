@@ -42,10 +42,34 @@ def scores(found_groups, true_groups) -> dict:
     return dict(pairs=P.nnz // 2, true_pairs=T.nnz // 2, precision=hit / max(P.nnz, 1), recall=hit / max(T.nnz, 1))
 
 
+def scaling(cfg, fps):
+    """Seconds and peak landmark count of the curated pass on the first quarter, half and all of the clips: time per
+    hour of audio should stay flat (no all-pairs comparison)."""
+    import tracemalloc
+
+    from pipeline.cache import FeatureCache
+
+    cur = FeatureCache(cache_dir(cfg), "curated")
+    width = 2 * int(cur.frames.max()) + 3
+    for share in (0.25, 0.5, 1.0):
+        n = int(len(cur) * share)
+        hours = float(cur.frames[:n].sum()) / fps / 3600
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        clips = (cur.arr[int(cur.offsets[i]) : int(cur.offsets[i]) + int(cur.frames[i])] for i in range(n))
+        index = ag.Index.build(clips, cur.meta["shape"][1], fps, show=False).without_stop_words()
+        ag.curated_segments(index, cfg.folds.audio.min_match, width, show=False)
+        sec = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        print(f"{n} clips, {hours:.2f} h: {sec:.1f} s ({sec / hours:.1f} s per hour), peak {peak / 2**20:.0f} MiB")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="real.yaml")
     ap.add_argument("--cross", action="store_true", help="also query the noisy and test clips (timing)")
+    ap.add_argument("--scaling", action="store_true", help="time the curated pass on 1/4, 1/2 and all clips")
     ap.add_argument("--set", action="append", default=[], help="NAME=VALUE: a constant of pipeline/audio_groups.py")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
@@ -54,6 +78,8 @@ def main():
         setattr(ag, k, type(getattr(ag, k))(float(v)) if "." in v else int(v))
     cfg = cfg_for(a.config, a.overrides, "folds")
     ds = dataset(cfg)
+    if a.scaling:
+        return scaling(cfg, cfg.features.sample_rate / cfg.features.hop_length)
     if "sources" not in ds.curated.columns:
         raise SystemExit(f"{cfg.data.root}: train_curated.csv has no sources column to score against")
     t0 = time.perf_counter()

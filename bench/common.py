@@ -181,13 +181,14 @@ def mean_std(values, digits: int = 4) -> str:
 
 
 def paired_diff(a, b) -> str:
-    """Per-seed differences a - b of two aligned lists: 'mean +- sd (mean / sd)', '-' with fewer than two."""
-    import numpy as np
+    """Per-seed differences a - b of two aligned lists: 'mean +- sd [95% t-interval over the seeds]'
+    (pipeline.intervals.across_seeds, the paired comparison every table uses), '-' with fewer than two."""
+    from pipeline.intervals import across_seeds
 
-    d = np.array(a, float) - np.array(b, float)
-    if len(d) < 2:
+    d = across_seeds(a, b)
+    if d["n"] < 2:
         return "-"
-    return f"{d.mean():+.4f} +- {d.std(ddof=1):.4f} ({d.mean() / max(d.std(ddof=1), 1e-9):+.1f} sd)"
+    return f"{d['mean']:+.4f} +- {d['sd']:.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
 
 
 def markdown_table(header, rows) -> str:

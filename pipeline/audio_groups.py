@@ -52,6 +52,7 @@ DYNAMIC_DB = 40.0  # peaks within this of the clip's loudest bin
 PEAKS_PER_S = 24
 FANOUT, DT_MAX = 6, 48  # landmark pairs: next peaks within 48 frames (0.75 s at 64 frames/s)
 BUCKET_CAP = 64  # a hash held by more landmarks is a stop word
+CHUNK_LANDMARKS = 1_000_000  # query landmarks matched at a time (bounds memory on long splits)
 SHARED_LANDMARKS = 3  # two segments holding this many of the same landmark occurrences are one recording,
 SHARED_FRACTION = 0.0  # and at least this share of the smaller one's
 MIN_CLASS_CLIPS = 5  # a class this small may come from one recording without saying anything of the dataset
@@ -130,17 +131,17 @@ class Index:
 
 
 # --------------------------------------------------------------------------- matching
-def _meetings(query: Index, index: Index, same: bool):
-    """Yield (query landmark, index landmark) position pairs of equal hash, a chunk per rank within the bucket.
-    same: query is index (a self-join): each pair of clips once (query clip < index clip)."""
-    lo = np.searchsorted(index.hash, query.hash, "left")
-    hi = np.searchsorted(index.hash, query.hash, "right")
-    q = np.arange(len(query.hash))
+def _meetings(query: Index, index: Index, same: bool, rows: np.ndarray):
+    """Yield (query landmark, index landmark) position pairs of equal hash, for the query landmarks at `rows`, a
+    chunk per rank within the bucket. same: query is index (a self-join): each pair of clips once (query clip <
+    index clip)."""
+    lo = np.searchsorted(index.hash, query.hash[rows], "left")
+    hi = np.searchsorted(index.hash, query.hash[rows], "right")
     for s in range(BUCKET_CAP):
         live = lo + s < hi
         if not live.any():
             return
-        qi, ii = q[live], (lo + s)[live]
+        qi, ii = rows[live], (lo + s)[live]
         ok = query.clip[qi] < index.clip[ii] if same else np.ones(len(qi), bool)
         yield qi[ok], ii[ok]
 
@@ -169,9 +170,28 @@ def _segments(keys: np.ndarray, counts: np.ndarray, width: int, min_match: int):
 
 def match(query: Index, index: Index, min_match: int, width: int, same: bool, show=True):
     """Segments between query clips and index clips. Returns (pairs (S, 2) of clip positions, and for every meeting
-    in a segment: its segment, query landmark, index landmark)."""
+    in a segment: its segment, query landmark, index landmark). The query's clips go in chunks of about
+    CHUNK_LANDMARKS landmarks (a clip pair lies in one chunk), so memory is bounded whatever the query's length."""
+    per_clip = np.bincount(query.clip, minlength=query.n_clips)
+    bounds = np.searchsorted(np.cumsum(per_clip), np.arange(CHUNK_LANDMARKS, per_clip.sum(), CHUNK_LANDMARKS))
+    edges = np.unique(np.r_[0, bounds + 1, query.n_clips])
+    all_pairs, all_links, n_seg = [], [], 0
+    for c0, c1 in progress(list(zip(edges[:-1], edges[1:])), enabled=show and len(edges) > 2, desc="matching"):
+        rows = np.flatnonzero((query.clip >= c0) & (query.clip < c1))
+        pairs, links = _match_rows(query, index, min_match, width, same, rows)
+        links[0] += n_seg
+        n_seg += len(pairs)
+        all_pairs.append(pairs)
+        all_links.append(links)
+    if not all_pairs:
+        return np.zeros((0, 2), np.int64), np.zeros((3, 0), np.int64)
+    return np.concatenate(all_pairs), np.concatenate(all_links, 1)
+
+
+def _match_rows(query: Index, index: Index, min_match: int, width: int, same: bool, rows: np.ndarray):
+    """match() for the query landmarks at `rows`."""
     keys, counts = [], []
-    for qi, ii in _meetings(query, index, same):
+    for qi, ii in _meetings(query, index, same, rows):
         k, c = np.unique(_keys(query, index, qi, ii, width), return_counts=True)
         keys.append(k)
         counts.append(c)
@@ -188,13 +208,13 @@ def match(query: Index, index: Index, min_match: int, width: int, same: bool, sh
     near_seg = np.tile(seg, 3)
     near, at = np.unique(near, return_index=True)
     near_seg = near_seg[at]
-    links = []
-    for qi, ii in _meetings(query, index, same):
+    links = [np.zeros((3, 0), np.int64)]
+    for qi, ii in _meetings(query, index, same, rows):
         k = _keys(query, index, qi, ii, width)
         pos = np.minimum(np.searchsorted(near, k), max(len(near) - 1, 0))
         hit = near[pos] == k if len(near) else np.zeros(len(k), bool)
         links.append(np.stack([near_seg[pos[hit]], qi[hit], ii[hit]]))
-    return pairs, np.concatenate(links, 1)
+    return pairs, np.concatenate(links, 1).astype(np.int64)
 
 
 def segment_edges(n_segments: int, links: np.ndarray, n_landmarks: int) -> np.ndarray:

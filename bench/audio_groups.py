@@ -3,7 +3,8 @@ pair precision and recall of "these two clips share a recording" against a datas
 the grouping), the largest group's share of the clips, the share of clips grouped, and the seconds per hour of
 audio of the curated pass and of the noisy and test queries.
 
-    python bench/audio_groups.py [--config configs/real.yaml] [--cross] [--set NAME=VALUE ...] [key=value ...]
+    python bench/audio_groups.py [key=value ...] [--config real.yaml] [--cross] [--set NAME=VALUE ...]
+    python bench/audio_groups.py --scaling curated|noisy     # seconds per hour of audio at 1/4, 1/2, all clips
 
 --set changes a module constant of pipeline/audio_groups.py for this run (PEAKS_PER_S=30, ...), to measure a
 choice; the feature cache must be built (`make features`). Needs the curated CSV's `sources` column.
@@ -42,14 +43,15 @@ def scores(found_groups, true_groups) -> dict:
     return dict(pairs=P.nnz // 2, true_pairs=T.nnz // 2, precision=hit / max(P.nnz, 1), recall=hit / max(T.nnz, 1))
 
 
-def scaling(cfg, fps):
-    """Seconds and peak landmark count of the curated pass on the first quarter, half and all of the clips: time per
-    hour of audio should stay flat (no all-pairs comparison)."""
+def scaling(cfg, fps, split="curated"):
+    """Seconds and peak traced memory of the self-join pass (what the curated split gets) on the first quarter, half
+    and all of a split's clips (--split noisy: an 11-hour index, FSDKaggle2019's curated size): time per hour of
+    audio should stay about flat (no all-pairs comparison; a bucket holds at most BUCKET_CAP landmarks)."""
     import tracemalloc
 
     from pipeline.cache import FeatureCache
 
-    cur = FeatureCache(cache_dir(cfg), "curated")
+    cur = FeatureCache(cache_dir(cfg), split)
     width = 2 * int(cur.frames.max()) + 3
     for share in (0.25, 0.5, 1.0):
         n = int(len(cur) * share)
@@ -69,7 +71,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="real.yaml")
     ap.add_argument("--cross", action="store_true", help="also query the noisy and test clips (timing)")
-    ap.add_argument("--scaling", action="store_true", help="time the curated pass on 1/4, 1/2 and all clips")
+    ap.add_argument("--scaling", metavar="SPLIT", help="time the self-join on 1/4, 1/2 and all of SPLIT's clips")
     ap.add_argument("--set", action="append", default=[], help="NAME=VALUE: a constant of pipeline/audio_groups.py")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
@@ -79,7 +81,7 @@ def main():
     cfg = cfg_for(a.config, a.overrides, "folds")
     ds = dataset(cfg)
     if a.scaling:
-        return scaling(cfg, cfg.features.sample_rate / cfg.features.hop_length)
+        return scaling(cfg, cfg.features.sample_rate / cfg.features.hop_length, a.scaling)
     if "sources" not in ds.curated.columns:
         raise SystemExit(f"{cfg.data.root}: train_curated.csv has no sources column to score against")
     t0 = time.perf_counter()

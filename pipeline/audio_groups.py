@@ -13,23 +13,28 @@ feature cache's log-mels, so nothing is decoded again:
    every landmark meets those of other clips with its hash, and a pair of clips at one time offset (+-1 frame)
    with at least `folds.audio.min_match` such meetings shares a stretch of audio: a *segment*. Other excerpts,
    offsets, levels, lengths and repetitions of one recording all give segments.
-4. Recordings: segments that hold the same landmark occurrences (SHARED_LANDMARKS of them) are one recording;
-   joining segments, not whole clips, is what keeps a multi-label clip from chaining its two recordings into one
-   group, and a background bed shared by many clips from joining their events (it forms a recording of its own).
-5. Labels (curated clips): a recording whose clips mostly share no label (purity below `folds.audio.purity`) is a
-   background or ambience heard under many classes; it is dropped from the grouping. A recording that holds most of
-   a class's clips (`folds.audio.max_class_share`) says that the class comes from one source (the demo set renders
-   each instrument from one soundfont sample): it is dissolved, its clips dealt label-stratified, and one line says
-   so; where that is the case for half the classes or more, the folds fall back to label-stratified folds.
+4. Recordings: segments that hold SHARED_LANDMARKS or more of the same landmark occurrences are stretches of one
+   recording. Joining segments, not whole clips, keeps a multi-label clip from chaining its two recordings into
+   one group.
+5. Labels (curated clips): only segments whose two clips share a label count (a stretch heard under clips with no
+   label in common is a background or an ambience bed), and a recording whose clips share its most common label
+   less often than `folds.audio.purity` is dropped as a background. A recording that holds more than
+   `folds.audio.max_class_share` of a class's clips says that the class comes from one source (the demo set renders
+   each instrument from one soundfont sample): grouped folds would leave it out of training, so one line says so
+   and the folds are label-stratified instead.
 
 Each curated clip gets the set of recordings found in it (`folds` deals recordings, as it does the `sources`
-column). The same index, queried with the noisy and test clips, tells which of them share audio with curated clips.
-Time and memory grow with the number of landmarks (about linear in hours of audio: no all-pairs comparison of clips;
-each landmark meets at most BUCKET_CAP others). The result is cached under the feature cache by the splits' keys
-and the parameters, so a rerun costs nothing.
+column). The same index, queried with the noisy and test clips, tells which of them share a stretch with curated
+clips, and how loud that stretch is in both (segment_levels: an event is loud, an ambience bed quiet). Time and
+memory grow with the number of landmarks (about linear in hours of audio: no all-pairs comparison of clips; each
+landmark meets at most BUCKET_CAP others, and long queries go in chunks). Measured on data/real
+(bench/audio_groups.py, docs/benchmarks.md): pair precision 0.97, recall 0.60 against its sources column; the
+misses are mostly other cuts of one take, which share no audio, and excerpts whose offset is no whole number of
+frames lose part of their landmarks. The result is cached under the feature cache by the splits' keys and the
+parameters (audio_groups-<key>.npz), so a rerun costs nothing.
 
-    found = find(cfg, ds, log)        # Found: recordings (lists of curated clip positions), cross-split matches
-    groups, info = clip_groups(found, y, purity=0.6, max_class_share=0.5)   # each clip's recordings, statistics
+    found = find(folder, min_match, frames_per_s)    # Found: segments, their edges and levels, cross-split stretches
+    groups, info = clip_groups(found, y, min_purity=0.6, max_class_share=0.5)   # each clip's recordings, statistics
 """
 
 from __future__ import annotations
@@ -53,8 +58,7 @@ PEAKS_PER_S = 24
 FANOUT, DT_MAX = 6, 48  # landmark pairs: next peaks within 48 frames (0.75 s at 64 frames/s)
 BUCKET_CAP = 64  # a hash held by more landmarks is a stop word
 CHUNK_LANDMARKS = 1_000_000  # query landmarks matched at a time (bounds memory on long splits)
-SHARED_LANDMARKS = 3  # two segments holding this many of the same landmark occurrences are one recording,
-SHARED_FRACTION = 0.0  # and at least this share of the smaller one's
+SHARED_LANDMARKS = 3  # two segments holding this many of the same landmark occurrences are one recording
 MIN_CLASS_CLIPS = 5  # a class this small may come from one recording without saying anything of the dataset
 OTHER_SPLITS = ("noisy", "test")
 
@@ -218,8 +222,8 @@ def _match_rows(query: Index, index: Index, min_match: int, width: int, same: bo
 
 
 def segment_edges(n_segments: int, links: np.ndarray, n_landmarks: int) -> np.ndarray:
-    """(E, 2) pairs of segments that hold SHARED_LANDMARKS or more of the same landmark occurrences (and at least
-    SHARED_FRACTION of the smaller one's): stretches of one recording heard in several clips. links: (3, L) rows
+    """(E, 2) pairs of segments that hold SHARED_LANDMARKS or more of the same landmark occurrences: stretches of
+    one recording heard in several clips. links: (3, L) rows
     segment, query landmark, index landmark (one index: a self-join's two sides share positions)."""
     if n_segments == 0:
         return np.zeros((0, 2), np.int64)
@@ -227,10 +231,8 @@ def segment_edges(n_segments: int, links: np.ndarray, n_landmarks: int) -> np.nd
     lm = np.concatenate([links[1], links[2]])
     B = sparse.csr_matrix((np.ones(len(seg)), (seg, lm)), shape=(n_segments, n_landmarks))
     B.data[:] = 1.0  # one per (segment, landmark), however often it met
-    size = np.asarray(B.sum(axis=1)).ravel()
     shared = sparse.triu(B @ B.T, k=1).tocoo()
-    smaller = np.minimum(size[shared.row], size[shared.col])
-    keep = (shared.data >= SHARED_LANDMARKS) & (shared.data >= SHARED_FRACTION * smaller)
+    keep = shared.data >= SHARED_LANDMARKS
     return np.stack([shared.row[keep], shared.col[keep]], 1).astype(np.int64)
 
 
@@ -324,7 +326,7 @@ def _cache_key(meta_keys: dict, min_match: int) -> str:
     params = dict(
         version=VERSION,
         peak=(PEAK_FRAMES, PEAK_BANDS, DYNAMIC_DB, PEAKS_PER_S),
-        pairs=(FANOUT, DT_MAX, BUCKET_CAP, SHARED_LANDMARKS, SHARED_FRACTION),
+        pairs=(FANOUT, DT_MAX, BUCKET_CAP, SHARED_LANDMARKS),
         min_match=min_match,
         splits=meta_keys,
     )

@@ -1,21 +1,26 @@
 """Multi-label stratified K folds of the curated set (iterative stratification), written once to a CSV.
 
 Grouped folds (folds.group_by): clips made from one recording belong on one side of a fold, or validation measures
-memory of recordings instead of generalisation. Where train_curated.csv names each clip's source recordings (the
-real-sound set's `sources` column, `;`-separated; `auto` uses it when present), the recordings are dealt to the folds
-class by class (each class's recordings spread over the folds, the folds' clip counts balanced) and a clip goes to the
-fold of most of its recordings. A clip that mixes recordings of two folds still leaks its other ones; the share of
-such clips is logged and kept in done.json.
+memory of recordings instead of generalisation. The recordings come from train_curated.csv where it names each
+clip's source recordings (the real-sound set's `sources` column, `;`-separated), else from the clips' audio
+(`audio`: pipeline/audio_groups.py finds them in the feature cache, so `make features` comes first); `auto` takes the
+column when present, else the audio. The recordings are dealt to the folds class by class (each class's recordings
+spread over the folds, the folds' clip counts balanced) and a clip goes to the fold of most of its recordings. A clip
+that mixes recordings of two folds still leaks its other ones; the share of such clips is logged and kept in
+done.json. Where a recording found in the audio holds most of a class, the dataset's classes come from single
+sources and the folds are label-stratified (one line says so).
 
 Single-label datasets (data.single_label_csv) keep the folds their CSV gives (its fold column, e.g. UrbanSound8K's
 10 folds; folds.n_splits is then ignored), or get sklearn's StratifiedKFold.
 
     make folds CONFIG=configs/demo.yaml          # or: python -m pipeline.folds --config FILE [key=value ...]
 
-Output: runs/<run.name>/folds/folds.csv (fname, fold), deterministic from run.seed and folds.n_splits, beside its
-config.yaml; a rerun with the same data and settings does nothing.
+Output: runs/<run.name>/folds/folds.csv (fname, fold, and where grouped each clip's `groups`, the largest first:
+the unit pipeline.intervals resamples), deterministic from run.seed and folds.n_splits, beside its config.yaml;
+with audio grouping also shared_audio.csv (the noisy and test clips sharing a loud stretch with curated clips, and
+those clips' folds). A rerun with the same data and settings does nothing.
 
-    folds = read_folds(cfg)       # DataFrame fname, fold in the curated CSV's order
+    folds = read_folds(cfg)       # DataFrame fname, fold[, groups] in the curated CSV's order
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from pipeline import distributed
 from pipeline.augment import build_albu, build_batch_augment, crop_or_pad
 from pipeline.config import config_hash, to_plain
 from pipeline.data import is_single_label
+from pipeline.loggers import NullLogger, keep_old_curves, make_logger
 from pipeline.losses import build_loss
 from pipeline.metrics import accuracy, lwlrap
 from pipeline.model_files import SAFETENSORS, plain, read_safetensors
@@ -59,9 +60,9 @@ from pipeline.utils import (
 TRAIN_SECTIONS = ("data", "features", "folds", "model", "loss", "augment", "train", "teacher_student", "ssl")
 
 
-# train.* keys that change how fast a fold trains or how often it is looked at, not what it learns: a run resumes
+# train.* keys that change how fast a fold trains or how it is looked at, not what it learns: a run resumes
 # across a change of them.
-PERFORMANCE_KEYS = ("threads", "amp", "channels_last", "compile", "eval_every")
+PERFORMANCE_KEYS = ("threads", "amp", "channels_last", "compile", "eval_every", "tensorboard")
 # train.* keys of how a run is spread over processes (pipeline/distributed.py; the number of processes is no config
 # key either): a run resumes across a change of them.
 PARALLEL_KEYS = ("sync_bn",)
@@ -441,6 +442,7 @@ class FitRun:
     history: list = field(default_factory=list)
     best: float = -1.0
     start: int = 0
+    logger: Any = field(default_factory=NullLogger)  # where the curves go besides metrics.csv (pipeline/loggers.py)
 
     @property
     def n_classes(self) -> int:
@@ -474,19 +476,28 @@ def fit(
     rank 0 alone writes into out_dir, and `log` should be distributed.logger()'s.
 
     The steps: set_up_fit, resume_fit, then per epoch calibrate_epoch, train_epoch, validate_epoch,
-    write_checkpoints (best.pt, metrics.csv, last.pt) and log_epoch; done.json last."""
+    write_checkpoints (best.pt, metrics.csv, last.pt) and log_epoch; done.json last. Along the way run.logger
+    (pipeline/loggers.py) writes TensorBoard's curves: every step's loss terms and learning rate, every epoch's
+    row."""
     run = set_up_fit(cfg, Path(out_dir), model, mode_name, classes, labelled, unlabelled, log, seed_offset)
     resume_fit(run)
-    for epoch in range(run.start, cfg.train.epochs):
-        set_position(epoch=epoch + 1)  # what an interruption's one line names (pipeline.utils.user_errors)
-        t0 = time.time()
-        calibrate_epoch(run, calib)
-        row = train_epoch(run, epoch, labelled, unlabelled, t0)
-        improved = validate_epoch(run, epoch, row, val)
-        row["seconds"] = time.time() - t0
-        run.history.append(row)
-        write_checkpoints(run, epoch, row, improved)
-        log_epoch(run, epoch, row)
+    run.logger = make_logger(cfg, run.out_dir, run.steps, run.start, run.world.main)  # TensorBoard's curves
+    try:
+        for epoch in range(run.start, cfg.train.epochs):
+            set_position(epoch=epoch + 1)  # what an interruption's one line names (pipeline.utils.user_errors)
+            t0 = time.time()
+            calibrate_epoch(run, calib)
+            t1 = time.time()
+            row = train_epoch(run, epoch, labelled, unlabelled, t0)
+            speed = run.steps * (run.b_lab + run.b_unl) / max(time.time() - t1, 1e-9)  # training samples per second
+            improved = validate_epoch(run, epoch, row, val)
+            row["seconds"] = time.time() - t0
+            run.history.append(row)
+            run.logger.epoch(epoch, row, speed)  # before last.pt: a kill in between resumes and writes it again
+            write_checkpoints(run, epoch, row, improved)
+            log_epoch(run, epoch, row)
+    finally:
+        run.logger.close()
     if run.world.main:
         mark_done(run.out_dir, run.key, best=run.best, epochs=cfg.train.epochs)
     distributed.barrier()  # the other ranks leave once rank 0's files are complete (done.json included)
@@ -686,6 +697,9 @@ def keep_old_run(run: FitRun, ck: dict):
             kept.append(f"{p.stem}.{tag}{p.suffix}")
     for p in (run.out_dir / "previous.pt", run.out_dir / "previous.pt.sha256"):
         p.unlink(missing_ok=True)  # the old run's epoch before: no use to the new one
+    curves = keep_old_curves(run.cfg, run.out_dir, tag)
+    if curves is not None:
+        kept.append(str(curves))
     if run.log:
         run.log.info(
             f"{run.last} was written for another config (changed: "
@@ -772,7 +786,10 @@ def train_step(run: FitRun, batch: dict, epoch: int, s: int, sums: dict):
         raise FloatingPointError(f"{run.out_dir}: non-finite loss at epoch {epoch + 1} step {s + 1}")
     run.opt.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()  # fp16: scaled gradients, steps skipped on overflow
+    lr = run.opt.param_groups[0]["lr"]  # this step's
     update(run.opt, run.sched, run.scaler, run.mode, run.average_bn)
+    terms = run.mode.ctx.loss_fn.take_terms()  # each loss term of the step (its curves)
+    run.logger.step(epoch * run.steps + s + 1, {"loss": loss.detach(), **logs, **terms}, lr)
     for k, v in {"loss": loss.detach(), **logs}.items():  # tensors stay on the device: no sync per step
         sums[k] = sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
 

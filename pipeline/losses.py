@@ -170,6 +170,7 @@ class LossFn:
         self.params = params  # term -> keyword arguments
         self.single_label = single_label
         self.fns = {k: (_SINGLE_LABEL if single_label else {n: f for n, (f, _) in _TERMS.items()})[k] for k in weights}
+        self.seen: dict = {}  # term (and head) -> its detached values since take_terms: the curves of each term
 
     def terms(self, out: dict, y: torch.Tensor, head: str = "h", weight: torch.Tensor | None = None) -> dict:
         """Each term's (unweighted) value: {name: scalar tensor}. out[head] logits (B, C), out[head + "_cos"]
@@ -187,7 +188,17 @@ class LossFn:
 
     def __call__(self, out: dict, y: torch.Tensor, head: str = "h", weight: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss: sum of weight * term, a scalar tensor."""
-        return sum(self.weights[k] * v for k, v in self.terms(out, y, head, weight).items())
+        terms = self.terms(out, y, head, weight)
+        for k, v in terms.items():
+            self.seen.setdefault(k if head == "h" else f"{k}_{head}", []).append(v.detach())
+        return sum(self.weights[k] * v for k, v in terms.items())
+
+    def take_terms(self) -> dict:
+        """{"loss_<term>[_<head>]": the mean (unweighted, detached) value of the term over the calls since the last
+        take_terms} (a step's terms, for its curves); forgets them."""
+        out = {f"loss_{k}": v[0] if len(v) == 1 else sum(v) / len(v) for k, v in self.seen.items()}
+        self.seen = {}
+        return out
 
     def __repr__(self):
         return (

@@ -220,6 +220,7 @@ RULES: dict[str, Rule] = {
     "train.amp": choice(AMP_CHOICES),
     "train.channels_last": flag(),
     "train.compile": flag(),
+    "train.tensorboard": flag(),
     "train.threads": integer(0),
     "train.sync_bn": flag(),
     "teacher_student.n_curated": integer(1),

@@ -44,6 +44,7 @@ OUTPUTS = {
     "ensemble": ["submissions"],
 }
 NOT_COMPARED = {"log.txt", "curves.png"}  # timestamps; a figure's bytes (its data is in metrics.csv)
+CURVES = {"warmup": "runs/t/tb/warmup", "train": "runs/t/tb/train"}  # TensorBoard's, compared as it reads them
 TIMING_COLUMNS = {"seconds", "data_wait_share"}
 
 
@@ -109,7 +110,7 @@ def same_state(x, y) -> bool:
 
 def same_content(a: Path, b: Path) -> bool:
     if a.suffix == ".pt":  # weights, optimiser, scheduler, RNG states: all equal
-        x, y = (torch.load(p, map_location="cpu", weights_only=False) for p in (a, b))
+        x, y = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))  # plain data only
         skip = {"history", "source"}  # timings per epoch; the path it was exported from
         return same_state({k: v for k, v in x.items() if k not in skip}, {k: v for k, v in y.items() if k not in skip})
     if a.name == "metrics.csv":  # every column but the timings
@@ -167,6 +168,25 @@ def test_killed_stage_rerun_equals_uninterrupted(reference, tmp_path, stage):
     differ = [k for k in want if not same_content(want[k], got[k])]
     assert not differ, f"{stage}: differs from the uninterrupted run: {differ}"
     assert not [k for k in got if Path(k).name.startswith(".")], "temporary files left"
+    if stage in CURVES:  # every step once, as TensorBoard shows them, with the uninterrupted run's values
+        want, got = curves(ref / CURVES[stage]), curves(work / CURVES[stage])
+        assert sorted(got) == sorted(want)
+        for key in want:
+            assert [s for s, _ in got[key]] == [s for s, _ in want[key]], key
+            assert key[1].startswith("speed/") or got[key] == want[key], key
+
+
+def curves(folder: Path) -> dict:
+    """{(TensorBoard run, tag): [(step, value)]} of the event files under folder, as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = {}
+    for run_dir in sorted({p.parent for p in folder.rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out[(str(run_dir.relative_to(folder)), tag)] = [(e.step, e.value) for e in acc.Scalars(tag)]
+    return out
 
 
 # temporary names a writer killed mid-write leaves (pipeline.utils.atomic_path: .<stem>.tmp-<8 random><suffix>)

@@ -30,6 +30,7 @@ def test_performance_knobs_stay_out_of_the_key():
         "train.channels_last=false",
         "train.compile=true",
         "train.eval_every=2",
+        "train.tensorboard=false",
         "train.folds=[1]",
     ):
         assert train_key(load_config(None, [*BASE, knob])) == train_key(cfg), knob

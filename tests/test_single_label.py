@@ -109,7 +109,11 @@ def test_folds_honour_the_csv_or_stratify(tmp_path, cfg_for):
     assert got["given_fold"].tolist() == df["fold"].tolist()
     assert got["fold"].tolist() == [f // 10 - 1 for f in df["fold"]]  # 10, 20, 30 -> 0, 1, 2
     df.drop(columns="fold").to_csv(tmp_path / "ds/sl.csv", index=False)
-    got = folds.main(cfg_for(tmp_path / "ds", "data.single_label_csv=sl.csv", "run.name=b", "folds.n_splits=2"))
+    got = folds.main(
+        cfg_for(
+            tmp_path / "ds", "data.single_label_csv=sl.csv", "run.name=b", "folds.n_splits=2", "folds.group_by=none"
+        )
+    )
     per_class = pd.crosstab(df["label"], got["fold"])  # StratifiedKFold
     assert (per_class.max(axis=1) - per_class.min(axis=1)).max() <= 1
 

@@ -63,6 +63,13 @@ ensemble: $(STAMP) ## average fold (and infer.runs) predictions into submissions
 bundle: $(STAMP) ## bundles/<run.name>/: models, manifest and code that predict offline (BUNDLE_FLAGS=--wheels)
 	$(call STAGE,bundle) $(BUNDLE_FLAGS)
 
+.PHONY: export tensorboard
+export: $(STAMP) ## exports/<run.name>/: the fold models as .safetensors + manifest, for another run's infer.runs
+	$(call STAGE,bundle) --export
+
+tensorboard: $(STAMP) ## serve the training curves of every run (runs/<run>/tb/), live (TB_FLAGS="--port 6007")
+	$(VENV)/bin/tensorboard --logdir runs $(TB_FLAGS)
+
 score: $(STAMP) ## score submissions/<run.name>.csv against <data.root>/test_labels.csv
 	$(call STAGE,score)
 

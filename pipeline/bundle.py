@@ -23,6 +23,14 @@ Writes bundles/<run.name>/ (built in a temporary folder, then renamed into place
 
 Then `python -m pipeline.predict_dir --bundle bundles/<run> --audio DIR --out submission.csv` (run from the bundle
 folder, or anywhere with the bundle on PYTHONPATH) predicts a folder of clips from the bundle alone.
+
+The export folders in infer.runs (pipeline/exports.py) are bundled too: their .safetensors files copied in as they
+are, under weights/exports/<name>/, their settings checked against this run's.
+
+    make export CONFIG=configs/demo.yaml          # python -m pipeline.bundle --export --config FILE
+
+writes exports/<run.name>/: this run's fold models and manifest.json (its `kind`: export), config.yaml and a
+README, no code: the form in which a teammate's run names them in infer.runs (`infer.runs=[exports/<run>]`).
 """
 
 from __future__ import annotations
@@ -40,10 +48,11 @@ from pathlib import Path
 from pipeline.cache import feature_params, norm_stats
 from pipeline.config import cli, config_hash, load_config, save_config
 from pipeline.data import dataset
+from pipeline.exports import EXPORTS, is_export
 from pipeline.infer import fold_dirs, inference_model, predicted_from
 from pipeline.model_files import SAFETENSORS, write_safetensors
 from pipeline.predict import predict_settings
-from pipeline.predict_dir import FORMAT, MANIFEST, sha256
+from pipeline.predict_dir import FORMAT, MANIFEST, load_bundle, sha256
 from pipeline.utils import (
     ROOT,
     UserError,
@@ -101,9 +110,10 @@ def shared_settings(cfg) -> dict:
     return flat
 
 
-def check_compatible(cfg, other, run: str):
-    """Name the settings where run `run` (of infer.runs) differs from this one; a bundle has one of each."""
-    mine, theirs = shared_settings(cfg), shared_settings(other)
+def check_compatible(cfg, theirs: dict, run: str):
+    """Name the settings where run `run` (of infer.runs; its shared_settings, or an export's exported_settings)
+    differs from this one; a bundle has one of each."""
+    mine = shared_settings(cfg)
     differ = [k for k in mine if mine[k] != theirs[k]]
     if differ:
         raise UserError(
@@ -113,8 +123,7 @@ def check_compatible(cfg, other, run: str):
 
 
 def export_models(cfg, runs, out: Path, classes, log) -> list[dict]:
-    """Export every fold model of `runs` into out/weights/<run>/<fold>.safetensors; the manifest's model entries
-    (equal weights, as pipeline.ensemble averages every fold of every run)."""
+    """Export every fold model of `runs` into out/weights/<run>/<fold>.safetensors; the manifest's model entries."""
     entries = []
     for run in runs:
         rcfg = run_config(cfg, run)
@@ -129,8 +138,6 @@ def export_models(cfg, runs, out: Path, classes, log) -> list[dict]:
             entries.append({**write_model(fdir / "best.pt", out / rel, classes, cfg), "file": str(rel), "run": run})
             entries[-1].update(fold=fdir.name, seed=int(rcfg.run.seed))
             log.info(f"bundled {fdir / 'best.pt'} as {rel}")
-    for e in entries:
-        e["weight"] = 1.0 / len(entries)
     return entries
 
 
@@ -235,8 +242,9 @@ def place(tmp: Path, final: Path):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def main(cfg, wheels: bool = False, pip_args=()) -> dict:
-    """Write bundles/<run.name>/ (see the module docstring); returns {"dir": Path, "manifest": dict}."""
+def main(cfg, wheels: bool = False, pip_args=(), export: bool = False) -> dict:
+    """Write bundles/<run.name>/ (see the module docstring), or with `export` exports/<run.name>/: this run's fold
+    models and the manifest, no code (pipeline/exports.py); returns {"dir": Path, "manifest": dict}."""
     log = get_logger(folder=run_dir(cfg, "bundle"))
     save_config(cfg, run_dir(cfg, "bundle"))
     ds = dataset(cfg)
@@ -245,43 +253,21 @@ def main(cfg, wheels: bool = False, pip_args=()) -> dict:
             "data.single_label_csv is set: single-label datasets have no test split and no `make infer`; "
             "there is nothing to bundle for a submission"
         )
-    runs = [cfg.run.name] + [r for r in cfg.infer.runs if r != cfg.run.name]
+    others = [] if export else [r for r in cfg.infer.runs if r != cfg.run.name]
+    runs, exported = [cfg.run.name] + [r for r in others if not is_export(r)], [r for r in others if is_export(r)]
     for run in runs[1:]:
-        check_compatible(cfg, run_config(cfg, run), run)
-    mean, std = norm_stats(cfg)
-    BUNDLES.mkdir(parents=True, exist_ok=True)
-    final = BUNDLES / cfg.run.name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cfg.run.name}.tmp-", dir=BUNDLES))
+        check_compatible(cfg, shared_settings(run_config(cfg, run)), run)
+    for entry in exported:
+        check_compatible(cfg, exported_settings(entry), entry)
+    home = EXPORTS if export else BUNDLES
+    home.mkdir(parents=True, exist_ok=True)
+    final = home / cfg.run.name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cfg.run.name}.tmp-", dir=home))
     try:
-        models = export_models(cfg, runs, tmp, ds.classes, log)
-        for pkg in CODE:
-            shutil.copytree(ROOT / pkg, tmp / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        reqs = requirements(any(m["model"].startswith("timm:") for m in models))
-        atomic_write_text(tmp / "requirements.txt", "\n".join(reqs) + "\n")
-        save_config(cfg, tmp)
-        import torch
-
-        manifest = {
-            "format": FORMAT,
-            "run": cfg.run.name,
-            "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-            "git_commit": git_commit(),
-            "config_hash": {
-                "config": config_hash(cfg),
-                "features": config_hash(cfg, ("features",)),
-                "infer": config_hash(cfg, ("infer", "augment")),
-            },
-            "classes": list(ds.classes),
-            "features": feature_params(cfg),
-            "normalisation": {"split": cfg.features.norm_split, "mean": mean, "std": std},
-            "predict": predict_settings(cfg),
-            "ensemble": {"mean": cfg.ensemble.mean, "runs": runs},
-            "models": models,
-            "requirements": reqs,
-            "built_with": {"python": platform.python_version(), "torch": torch.__version__},
-        }
-        atomic_write_json(tmp / MANIFEST, manifest)
-        atomic_write_text(tmp / "README.md", readme(manifest, cfg.run.name))
+        models = export_models(cfg, runs, tmp, ds.classes, log) + copy_exported(exported, tmp, log)
+        for m in models:
+            m["weight"] = 1.0 / len(models)  # every fold of every run alike, as pipeline.ensemble averages them
+        manifest = write_manifest(cfg, tmp, ds.classes, models, runs + exported, code=not export)
         if wheels:
             download_wheels(tmp / "requirements.txt", tmp / "wheels", pip_args, log)
         place(tmp, final)
@@ -295,7 +281,95 @@ def main(cfg, wheels: bool = False, pip_args=()) -> dict:
     return {"dir": final, "manifest": manifest}
 
 
+def write_manifest(cfg, folder: Path, classes, models: list, runs: list, code: bool = True) -> dict:
+    """manifest.json, config.yaml and README.md in `folder`; with `code`, also the copy of pipeline/ and models/
+    and requirements.txt a bundle predicts with. Returns the manifest."""
+    import torch
+
+    reqs = requirements(any(m["model"].startswith("timm:") for m in models))
+    if code:
+        for pkg in CODE:
+            shutil.copytree(ROOT / pkg, folder / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        atomic_write_text(folder / "requirements.txt", "\n".join(reqs) + "\n")
+    save_config(cfg, folder)
+    mean, std = norm_stats(cfg)
+    manifest = {
+        "format": FORMAT,
+        "kind": "bundle" if code else "export",
+        "run": cfg.run.name,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "git_commit": git_commit(),
+        "config_hash": {
+            "config": config_hash(cfg),
+            "features": config_hash(cfg, ("features",)),
+            "infer": config_hash(cfg, ("infer", "augment")),
+        },
+        "classes": list(classes),
+        "features": feature_params(cfg),
+        "normalisation": {"split": cfg.features.norm_split, "mean": mean, "std": std},
+        "predict": predict_settings(cfg),
+        "ensemble": {"mean": cfg.ensemble.mean, "runs": runs},
+        "models": models,
+        "requirements": reqs,
+        "built_with": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    atomic_write_json(folder / MANIFEST, manifest)
+    atomic_write_text(folder / "README.md", readme(manifest, cfg.run.name) if code else export_readme(manifest))
+    return manifest
+
+
+def exported_settings(entry: str) -> dict:
+    """An export folder's (infer.runs) feature parameters, normalisation and inference settings, as shared_settings
+    gives a config's."""
+    m = load_bundle(entry)
+    flat = {f"features.{k}": v for k, v in m["features"].items()}
+    flat.update({f"predict.{k}": v for k, v in m["predict"].items() if k != "seed"})
+    flat["normalisation"] = (m["normalisation"]["mean"], m["normalisation"]["std"])
+    return flat
+
+
+def copy_exported(entries: list, out: Path, log) -> list[dict]:
+    """The models of export folders (infer.runs) copied into out/weights/exports/<name>/, as they are (each checked
+    against its manifest's sha256); their manifest entries, pointing at the copies."""
+    found = []
+    for entry in entries:
+        m = load_bundle(entry)
+        for e in m["models"]:
+            src = Path(entry) / e["file"]
+            if not src.is_file() or sha256(src) != e["sha256"]:
+                raise UserError(f"{src}: missing, or not the file {Path(entry) / MANIFEST} records (its sha256)")
+            rel = Path("weights") / "exports" / Path(entry).name / e["run"] / Path(e["file"]).name
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, out / rel)
+            found.append({**e, "file": str(rel), "source": str(src)})
+            log.info(f"bundled {src} as {rel}")
+    return found
+
+
+def export_readme(manifest: dict) -> str:
+    run = manifest["run"]
+    return f"""# fattag export `{run}`
+
+{len(manifest["models"])} fold model(s) of run `{run}` as `.safetensors` files (loading them runs no code), and
+`manifest.json`: what builds each one (`model_config`), the classes, feature parameters, normalisation and
+inference settings. To average them into your own run's ensemble, put this folder where your run can read it and
+name it in `infer.runs` as a path (with a `/`):
+
+    make infer bundle OVERRIDES="infer.runs=[exports/{run}]"
+
+`make infer` predicts your test clips with these models and their settings, `make ensemble` averages them with
+your folds, `make bundle` carries them. `train.init_from` and `model.pretrained_path` also take a `.safetensors`
+file from here.
+"""
+
+
 def add_args(ap):
+    ap.add_argument(
+        "--export",
+        action="store_true",
+        help="write exports/<run.name>/ instead: the run's fold models (.safetensors) and manifest.json, no code; "
+        "another run names the folder in infer.runs (`make export`)",
+    )
     ap.add_argument(
         "--wheels",
         action="store_true",
@@ -314,4 +388,4 @@ if __name__ == "__main__":
         "bundle", "Write bundles/<run.name>/: the run's inference models, manifest and code.", extra=add_args
     )
     with user_errors("bundle"):
-        main(cfg, wheels=args.wheels, pip_args=shlex.split(args.pip_args))
+        main(cfg, wheels=args.wheels, pip_args=shlex.split(args.pip_args), export=args.export)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from pipeline.config import cli, config_hash
 from pipeline.data import dataset, labels_to_matrix
+from pipeline.exports import infer_folder
 from pipeline.intervals import ci_text, interval
 from pipeline.metrics import lwlrap
 from pipeline.score import check_submission
@@ -53,8 +54,9 @@ def average(frames: list[pd.DataFrame], classes, mean="arithmetic", weights=None
     return out
 
 
-def run_folds(run: str) -> list[Path]:
-    folder = Path("runs") / run / "infer"
+def run_folds(run: str, folder: Path | None = None) -> list[Path]:
+    """The finished fold predictions of `run` in `folder` (default runs/<run>/infer; an export's: exports.py)."""
+    folder = folder or Path("runs") / run / "infer"
     dirs = sorted(p for p in folder.glob("fold_*") if (p / "done.json").exists())
     if not dirs:
         raise FileNotFoundError(f"{folder}: no finished fold predictions; run `make infer` for run {run}")
@@ -76,12 +78,12 @@ def main(cfg) -> dict:
     runs = [cfg.run.name] + [r for r in cfg.infer.runs if r != cfg.run.name]
     tests, oofs, info = [], {}, {}
     for run in runs:
-        dirs = run_folds(run)
+        dirs = run_folds(run, infer_folder(cfg, run))  # an export folder's: predicted by make infer (exports.py)
         tests += [pd.read_csv(d / "test.csv", dtype={"fname": str}) for d in dirs]
         oof_frames = [pd.read_csv(d / "oof.csv", dtype={"fname": str}) for d in dirs if (d / "oof.csv").exists()]
         if oof_frames:
             oofs[run] = pd.concat(oof_frames, ignore_index=True)
-        run_cfg = Path("runs") / run / "infer" / "config.yaml"
+        run_cfg = infer_folder(cfg, run) / "config.yaml"
         info[run] = {
             "folds": [d.name for d in dirs],
             "config_hash": run_cfg.read_text().split("\n")[0].split(": ")[-1] if run_cfg.exists() else None,

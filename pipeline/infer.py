@@ -9,6 +9,8 @@ For each model runs/<run>/train/fold_<k>/best.pt (and fold_full when train.full)
     runs/<run>/infer/fold_<k>/test.csv       fname + one column per class
     runs/<run>/infer/fold_<k>/oof.csv        the fold's held-out curated clips (not for fold_full)
 Each fold folder is marked done for its checkpoint and the infer settings; a rerun skips finished folds.
+The export folders in infer.runs (a teammate's `make export`, pipeline/exports.py) are predicted too, with their own
+settings: runs/<run>/infer/exports/<name>/fold_<k>/test.csv, which the ensemble averages with the rest.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pipeline.engine import load_model, save_checkpoint
 from pipeline.folds import read_folds
 from pipeline.predict import predict_settings, predict_with
 from pipeline.utils import (
+    UserError,
     atomic_to_csv,
     get_logger,
     is_done,
@@ -83,6 +86,52 @@ def predict_frame(model, cfg, cache, fnames, classes, device) -> pd.DataFrame:
     return df
 
 
+def predict_exports(cfg, ds, test_cache, device, log) -> list[Path]:
+    """The test predictions of every model of the export folders in infer.runs (pipeline/exports.py), each with
+    its export's inference settings and normalisation (as its own `make infer` would), in
+    exports.infer_folder(cfg, entry)/<fold>/test.csv; finished ones are kept. Nothing is unpickled."""
+    import copy
+
+    from pipeline.cache import feature_params
+    from pipeline.exports import infer_folder, is_export
+    from pipeline.predict_dir import load_bundle, load_models
+
+    written = []
+    for entry in [e for e in cfg.infer.runs if is_export(e)]:
+        bundle = load_bundle(entry)
+        check_export(bundle, entry, ds.classes, feature_params(cfg))
+        cache = copy.copy(test_cache)  # the same log-mels, normalised as the export's models were trained
+        cache.mean, cache.std = float(bundle["normalisation"]["mean"]), float(bundle["normalisation"]["std"])
+        models = load_models(bundle, device)
+        names = [m["fold"] for m, _ in models]
+        for i, (m, model) in enumerate(models):
+            odir = infer_folder(cfg, entry) / (m["fold"] if len(set(names)) == len(names) else f"fold_{i}")
+            key = f"{m['sha256'][:16]}-{config_hash(bundle['predict'])}-{config_hash(feature_params(cfg))}"
+            if not is_done(odir, key):
+                log.info(f"{entry} {m['fold']}: predicting {len(cache)} test clips")
+                settings = {**bundle["predict"], "seed": m.get("seed", bundle["predict"]["seed"])}
+                with torch.no_grad():
+                    p = predict_with(model, cache, cache.fnames, len(ds.classes), settings, device)
+                df = pd.DataFrame(p, columns=ds.classes)
+                df.insert(0, "fname", list(cache.fnames))
+                atomic_to_csv(df, odir / "test.csv", index=False)
+                mark_done(odir, key, source=str(Path(entry) / m["file"]))
+            written.append(odir)
+    return written
+
+
+def check_export(bundle: dict, entry: str, classes, features: dict):
+    """An export's models predict this run's test clips only with its classes and log-mel parameters."""
+    if list(bundle["classes"]) != list(classes):
+        raise UserError(f"infer.runs: {entry}: its classes are not this dataset's (sample_submission.csv)")
+    differ = sorted(k for k in features if bundle["features"].get(k) != features[k])
+    if differ:
+        raise UserError(
+            f"infer.runs: {entry}: its models take other log-mels than this run's cache (features.{differ[0]}"
+            f"{' ...' if len(differ) > 1 else ''}); predict them with a config of those features"
+        )
+
+
 def main(cfg, ensemble=True) -> dict:
     out = run_dir(cfg, "infer")
     log = get_logger(folder=out)
@@ -127,6 +176,7 @@ def main(cfg, ensemble=True) -> dict:
                     )
             mark_done(odir, key, source=str(best))
         written.append(odir)
+    written += predict_exports(cfg, ds, test_cache, device, log)
     log.info(f"inference done for {len(written)} model(s) in {out}")
     result = {"dir": out, "folds": [p.name for p in written]}
     if ensemble:

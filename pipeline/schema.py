@@ -239,7 +239,10 @@ RULES: dict[str, Rule] = {
     "infer.reversal": flag(),
     "infer.mean": choice(("arithmetic", "geometric")),
     "infer.batch_size": integer(1),
-    "infer.runs": list_of(_run_name, "a list of run names"),
+    "infer.runs": list_of(  # run names of this checkout, or export folders (a path with '/': pipeline/exports.py)
+        text("a run name or an export folder", lambda v: v.strip("/") not in (".", "..")),
+        "a list of run names or export folders (a path with '/', written by `make export`)",
+    ),
     "ensemble.mean": choice(("arithmetic", "geometric")),
 }
 

@@ -304,3 +304,43 @@ def test_runs_that_differ_only_in_their_seed_make_one_bundle(chain, tmp_path, mo
     )
     want = pd.read_csv(work / "submissions" / "bun43.csv")
     assert len(got) == len(want) and max_diff(pd.read_csv(tmp_path / "sub.csv"), want) < 1e-5
+
+
+def test_an_export_joins_another_runs_ensemble_as_its_run_would(chain, tmp_path, monkeypatch):
+    """`make export` (bundle --export): the run's models as .safetensors and a manifest, no code. Named as a folder
+    in a teammate's infer.runs, it gives the ensemble that naming the run itself gives, and their bundle carries it
+    (predict_dir reproduces that submission)."""
+    work = tmp_path / "copy"
+    shutil.copytree(chain["work"], work, symlinks=True)
+    monkeypatch.chdir(work)
+    exp = work / bundle.main(chain["cfg"]("bundle"), export=True)["dir"]
+    m = json.loads((exp / "manifest.json").read_text())
+    assert exp.parent.name == "exports" and m["kind"] == "export" and not (exp / "pipeline").exists()
+    assert [e["fold"] for e in m["models"]] == ["fold_0", "fold_1"] and all(
+        e["file"].endswith(".safetensors") for e in m["models"]
+    )
+    shared = shutil.copytree(exp, tmp_path / "from_a_teammate" / RUN)  # handed over, out of the run's reach
+
+    def cfg(stage, runs):
+        ov = [*chain["overrides"], "run.name=bun43", "run.seed=43", f"infer.runs=[{runs}]"]
+        return load_config(CONFIG_DIR / "demo.yaml", ov, stage=stage)
+
+    train.main(cfg("train", RUN))
+    infer.main(cfg("infer", RUN))  # the teammate's run by its name, in this checkout
+    by_name = pd.read_csv(work / "submissions" / "bun43.csv")
+    infer.main(cfg("infer", shared))  # the same models from the export folder
+    by_export = pd.read_csv(work / "submissions" / "bun43.csv")
+    assert list(Path(f"runs/bun43/infer/exports/{RUN}").glob("fold_*/test.csv"))
+    assert max_diff(by_export, by_name) == 0.0
+    out = work / bundle.main(cfg("bundle", shared))["dir"]
+    kinds = json.loads((out / "manifest.json").read_text())["models"]
+    assert sorted(e["run"] for e in kinds) == [RUN, RUN, "bun43", "bun43"]
+    assert all((out / e["file"]).suffix == ".safetensors" for e in kinds)
+    args = ["--audio", str(chain["root"] / "test"), "--out", str(tmp_path / "s.csv"), "--quiet"]
+    predict_dir.main(["--bundle", str(out), *args, "--sample-submission", str(chain["root"] / "sample_submission.csv")])
+    assert max_diff(pd.read_csv(tmp_path / "s.csv"), by_export) <= 1e-6 + 1e-12
+    other = json.loads((shared / "manifest.json").read_text())
+    other["features"]["n_mels"] += 1
+    (shared / "manifest.json").write_text(json.dumps(other))
+    with pytest.raises(UserError, match=rf"infer.runs: {shared}: .*other log-mels.*features.n_mels"):
+        infer.main(cfg("infer", shared))

@@ -33,8 +33,9 @@ only (row cur), the comparison issue 18's first target asks for, and how fold-0 
 against test.
 --title names such a table's section.
 
-Finished runs are reused (runs/<prefix>*), so a rerun costs only what is missing; runs/<prefix>summary.json (phases
-1-4) or runs/<prefix>rows.json (--rows) holds every figure.
+Each table is declared on bench/harness.py (the rows as Variants, the columns, curated only as the paired
+reference) and measured seed by seed. Finished runs are reused (runs/<prefix>*), so a rerun costs only what is
+missing; runs/<prefix>summary.json (phases 1-4) or runs/<prefix>rows.json (--rows) holds every figure.
 bench/plateau.py finds the budget (docs/results.md gives the one measured).
 """
 
@@ -42,31 +43,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import harness
 import numpy as np
 import pandas as pd
 from common import (
     cfg_for,
     fold_lwlrap,
-    markdown_table,
     mean_std,
-    paired_diff,
     test_lwlrap,
     titled,
     train_seconds,
     truth_root,
     unheard_lwlrap,
-    write_section,
 )
+from harness import Table, Variant, mean, paired, paired_cell, stat
 
 from pipeline import features, infer, train, warmup  # noqa: E402
 
 G_PASSES = ("separate", "frozen_stats", "joint")
 RULES = ("class_threshold", "topk", "noisy_aware")
-
 
 WARM = "<warm-up>"  # stands for train.init_from=<this seed's warm-up>; "<warm-up:N>": one of N epochs
 SUP = "train.mode=supervised"
@@ -138,7 +137,12 @@ PHASE1 = {  # name -> (label, overrides); <prefix> and <seed> are filled in per 
     ),
 }
 TS_RULE_ROWS = {f"ts_joint_{rule}": ("joint", rule) for rule in RULES}  # g pass joint: the best on real sound
+ROWS = [*PHASE1, *(f"ts_{gp}" for gp in G_PASSES), *TS_RULE_ROWS]  # every row --rows may name
 DEMO_ROWS = ("cur", "noisy", "warm_sup", "ts_separate", "ts_frozen_stats", "ts_joint")
+
+
+ALWAYS = ("config", "seeds", "epochs", "steps", "evals")  # stated in the table's command even at their defaults
+CUR = "cur"  # the reference of the --rows tables' paired columns
 
 
 def warm_epochs(override: str) -> int | None:
@@ -146,11 +150,27 @@ def warm_epochs(override: str) -> int | None:
     return int(override[len(WARM) : -1]) if override.startswith(WARM[:-1] + ":") else None
 
 
-def needs_warm(name: str) -> bool:
-    return name.startswith("ts_") or any(o == WARM or warm_epochs(o) for o in PHASE1.get(name, ("", []))[1])
+def ts(g_pass, rule="threshold") -> list:
+    return ["train.mode=teacher_student", f"teacher_student.g_pass={g_pass}", f"teacher_student.rule={rule}"]
 
 
-def main():
+def ts_variant(g_pass: str, rule: str = "threshold") -> Variant:
+    """Teacher-student from this seed's warm-up: ts_<g pass> with the paper's threshold rule, else
+    ts_<g pass>_<rule>."""
+    if rule == "threshold":
+        return Variant(f"ts_{g_pass}", f"teacher-student, g pass {g_pass}, threshold eta", [*ts(g_pass), WARM])
+    return Variant(f"ts_{g_pass}_{rule}", f"teacher-student, g pass {g_pass}, rule {rule}", [*ts(g_pass, rule), WARM])
+
+
+def variant(name: str) -> Variant:
+    """A phase-1 row by name: PHASE1's, ts_<g pass> or one of TS_RULE_ROWS."""
+    if name.startswith("ts_"):
+        return ts_variant(*TS_RULE_ROWS.get(name, (name[3:], "threshold")))
+    label, ov = PHASE1[name]
+    return Variant(name, label, list(ov))
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="demo.yaml")
     ap.add_argument("--seeds", type=int, default=3)
@@ -164,150 +184,150 @@ def main():
     ap.add_argument("--prefix", default="q_", help="run-name prefix (qr_ for data/real, so the two sets' runs differ)")
     ap.add_argument("--title", default="", help="--rows: the section's title (default: noisy-clip recipes on ...)")
     ap.add_argument("overrides", nargs="*")
-    a = ap.parse_args()
-    seeds = [42 + i for i in range(a.seeds)]
-    t_start = time.time()
-    base = [f"train.steps_per_epoch={a.steps}", "run.progress=false", *a.overrides]
+    return ap
 
-    def every(epochs):
-        return [f"train.eval_every={max(1, epochs // a.evals)}"] if a.evals else []
 
-    results: dict = {}  # row name -> list of per-seed dicts
+def command(a) -> list:
+    """The table's reproducing command."""
+    return ["bench/quality.py", *harness.command_line(parser(), a, ALWAYS)]
 
-    def warm(seed, epochs=None):
-        name = f"{a.prefix}warm{epochs or ''}_s{seed}"
-        length = [f"warmup.epochs={epochs}"] if epochs else []
-        warmup.main(cfg_for(a.config, [f"run.name={name}", f"run.seed={seed}", *base, *length], "warmup"))
-        return f"train.init_from=runs/{name}/warmup/last.pt"
 
-    def row(label, name, ov, seed, epochs=a.epochs):
-        run = f"{a.prefix}{name}_s{seed}"
-        cfg = cfg_for(
-            a.config,
-            [
-                f"run.name={run}",
-                f"run.seed={seed}",
-                f"train.epochs={epochs}",
-                *base,
-                *every(epochs),
-                "train.folds=[0]",
-                *ov,
-            ],
-            "train",
-        )
-        features.main(cfg_for(a.config, [*base, *ov], "features"))  # a lever may need its own cache (n_mels)
-        train.main(cfg)
-        fdir = Path(f"runs/{run}/train/fold_0")
-        last = pd.read_csv(fdir / "metrics.csv").iloc[-1]
-        r = {
-            "label": label,
-            "seed": seed,
-            "val": fold_lwlrap(cfg, fdir),
-            "unheard": unheard_lwlrap(cfg, run, [fdir]),
-            "test": test_lwlrap(cfg, fdir, tta=False),
-            "seconds": train_seconds(fdir),
-            "overrides": ov,
-            **{k: float(last[k]) for k in ("pl_precision", "pl_recall", "pl_pos") if k in last},
-        }
-        results.setdefault(name, []).append(r)
-        print(f"{name} seed {seed}: val {r['val']:.4f} test {r['test']:.4f} ({r['seconds']:.0f} s)", flush=True)
-        return r
+def base(a) -> list:
+    return [f"train.steps_per_epoch={a.steps}", "run.progress=false", *a.overrides]
 
-    def best(names):
-        return max(names, key=lambda n: np.mean([r["val"] for r in results[n]]))
 
-    def ts(g_pass, rule="threshold"):
-        return ["train.mode=teacher_student", f"teacher_student.g_pass={g_pass}", f"teacher_student.rule={rule}"]
+def every(a, epochs) -> list:
+    return [f"train.eval_every={max(1, epochs // a.evals)}"] if a.evals else []
 
+
+def warm_overrides(a, seed, epochs=None) -> list:
+    """The warm-up run of a seed (of `epochs` epochs, else the config's): runs/<prefix>warm[N]_s<seed>."""
+    length = [f"warmup.epochs={epochs}"] if epochs else []
+    return [f"run.name={a.prefix}warm{epochs or ''}_s{seed}", f"run.seed={seed}", *base(a), *length]
+
+
+def resolve(a, overrides, seed) -> tuple[list, list]:
+    """A variant's overrides at a seed with its placeholders filled in (<prefix>, <seed>, the warm-up's
+    train.init_from, the true-label dataset), and the warm-ups it starts from (as warm_overrides' lists)."""
+    out, warms = [], []
+    for o in overrides:
+        o = o.replace("<prefix>", a.prefix).replace("<seed>", str(seed))
+        if o == TRUTH:
+            o = f"data.root={truth_root(cfg_for(a.config, base(a), None).data.root)}"
+        elif o == WARM or warm_epochs(o):
+            warms.append(warm_overrides(a, seed, warm_epochs(o)))
+            o = f"train.init_from=runs/{warms[-1][0].split('=', 1)[1]}/warmup/last.pt"
+        out.append(o)
+    return out, warms
+
+
+def measure_row(a, v: Variant, seed) -> dict:
+    """Train a row's fold 0 (after its warm-up, if any) and read its figures."""
+    epochs = v.params.get("epochs", a.epochs)
+    run = f"{a.prefix}{v.name}_s{seed}"
+    ov, warms = resolve(a, v.overrides, seed)
+    for w in warms:
+        warmup.main(cfg_for(a.config, w, "warmup"))
+    head = [f"run.name={run}", f"run.seed={seed}", f"train.epochs={epochs}", *base(a), *every(a, epochs)]
+    cfg = cfg_for(a.config, [*head, "train.folds=[0]", *ov], "train")
+    features.main(cfg_for(a.config, [*base(a), *ov], "features"))  # a lever may need its own cache (n_mels)
+    train.main(cfg)
+    fdir = Path(f"runs/{run}/train/fold_0")
+    last = pd.read_csv(fdir / "metrics.csv").iloc[-1]
+    return {
+        "val": fold_lwlrap(cfg, fdir),
+        "unheard": unheard_lwlrap(cfg, run, [fdir]),
+        "test": test_lwlrap(cfg, fdir, tta=False),
+        "seconds": train_seconds(fdir),
+        **{k: float(last[k]) for k in ("pl_precision", "pl_recall", "pl_pos") if k in last},
+    }
+
+
+def measure_ensemble(a, v: Variant, seed) -> dict:
+    """Phase 4: the recipe's other folds and its fold ensemble with TTA, and fold 0's test lwlrap with TTA k
+    counted as the paper does and counting every window."""
+    ov, warms = resolve(a, v.overrides, seed)
+    for w in warms:
+        warmup.main(cfg_for(a.config, w, "warmup"))
+    run = f"{a.prefix}{v.name}_s{seed}"
+    ovs = [f"run.name={run}", f"run.seed={seed}", f"train.epochs={a.epochs}", *base(a), *every(a, a.epochs), *ov]
+    cfg = cfg_for(a.config, ovs, "train")
+    train.main(cfg)
+    out = infer.main(cfg_for(a.config, ovs, "infer"))
+    fdir = f"runs/{run}/train/fold_0"
+    return {
+        "ensemble_val": out.get("oof_lwlrap"),
+        "ensemble_test": out.get("test_lwlrap"),
+        "ensemble_seconds": sum(train_seconds(p) for p in Path(f"runs/{run}/train").glob("fold_*")),
+        "tta_paper": test_lwlrap(cfg, fdir, tta=True, count_windows="paper"),
+        "tta_all": test_lwlrap(cfg, fdir, tta=True, count_windows="all"),
+    }
+
+
+def main():
+    a = parser().parse_args()
     rows = [r.strip() for r in a.rows.split(",") if r.strip()] if a.rows else list(DEMO_ROWS)
-    known = [*PHASE1, *(f"ts_{gp}" for gp in G_PASSES), *TS_RULE_ROWS]
-    unknown = sorted(set(rows) - set(known))
+    unknown = sorted(set(rows) - set(ROWS))
     if unknown:
-        raise SystemExit(f"--rows: unknown {unknown}; rows: {known}")
-    # phase 1 (seed by seed, so that a seed's whole comparison is on disk before the next seed starts)
-    for seed in seeds:
-        w = warm(seed) if any(needs_warm(n) for n in rows) else None
-        for name in rows:
-            if name.startswith("ts_"):
-                gp, rule = TS_RULE_ROWS.get(name, (name[3:], "threshold"))
-                label = f"teacher-student, g pass {gp}, " + ("threshold eta" if rule == "threshold" else f"rule {rule}")
-                row(label, name, [*ts(gp, rule), w], seed)
-            else:
-                label, ov = PHASE1[name]
-                ov = [o.replace("<prefix>", a.prefix).replace("<seed>", str(seed)) for o in ov]
-                ov = [
-                    f"data.root={truth_root(cfg_for(a.config, base, None).data.root)}" if o == TRUTH else o for o in ov
-                ]
-                row(
-                    label,
-                    name,
-                    [w if o == WARM else warm(seed, warm_epochs(o)) if warm_epochs(o) else o for o in ov],
-                    seed,
-                )
+        raise SystemExit(f"--rows: unknown {unknown}; rows: {ROWS}")
     if a.rows:  # a chosen set of rows: phase 1 only, each row paired with curated only
-        Path(f"runs/{a.prefix}rows.json").write_text(json.dumps(results, default=str, indent=1))
-        report_rows(a, results, len(seeds), (time.time() - t_start) / 60)
-        return
-    g_best = best([f"ts_{gp}" for gp in G_PASSES])[3:]
-    # phase 2
-    for seed in seeds:
-        w = warm(seed)
-        for rule in RULES:
-            row(f"teacher-student, g pass {g_best}, rule {rule}", f"ts_{g_best}_{rule}", [*ts(g_best, rule), w], seed)
-    # phase 3
-    for seed in seeds:
-        w = warm(seed)
-        row(
-            f"curated only, {2 * a.epochs} epochs (plateau check)",
-            "cur_x2",
-            ["train.mode=supervised", "train.init_from=null"],
-            seed,
-            epochs=2 * a.epochs,
-        )
-        row(
-            f"noisy warm-up + supervised, {2 * a.epochs} epochs (plateau check)",
-            "warm_sup_x2",
-            ["train.mode=supervised", w],
-            seed,
-            epochs=2 * a.epochs,
-        )
-    recipe = best(["warm_sup"] + [n for n in results if n.startswith("ts_")])
-    # phase 4
-    extra = []
-    for seed in seeds:
-        ov = [o if not o.startswith("train.init_from=") else warm(seed) for o in results[recipe][0]["overrides"]]
-        run = f"{a.prefix}{recipe}_s{seed}"
-        ovs = [f"run.name={run}", f"run.seed={seed}", f"train.epochs={a.epochs}", *base, *every(a.epochs), *ov]
-        cfg = cfg_for(a.config, ovs, "train")
-        train.main(cfg)
-        out = infer.main(cfg_for(a.config, ovs, "infer"))
-        fdir = f"runs/{run}/train/fold_0"
-        seconds = sum(train_seconds(p) for p in Path(f"runs/{run}/train").glob("fold_*"))
-        extra.append(
-            {
-                "seed": seed,
-                "ensemble_val": out.get("oof_lwlrap"),
-                "ensemble_test": out.get("test_lwlrap"),
-                "ensemble_seconds": seconds,
-                "tta_paper": test_lwlrap(cfg, fdir, tta=True, count_windows="paper"),
-                "tta_all": test_lwlrap(cfg, fdir, tta=True, count_windows="all"),
-            }
-        )
-        print(extra[-1], flush=True)
-    Path(f"runs/{a.prefix}summary.json").write_text(
-        json.dumps({"rows": results, "recipe": recipe, "g_pass": g_best, "phase4": extra}, default=str, indent=1)
+        rows_table(a, rows)
+    else:
+        phases(a)
+
+
+ROWS_COLUMNS = [
+    stat("fold-0 val lwlrap", "val"),
+    stat("unheard val", "unheard"),
+    stat("test lwlrap", "test"),
+    stat("val - test", lambda r: r["val"] - r["test"]),
+    stat("unheard val - test", lambda r: r["unheard"] - r["test"]),
+    paired("paired val - cur", "val", CUR),
+    paired("paired unheard val - cur", "unheard", CUR),
+    paired("paired test - cur", "test", CUR),
+    stat("PL precision", "pl_precision", 3),
+    stat("PL recall", "pl_recall", 3),
+    mean("training seconds", "seconds"),
+]
+
+
+def rows_table(a, names):
+    """--rows: phase 1 with the rows named, each paired with curated only, into a.section."""
+    t_start, n = time.time(), a.seeds
+    title = a.title or (
+        f"Noisy-clip recipes on configs/{a.config}, {a.epochs} x {a.steps} steps, {n} seed{'s' if n > 1 else ''}"
     )
-    report(a, results, recipe, g_best, extra, len(seeds), (time.time() - t_start) / 60)
+    table = Table(
+        section=a.section,
+        title=f"{titled(a.config, a.overrides, title)} (bench/quality.py --rows)",
+        command=command(a),
+        variants=[variant(name) for name in names],
+        seeds=[42 + i for i in range(n)],
+        columns=ROWS_COLUMNS,
+        reference=CUR,
+    )
+    results = harness.run(table.variants, table.seeds, lambda v, seed: measure_row(a, v, seed))
+    Path(f"runs/{a.prefix}rows.json").write_text(json.dumps(results, default=str, indent=1))
+    labels = {v.name: v.label for v in table.variants}
+    ts_note = "".join(
+        f"\n\n{labels[name]} against noisy warm-up + supervised, paired per seed: "
+        + ", ".join(f"{k} {paired_cell(results, name, 'warm_sup', k)}" for k in ("val", "unheard", "test"))
+        + "."
+        for name in results
+        if name.startswith("ts_") and "warm_sup" in results
+    )
+    seconds = sum(r["seconds"] for rs in results.values() for r in rs)
+    text = (
+        f": every row trains {a.epochs} epochs of {a.steps} steps on folds 1-2 and is validated on fold 0, for {n} "
+        f"seeds (each seed redraws the folds, the warm-up and every initialisation); test lwlrap of the fold-0 model "
+        f"without TTA; unheard val: fold 0's clips none of whose recordings a training clip holds; mean +- std over "
+        f"the seeds; paired: the per-seed difference to curated only. Its runs trained {seconds / 60:.0f} minutes "
+        f"in all (warm-ups not counted; this invocation took {(time.time() - t_start) / 60:.0f})."
+    )
+    harness.write(table, results, text, ts_note + ranking_note(results, labels))
 
 
-def paired(results, name, base, key):
-    """Per-seed difference of two rows (same seeds: same folds and warm-up): 'mean +- sd (mean / sd)'."""
-    by_seed = {r["seed"]: r[key] for r in results[base]}
-    both = [(r[key], by_seed[r["seed"]]) for r in results[name] if r["seed"] in by_seed]
-    return paired_diff([x for x, _ in both], [y for _, y in both])
-
-
-def ranking_note(results) -> str:
+def ranking_note(results, labels) -> str:
     """How each validation figure ranks the rows against test: Spearman's rho over the rows' means, and the test
     rank of the row it would choose ('' with fewer than 3 rows)."""
     from scipy.stats import spearmanr
@@ -324,137 +344,107 @@ def ranking_note(results) -> str:
         pick = names[int(np.argmax(mean[key]))]
         parts.append(
             f"{label} rho {spearmanr(mean[key], mean['test']).statistic:+.2f}, its choice "
-            f"({results[pick][0]['label']}) ranks {test_rank[pick]} of {len(names)} on test"
+            f"({labels[pick]}) ranks {test_rank[pick]} of {len(names)} on test"
         )
     return "\n\nThe rows ranked by their means, against test (Spearman): " + "; ".join(parts) + "." if parts else ""
 
 
-def report_rows(a, results, n_seeds, minutes):
-    """The table of a --rows run: each row's figures and its paired difference to curated only."""
-    header = ["variant", "fold-0 val lwlrap", "unheard val", "test lwlrap", "val - test", "unheard val - test"]
-    header += ["paired val - cur", "paired unheard val - cur", "paired test - cur"]
-    header += ["PL precision", "PL recall", "training seconds"]
-    rows = []
-    for name, rs in results.items():
-        vs = [
-            paired(results, name, "cur", k) if "cur" in results and name != "cur" else "-"
-            for k in ("val", "unheard", "test")
-        ]
-        pl = [mean_std([r.get(k, float("nan")) for r in rs], 3) for k in ("pl_precision", "pl_recall")]
-        rows.append(
-            [
-                rs[0]["label"],
-                mean_std([r["val"] for r in rs]),
-                mean_std([r["unheard"] for r in rs]),
-                mean_std([r["test"] for r in rs]),
-                mean_std([r["val"] - r["test"] for r in rs]),
-                mean_std([r["unheard"] - r["test"] for r in rs]),
-                *vs,
-                *pl,
-                f"{np.mean([r['seconds'] for r in rs]):.0f}",
-            ]
-        )
-    table = markdown_table(header, rows)
-    ts_note = "".join(
-        f"\n\n{results[n][0]['label']} against noisy warm-up + supervised, paired per seed: "
-        + ", ".join(f"{k} {paired(results, n, 'warm_sup', k)}" for k in ("val", "unheard", "test"))
-        + "."
-        for n in results
-        if n.startswith("ts_") and "warm_sup" in results
-    ) + ranking_note(results)
-    print(table + ts_note)
-    title = a.title or (
-        f"Noisy-clip recipes on configs/{a.config}, {a.epochs} x {a.steps} steps, {n_seeds} seed"
-        f"{'s' if n_seeds > 1 else ''}"
-    )
-    body = (
-        f"## {titled(a.config, a.overrides, title)} (bench/quality.py --rows)\n\n`.venv/bin/python bench/quality.py "
-        f"--config {a.config} --section {a.section} --prefix {a.prefix} --rows {a.rows} --seeds {n_seeds} "
-        f"{f'--title {shlex.quote(a.title)} ' if a.title else ''}"
-        f"--epochs {a.epochs} --steps {a.steps} --evals {a.evals} {shlex.join(a.overrides)}`: every row trains "
-        f"{a.epochs} epochs of {a.steps} steps on folds 1-2 and is validated on fold 0, for {n_seeds} seeds (each "
-        f"seed redraws the folds, the warm-up and every initialisation); test lwlrap of the fold-0 model without "
-        f"TTA; unheard val: fold 0's clips none of whose recordings a training clip holds; mean +- std over the "
-        f"seeds; paired: the per-seed difference to curated only. Its runs trained "
-        f"{sum(r['seconds'] for rs in results.values() for r in rs) / 60:.0f} minutes in all (warm-ups not "
-        f"counted; this invocation took {minutes:.0f}).\n\n{table}{ts_note}\n"
-    )
-    write_section(a.section, body)
+PHASE_COLUMNS = [
+    stat("fold-0 val lwlrap", "val"),
+    stat("test lwlrap", "test"),
+    stat("val - test", lambda r: r["val"] - r["test"]),
+    stat("PL precision", "pl_precision", 3),
+    stat("PL recall", "pl_recall", 3),
+    stat("PL positives per clip", "pl_pos", 3),
+    mean("training seconds", "seconds"),
+]
 
 
-def report(a, results, recipe, g_best, extra, n_seeds, minutes):
-    rows = []
-    for name, rs in results.items():
-        pl = [mean_std([r.get(k, float("nan")) for r in rs], 3) for k in ("pl_precision", "pl_recall", "pl_pos")]
-        rows.append(
-            [
-                rs[0]["label"] + (" **(recipe)**" if name == recipe else ""),
-                mean_std([r["val"] for r in rs]),
-                mean_std([r["test"] for r in rs]),
-                mean_std([r["val"] - r["test"] for r in rs]),
-                *pl,
-                f"{np.mean([r['seconds'] for r in rs]):.0f}",
-            ]
-        )
-    e = {k: [x[k] for x in extra] for k in extra[0]} if extra else {}
-    if extra:
-        lab = results[recipe][0]["label"]
-        rows.append(
-            [
-                f"{lab}: fold ensemble (3 folds, TTA)",
-                mean_std(e["ensemble_val"]),
-                mean_std(e["ensemble_test"]),
-                mean_std([v - t for v, t in zip(e["ensemble_val"], e["ensemble_test"]) if None not in (v, t)]),
-                "-",
-                "-",
-                "-",
-                f"{np.mean(e['ensemble_seconds']):.0f}",
-            ]
-        )
-        rows.append([f"{lab}: fold 0, TTA k counted as the paper", "-", mean_std(e["tta_paper"]), *"-" * 5])
-        rows.append([f"{lab}: fold 0, TTA k counting every window", "-", mean_std(e["tta_all"]), *"-" * 5])
-    header = [
-        "variant",
-        "fold-0 val lwlrap",
-        "test lwlrap",
-        "val - test",
-        "PL precision",
-        "PL recall",
-        "PL positives per clip",
-        "training seconds",
+def best(results, names) -> str:
+    """The name whose mean validation lwlrap is highest (choices are made on validation, never on test)."""
+    return max(names, key=lambda n: np.mean([r["val"] for r in results[n]]))
+
+
+def phases(a):
+    """Phases 1-4 (the module's docstring) into a.section: each phase's variants follow the previous phases'
+    choices, all in one table, with the recipe's ensemble rows below."""
+    t_start, seeds, e2 = time.time(), [42 + i for i in range(a.seeds)], 2 * a.epochs
+
+    def measured(variants):
+        return harness.run(variants, seeds, lambda v, seed: measure_row(a, v, seed))
+
+    variants = [variant(n) for n in DEMO_ROWS]
+    results = measured(variants)
+    g_best = best(results, [f"ts_{gp}" for gp in G_PASSES])[3:]
+    variants += [ts_variant(g_best, rule) for rule in RULES]  # phase 2
+    results |= measured(variants[-len(RULES) :])
+    variants += [  # phase 3: the plateau check
+        Variant(
+            "cur_x2", f"curated only, {e2} epochs (plateau check)", [SUP, "train.init_from=null"], [], {"epochs": e2}
+        ),
+        Variant(
+            "warm_sup_x2", f"noisy warm-up + supervised, {e2} epochs (plateau check)", [SUP, WARM], [], {"epochs": e2}
+        ),
     ]
-    table = markdown_table(header, rows)
+    results |= measured(variants[-2:])
+    recipe = best(results, ["warm_sup"] + [n for n in results if n.startswith("ts_")])
+    v_recipe = next(v for v in variants if v.name == recipe)
+    extra = harness.run([v_recipe], seeds, lambda v, seed: measure_ensemble(a, v, seed))[recipe]  # phase 4
+    Path(f"runs/{a.prefix}summary.json").write_text(
+        json.dumps({"rows": results, "recipe": recipe, "g_pass": g_best, "phase4": extra}, default=str, indent=1)
+    )
+    table = Table(
+        section=a.section,
+        title="Reference-system ablation over seeds (bench/quality.py)",
+        command=command(a),
+        variants=[replace(v, label=v.label + " **(recipe)**") if v.name == recipe else v for v in variants],
+        seeds=seeds,
+        columns=PHASE_COLUMNS,
+    )
+    text = (
+        f" on configs/{a.config}: every variant trains {a.epochs} epochs of {a.steps} steps on folds 1-2, validated "
+        f"on fold 0, for {len(seeds)} seeds (each seed also redraws the folds and the warm-up); mean +- std over the "
+        f"seeds. Pseudo-label columns: the last epoch, against train_noisy_truth.csv."
+    )
+    notes = "\n\n" + choices(results, recipe, g_best, (time.time() - t_start) / 60)
+    harness.write(table, results, text, notes, ensemble_rows(v_recipe.label, extra))
+
+
+def ensemble_rows(label, extra) -> list:
+    """Phase 4's rows: the recipe's fold ensemble, and its fold-0 model with TTA k counted both ways."""
+    e = {k: [x[k] for x in extra] for k in extra[0]}
+    gaps = [v - t for v, t in zip(e["ensemble_val"], e["ensemble_test"]) if None not in (v, t)]
+    return [
+        [
+            f"{label}: fold ensemble (3 folds, TTA)",
+            mean_std(e["ensemble_val"]),
+            mean_std(e["ensemble_test"]),
+            mean_std(gaps),
+            *"---",
+            f"{np.mean(e['ensemble_seconds']):.0f}",
+        ],
+        [f"{label}: fold 0, TTA k counted as the paper", "-", mean_std(e["tta_paper"]), *"-" * 5],
+        [f"{label}: fold 0, TTA k counting every window", "-", mean_std(e["tta_all"]), *"-" * 5],
+    ]
+
+
+def choices(results, recipe, g_best, minutes) -> str:
+    """The phases' choices (on the validation means), the plateau check, and the best teacher-student row against
+    noisy warm-up + supervised, paired per seed."""
     gain = {
         n: np.mean([r["val"] for r in results[f"{n}_x2"]]) - np.mean([r["val"] for r in results[n]])
         for n in ("cur", "warm_sup")
     }
-
-    def diff(a_name, b_name, key):
-        x, y = (np.array([r[key] for r in results[n]]) for n in (a_name, b_name))
-        sd = np.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2)
-        return f"{x.mean() - y.mean():+.4f} ({(x.mean() - y.mean()) / sd:+.1f} pooled sd)"
-
-    ts_rows = [n for n in results if n.startswith("ts_")]
-    ts_best = max(ts_rows, key=lambda n: np.mean([r["val"] for r in results[n]]))
-    text = (
+    ts_best = best(results, [n for n in results if n.startswith("ts_")])
+    val, test = (paired_cell(results, ts_best, "warm_sup", k) for k in ("val", "test"))
+    return (
         f"Choices on the validation means: g pass `{g_best}`; best teacher-student row `{ts_best}`; recipe for "
         f"noisy data `{recipe}`. Plateau check (doubling the epochs): curated only {gain['cur']:+.4f}, noisy "
         f"warm-up + supervised {gain['warm_sup']:+.4f} val lwlrap "
         f"({'both within' if max(abs(g) for g in gain.values()) <= 0.01 else 'NOT both within'} 0.01). "
-        f"Best teacher-student row against noisy warm-up + supervised: val {diff(ts_best, 'warm_sup', 'val')}, "
-        f"test {diff(ts_best, 'warm_sup', 'test')}. The table took {minutes:.0f} minutes."
+        f"Best teacher-student row against noisy warm-up + supervised, paired per seed: val {val}, test {test}. "
+        f"The table took {minutes:.0f} minutes."
     )
-    print(table)
-    print(text)
-    body = (
-        f"## Reference-system ablation over seeds (bench/quality.py)\n\n`.venv/bin/python bench/quality.py "
-        f"--seeds {n_seeds} --epochs {a.epochs} --steps {a.steps} --evals {a.evals} {shlex.join(a.overrides)}` on "
-        f"configs/{a.config}: "
-        f"every variant trains {a.epochs} epochs of {a.steps} steps on folds 1-2, validated on fold 0, for "
-        f"{n_seeds} seeds (each seed also redraws the folds and the warm-up); mean +- std over the seeds. "
-        f"Pseudo-label columns: the last epoch, against train_noisy_truth.csv.\n\n{table}\n\n{text}\n"
-    )
-    write_section(a.section, body)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ gives mean +- std over the seeds, each mode's difference to supervised 10% in un
 the paired difference: mean +- std over the seeds of (mode - supervised 10%) within each seed, whose rows share the
 seed's folds and labelled share.
 
+The rows are declared on bench/harness.py and measured seed by seed; a mode that fails is a row that says so.
+
 With a single-label config (data.single_label_csv, e.g. configs/demo_single.yaml) every mode runs in its single-label
 form, and the table gives the fold-0 validation accuracy and weighted AUC (no test split); teacher_student, which has
 no single-label form, and the multi-label rule rows are left out.
@@ -27,22 +29,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import time
 from pathlib import Path
 
+import harness
 import numpy as np
 import pandas as pd
-from common import cfg_for, fold_lwlrap, markdown_table, mean_std, test_lwlrap, titled, train_seconds, write_section
+from common import cfg_for, fold_lwlrap, test_lwlrap, titled, train_seconds
+from harness import Column, Table, Variant, mean, paired, stat
 
 from pipeline import train  # noqa: E402  (common puts the repository on sys.path)
 from pipeline.modes import list_modes, mode_class  # noqa: E402
 
 # teacher_student's row: the paper's rule (noisy_aware needs noisy labels) and the batch of 8 labelled + 24 others
 TS = ["teacher_student.rule=threshold", "teacher_student.n_curated=8", "teacher_student.n_noisy=24"]
+ALWAYS = ("config", "fraction", "seeds", "epochs", "steps", "evals")  # stated in the command even at their defaults
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="demo.yaml")
     ap.add_argument("--seeds", type=int, default=3)
@@ -74,9 +78,11 @@ def main():
     )
     ap.add_argument("--section", default="", help="docs/results.md section (default ssl, ssl_single)")
     ap.add_argument("overrides", nargs="*")
-    a = ap.parse_args()
-    t_start = time.time()
-    base = [
+    return ap
+
+
+def base(a) -> list:
+    return [
         f"train.steps_per_epoch={a.steps}",
         "train.batch_size=16",
         "train.init_from=null",
@@ -85,7 +91,17 @@ def main():
         "run.progress=false",
         *a.overrides,
     ]  # as measured on 30 Nov
-    single = cfg_for(a.config, a.overrides, "train").data.single_label_csv is not None
+
+
+def row(label: str, mode: str, overrides, epochs: int) -> Variant:
+    """A row: its name (the run name's stem) comes from its label."""
+    name = label.split(" (")[0].replace(" ", "_").replace("%", "pct").replace(",", "")
+    return Variant(name, label, [f"train.mode={mode}", *overrides], [], {"epochs": epochs})
+
+
+def variants(a, single: bool) -> list:
+    """Supervised on the labelled share, every semi-supervised mode (of --modes), the topk rule rows, supervised on
+    all the labels and its plateau check at twice the epochs."""
     ssl_modes = [
         m
         for m in list_modes()
@@ -96,71 +112,69 @@ def main():
     if a.modes:
         ssl_modes = [m for m in ssl_modes if m in a.modes.split(",")]
     frac = [f"data.labelled_fraction={a.fraction}"]
-    spec = (
-        [(f"supervised {a.fraction:.0%}", "supervised", frac, a.epochs)]
-        + [(m, m, frac + (TS if m == "teacher_student" else []), a.epochs) for m in ssl_modes]
-        + (
-            []
-            if single or a.no_topk
-            else [
-                (f"{m}, rule topk", m, [*frac, f"ssl.{m}={{rule: topk}}"], a.epochs)
-                for m in ("fixmatch", "pseudo_label")
-                if m in ssl_modes
-            ]
-        )
-        + [
-            ("supervised 100%", "supervised", [], a.epochs),
-            (f"supervised 100%, {2 * a.epochs} epochs (plateau check)", "supervised", [], 2 * a.epochs),
-        ]
-    )
+    topk = [] if single or a.no_topk else [m for m in ("fixmatch", "pseudo_label") if m in ssl_modes]
+    return [
+        row(f"supervised {a.fraction:.0%}", "supervised", frac, a.epochs),
+        *(row(m, m, frac + (TS if m == "teacher_student" else []), a.epochs) for m in ssl_modes),
+        *(row(f"{m}, rule topk", m, [*frac, f"ssl.{m}={{rule: topk}}"], a.epochs) for m in topk),
+        row("supervised 100%", "supervised", [], a.epochs),
+        row(f"supervised 100%, {2 * a.epochs} epochs (plateau check)", "supervised", [], 2 * a.epochs),
+    ]
+
+
+def measure(a, single: bool, tag: str, v: Variant, seed) -> dict:
+    """Train a row's fold 0 (or, --report-only, read its finished run) and read its figures."""
+    epochs = v.params["epochs"]
+    name = f"{tag}_{v.name}_s{seed}".replace(",", "")
+    every = [f"train.eval_every={max(1, epochs // a.evals)}"] if a.evals else []
+    ovs = [f"run.name={name}", f"run.seed={seed}", f"train.epochs={epochs}", *base(a), *every, *v.overrides]
+    cfg = cfg_for(a.config, ovs, "train")
+    fdir = Path(f"runs/{name}/train/fold_0")
+    if a.report_only:
+        if single or not (fdir / "oof.csv").exists():
+            raise FileNotFoundError(f"{fdir}: no finished run to report (multi-label only)")
+        res = {"oof_lwlrap": fold_lwlrap(cfg, fdir)}
+    else:
+        res = train.main(cfg)
+    last = pd.read_csv(fdir / "metrics.csv").iloc[-1]
+    r = {
+        "seconds": train_seconds(fdir),
+        **{k: float(last[k]) for k in ("pl_precision", "pl_recall", "pl_used", "pl_pos") if k in last},
+    }
+    if single:
+        r.update(val=res["oof_accuracy"], test=res["oof_weighted_auc"])
+    else:
+        r.update(val=res["oof_lwlrap"], test=test_lwlrap(cfg, fdir, tta=False))
+    return r
+
+
+def main():
+    a = parser().parse_args()
+    t_start = time.time()
+    single = cfg_for(a.config, a.overrides, "train").data.single_label_csv is not None
     tag = a.tag or f"s{'sl' if single else ''}"
-    results: dict = {}
-    for seed in [a.seed0 + i for i in range(a.seeds)]:
-        for label, mode, ov, epochs in spec:
-            name = (f"{tag}_{label.split(' (')[0].replace(' ', '_').replace('%', 'pct')}_s{seed}").replace(",", "")
-            every = [f"train.eval_every={max(1, epochs // a.evals)}"] if a.evals else []
-            ovs = [
-                f"run.name={name}",
-                f"run.seed={seed}",
-                f"train.epochs={epochs}",
-                *base,
-                *every,
-                f"train.mode={mode}",
-                *ov,
-            ]
-            cfg = cfg_for(a.config, ovs, "train")
-            fdir = Path(f"runs/{name}/train/fold_0")
-            try:
-                if a.report_only:
-                    if single or not (fdir / "oof.csv").exists():
-                        raise FileNotFoundError(f"{fdir}: no finished run to report (multi-label only)")
-                    res = {"oof_lwlrap": fold_lwlrap(cfg, fdir)}
-                else:
-                    res = train.main(cfg)
-            except Exception as e:  # a failing mode is a row, not the end of the table
-                print(f"{label} seed {seed} failed: {type(e).__name__}: {e}", flush=True)
-                results.setdefault(label, []).append({"failed": f"{type(e).__name__}"})
-                continue
-            last = pd.read_csv(fdir / "metrics.csv").iloc[-1]
-            r = {
-                "seconds": train_seconds(fdir),
-                **{k: float(last[k]) for k in ("pl_precision", "pl_recall", "pl_used", "pl_pos") if k in last},
-            }
-            if single:
-                r.update(val=res["oof_accuracy"], test=res["oof_weighted_auc"])
-            else:
-                r.update(val=res["oof_lwlrap"], test=test_lwlrap(cfg, fdir, tta=False))
-            results.setdefault(label, []).append(r)
-            print(f"{label} seed {seed}: {r['val']:.4f} / {r['test']:.4f} ({r['seconds']:.0f} s)", flush=True)
-    if not any("val" in r for rs in results.values() for r in rs):
+    t = table(a, single)
+    results = harness.run(t.variants, t.seeds, lambda v, seed: measure(a, single, tag, v, seed), keep_going=True)
+    if not any(harness.ok(rs) for rs in results.values()):
         raise SystemExit("every run failed (see above); docs/results.md is left as it was")
     Path("runs").mkdir(exist_ok=True)
-    Path(f"runs/{tag}_summary.json").write_text(json.dumps(results, indent=1))
-    report(a, results, single, spec[0][0], (time.time() - t_start) / 60)
+    Path(f"runs/{tag}_summary.json").write_text(json.dumps({v.label: results[v.name] for v in t.variants}, indent=1))
+    minutes = (time.time() - t_start) / 60
+    text = (
+        f": {a.epochs} epochs of {a.steps} steps, labelled batch 16, from scratch, fold 0 held out, {a.seeds} seeds "
+        f"(each also redraws the folds and the labelled share); mean +- std over the seeds. Pseudo-label columns: "
+        f"last epoch, against the true labels of the unlabelled clips; '-' where a mode selects none. "
+        + (
+            "Tabulated from the finished runs (--report-only)."
+            if a.report_only
+            else f"The table took {minutes:.0f} minutes."
+        )
+    )
+    harness.write(t, results, text)
 
 
 def gap(rs, ref) -> str:
-    """Mean difference to the reference row in units of the pooled std of the two rows' values."""
+    """Mean difference to the reference row in units of the pooled std of the two rows' values (unpaired)."""
     x, y = np.array([r["val"] for r in rs if "val" in r]), np.array([r["val"] for r in ref if "val" in r])
     if len(x) < 2 or len(y) < 2:
         return "-"
@@ -168,70 +182,42 @@ def gap(rs, ref) -> str:
     return f"{x.mean() - y.mean():+.4f} ({(x.mean() - y.mean()) / sd:+.1f} sd)" if sd > 0 else "-"
 
 
-def paired(rs, ref) -> str:
-    """Mean +- std of the per-seed differences to the reference row (each seed's rows share its folds and labelled
-    share, so the difference leaves out what the seeds' splits add to both), and the mean in units of that std."""
-    d = np.array([r["val"] - q["val"] for r, q in zip(rs, ref) if "val" in r and "val" in q])
-    if len(d) < 2 or d.std(ddof=1) == 0:
-        return "-"
-    return f"{d.mean():+.4f} +- {d.std(ddof=1):.4f} ({d.mean() / d.std(ddof=1):+.1f} sd)"
-
-
-def report(a, results, single, ref_label, minutes):
-    rows = []
-    for label, rs in results.items():
-        ok = [r for r in rs if "val" in r]
-        fails = len(rs) - len(ok)
-        pl = [mean_std([r.get(k, float("nan")) for r in ok], 3) for k in ("pl_precision", "pl_recall", "pl_used")]
-        rows.append(
-            [
-                label + (f" ({fails} failed)" if fails else ""),
-                mean_std([r["val"] for r in ok]),
-                mean_std([r["test"] for r in ok]),
-                *([] if single else [mean_std([r["val"] - r["test"] for r in ok])]),
-                gap(ok, results[ref_label]),
-                paired(rs, results[ref_label]),
-                *pl,
-                f"{np.mean([r['seconds'] for r in ok]):.0f}" if ok else "-",
-            ]
-        )
+def table(a, single: bool) -> Table:
+    """The rows against supervised on the labelled share: lwlrap (multi-label) or accuracy and weighted AUC
+    (single-label), the unpaired gap and the paired per-seed difference, pseudo-label quality, cost."""
+    rows = variants(a, single)
+    ref = rows[0]
     metric = (
-        ["fold-0 val accuracy", "fold-0 val weighted AUC"]
+        [stat("fold-0 val accuracy", "val"), stat("fold-0 val weighted AUC", "test")]
         if single
-        else ["fold-0 val lwlrap", "test lwlrap", "val - test"]
+        else [
+            stat("fold-0 val lwlrap", "val"),
+            stat("test lwlrap", "test"),
+            stat("val - test", lambda r: r["val"] - r["test"]),
+        ]
     )
-    header = [
-        "mode",
-        *metric,
-        f"val vs {ref_label}",
-        "paired per-seed val difference",
-        "PL precision",
-        "PL recall",
-        "PL entries used",
-        "training seconds",
-    ]
-    table = markdown_table(header, rows)
-    print(table)
-    body = (
-        f"## {titled(a.config, a.overrides, 'Semi-supervised modes')}{' (single-label forms)' if single else ''} at "
-        f"{a.fraction:.0%} labelled over seeds, {a.epochs} x {a.steps} steps (bench/ssl_modes.py)\n\n"
-        f"`.venv/bin/python bench/ssl_modes.py --config {a.config} --fraction {a.fraction} --seeds {a.seeds}"
-        f"{f' --seed0 {a.seed0}' if a.seed0 != 42 else ''} --epochs {a.epochs} --steps {a.steps} --evals {a.evals}"
-        f"{' --modes ' + a.modes if a.modes else ''}{' --no-topk' if a.no_topk else ''}"
-        f"{' --tag ' + a.tag if a.tag else ''}{' --section ' + a.section if a.section else ''} "
-        f"{shlex.join(a.overrides)}`: "
-        f"{a.epochs} epochs of {a.steps} steps, labelled batch 16, from scratch, fold 0 held out, "
-        f"{a.seeds} seeds (each also redraws the folds and the labelled share); mean +- std over the seeds. "
-        f"Pseudo-label columns: last epoch, against the true labels of the unlabelled clips; '-' where a mode "
-        f"selects none. "
-        + (
-            "Tabulated from the finished runs (--report-only)."
-            if a.report_only
-            else f"The table took {minutes:.0f} minutes."
-        )
-        + f"\n\n{table}\n"
+    title = (
+        f"{titled(a.config, a.overrides, 'Semi-supervised modes')}{' (single-label forms)' if single else ''} at "
+        f"{a.fraction:.0%} labelled over seeds, {a.epochs} x {a.steps} steps (bench/ssl_modes.py)"
     )
-    write_section(a.section or ("ssl_single" if single else "ssl"), body)
+    return Table(
+        section=a.section or ("ssl_single" if single else "ssl"),
+        title=title,
+        command=["bench/ssl_modes.py", *harness.command_line(parser(), a, ALWAYS)],
+        variants=rows,
+        seeds=[a.seed0 + i for i in range(a.seeds)],
+        columns=[
+            *metric,
+            Column(f"val vs {ref.label}", lambda res, v: gap(res[v.name], res[ref.name])),
+            paired("paired per-seed val difference", "val", ref.name),
+            stat("PL precision", "pl_precision", 3),
+            stat("PL recall", "pl_recall", 3),
+            stat("PL entries used", "pl_used", 3),
+            mean("training seconds", "seconds"),
+        ],
+        reference=ref.name,
+        first="mode",
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ time-reversal averaging and the number of fold models averaged, each against the
     (needs each run's `make infer`: bench/real_recipes.py --recipes cur makes the default runs; writes
     docs/results.md's infer_levers section)
 
-A variant changes infer settings only (VARIANTS). Every fold model of a run (runs/<run>/infer/fold_<k>/model.pt)
+A variant changes infer settings only (VARIANTS, declared on bench/harness.py; the runs are its seeds, measured one
+by one). Every fold model of a run (runs/<run>/infer/fold_<k>/model.pt)
 predicts its held-out curated clips and the test clips with the variant's settings; the choice is made on the pooled
 out-of-fold lwlrap and on its unheard subset (validation clips none of whose recordings their fold's training clips
 hold), the test lwlrap of the fold ensemble (arithmetic mean) is reported beside it. The row `as run` reads the
@@ -23,26 +24,28 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shlex
 import time
 from pathlib import Path
 
+import harness
 import numpy as np
 import pandas as pd
-from common import ROOT, markdown_table, mean_std, paired_diff, titled, write_section
+from common import ROOT, markdown_table, mean_std, paired_diff, titled
+from harness import Table, Variant, paired, stat
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.utils import atomic_path  # noqa: E402
 
 AS_RUN = "as_run"
 KEYS = ("val", "unheard", "test")  # the figures each variant is paired on
-VARIANTS = {  # name -> (label, infer overrides)
-    AS_RUN: ("as the run inferred (configs/real.yaml: hop 32, TTA, reversal)", []),
-    "hop16": ("hop 16 (the reference's)", ["infer.hop=16"]),
-    "hop64": ("hop 64", ["infer.hop=64"]),
-    "no_tta": ("no TTA", ["infer.tta=false"]),
-    "no_rev": ("no time-reversal averaging", ["infer.reversal=false"]),
-}
+VARIANTS = [  # infer overrides only
+    Variant(AS_RUN, "as the run inferred (configs/real.yaml: hop 32, TTA, reversal)"),
+    Variant("hop16", "hop 16 (the reference's)", ["infer.hop=16"]),
+    Variant("hop64", "hop 64", ["infer.hop=64"]),
+    Variant("no_tta", "no TTA", ["infer.tta=false"]),
+    Variant("no_rev", "no time-reversal averaging", ["infer.reversal=false"]),
+]
+BY_NAME = {v.name: v for v in VARIANTS}
 
 
 def run_cfg(run: str, overrides):
@@ -62,7 +65,7 @@ def fold_predictions(run: str, fdir: Path, variant: str, ds, held) -> tuple[np.n
     from pipeline.engine import load_model
     from pipeline.predict import predict_settings, predict_with
 
-    cfg = run_cfg(run, VARIANTS[variant][1])
+    cfg = run_cfg(run, BY_NAME[variant].overrides)
     settings = predict_settings(cfg)
     key = json.dumps([(fdir / "model.pt").stat().st_mtime_ns, settings], sort_keys=True)
     path = ROOT / "runs" / run / "infer_levers" / variant / f"{fdir.name}.npz"
@@ -124,70 +127,72 @@ def measure(run: str, variant: str) -> dict:
     return out
 
 
-def report(variants, res) -> str:
-    base = res[AS_RUN]
-    rows = [
-        [
-            VARIANTS[v][0],
-            mean_std([r["val"] for r in res[v]]),
-            mean_std([r["unheard"] for r in res[v]]),
-            mean_std([r["test"] for r in res[v]]),
-            *("-" if v == AS_RUN else paired_diff([r[k] for r in res[v]], [b[k] for b in base]) for k in KEYS),
-            mean_std([r["seconds"] / 60 for r in res[v]], 1),
-        ]
-        for v in variants
-    ]
-    header = ["inference", "OOF val lwlrap", "unheard OOF", "test lwlrap (ensemble)"]
-    header += [f"paired {k} - as run" for k in KEYS] + ["prediction minutes per run"]
+def size_table(base) -> str:
+    """Test lwlrap by ensemble size, from AS_RUN's records (each run's every subset of m fold models)."""
     sizes = np.array([r["by_size"] for r in base])  # (runs, K)
     size_rows = [
         [m + 1, mean_std(sizes[:, m]), "-" if m == 0 else paired_diff(sizes[:, m], sizes[:, 0])]
         for m in range(sizes.shape[1])
     ]
     return (
-        markdown_table(header, rows)
-        + "\n\nTest lwlrap by ensemble size (the run's own inference; every subset of m fold models, averaged):\n\n"
+        "\n\nTest lwlrap by ensemble size (the run's own inference; every subset of m fold models, averaged):\n\n"
         + markdown_table(["fold models", "test lwlrap", "paired - one model"], size_rows)
     )
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", nargs="+", default=["real-curated", "real-curated-s43", "real-curated-s44"])
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
+    ap.add_argument("--variants", default=",".join(BY_NAME), help=f"comma-separated, of {list(BY_NAME)}")
     ap.add_argument("--section", default="infer_levers", help="docs/results.md section")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    a = ap.parse_args()
+    return ap
+
+
+def table(a) -> Table:
+    """The variants named against the run's own inference, over the runs (one per seed)."""
+    names = [v.strip() for v in a.variants.split(",") if v.strip()]
+    if set(names) - set(BY_NAME) or AS_RUN not in names:
+        raise SystemExit(f"--variants: {names}; each one of {list(BY_NAME)}, and {AS_RUN} among them")
+    variants = [BY_NAME[n] for n in names]
+    config = str(ROOT / "runs" / a.runs[0] / "infer" / "config.yaml")
+    return Table(
+        section=a.section,
+        title=(
+            f"{titled(config, [], 'Inference levers')} of the fold ensembles: "
+            f"{', '.join(v.label for v in variants[1:])}; {len(a.runs)} run{'s' if len(a.runs) > 1 else ''} "
+            f"(bench/infer_levers.py)"
+        ),
+        command=["bench/infer_levers.py", *harness.command_line(parser(), a, ("runs", "variants"))],
+        variants=variants,
+        seeds=a.runs,
+        columns=[
+            stat("OOF val lwlrap", "val"),
+            stat("unheard OOF", "unheard"),
+            stat("test lwlrap (ensemble)", "test"),
+            *(paired(f"paired {k} - as run", k, AS_RUN) for k in KEYS),
+            stat("prediction minutes per run", lambda r: r["seconds"] / 60, 1),
+        ],
+        reference=AS_RUN,
+        first="inference",
+    )
+
+
+def main():
+    a = parser().parse_args()
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
-    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
-    if set(variants) - set(VARIANTS) or AS_RUN not in variants:
-        raise SystemExit(f"--variants: {variants}; each one of {list(VARIANTS)}, and {AS_RUN} among them")
-    t0 = time.time()
-    res = {}
-    for v in variants:
-        res[v] = []
-        for run in a.runs:
-            res[v].append(measure(run, v))
-            r = res[v][-1]
-            print(f"{v} {run}: val {r['val']:.4f} unheard {r['unheard']:.4f} test {r['test']:.4f}", flush=True)
-    table = report(variants, res)
-    print(table)
-    body = (
-        f"## {titled(str(ROOT / 'runs' / a.runs[0] / 'infer' / 'config.yaml'), [], 'Inference levers')} of the fold "
-        f"ensembles: {', '.join(VARIANTS[v][0] for v in variants[1:])}; {len(a.runs)} run"
-        f"{'s' if len(a.runs) > 1 else ''} (bench/infer_levers.py)\n\n"
-        f"`.venv/bin/python bench/infer_levers.py --runs {shlex.join(a.runs)} --variants {','.join(variants)}"
-        f"{f' --threads {a.threads}' if a.threads else ''}`: "
-        f"each run's fold models (one run per seed) predict their held-out curated clips and the test clips with "
+    t, t0 = table(a), time.time()
+    res = harness.run(t.variants, t.seeds, lambda v, run: measure(run, v.name))
+    text = (
+        f": each run's fold models (one run per seed) predict their held-out curated clips and the test clips with "
         f"the variant's infer settings; OOF val: pooled out-of-fold lwlrap, unheard: its clips of recordings no "
         f"training clip of their fold holds; test: the fold ensemble; mean +- std over {len(a.runs)} runs; paired: "
         f"the per-run difference to the run's own inference. The table took {(time.time() - t0) / 60:.0f} minutes."
-        f"\n\n{table}\n"
     )
-    write_section(a.section, body)
+    harness.write(t, res, text, size_table(res[AS_RUN]))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Shared pieces of the quality benchmarks: run stages in-process, score a fold model on the test set, write a
-table into a marked section of docs/results.md."""
+"""Shared pieces of the quality benchmarks: run stages in-process, score a fold model on the test set, mean +- sd
+and the paired difference over seeds, write a table into a marked section of docs/results.md. bench/harness.py
+builds the tables that compare variants over seeds on them."""
 
 from __future__ import annotations
 

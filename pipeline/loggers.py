@@ -9,17 +9,19 @@ loggers, a small class the training loop calls; pipeline.engine.fit makes one pe
     make tensorboard          # tensorboard --logdir runs: every run's curves, live
 
 Event files go to runs/<run>/tb/<stage>/ (tb/warmup, tb/train/fold_<k>; a fit outside runs/<run>/: out_dir/tb).
-Tags: per step train/loss, train/<each loss term>, train/lr; per epoch val/<metric> (val/lwlrap, any other val_*
-column such as unheard clips'), pseudo_labels/<pl_* column> (precision, recall, kept share, where the mode has
-them), epoch/<the epoch means of the loss and its terms>, speed/samples_per_second, speed/data_wait_share,
+Tags: per step train/loss, train/<each loss term> (loss_focal, loss_arcface, ...; _g for head g), train/<what the
+mode logs a step>, train/lr; per epoch val/<metric> (val/lwlrap, any other val_* column such as unheard clips'),
+pseudo_labels/<pl_* column> (precision, recall, kept share, where the mode has them), epoch/<metrics.csv's other
+columns: the epoch's mean loss, the mode's own figures>, speed/samples_per_second, speed/data_wait_share,
 speed/epoch_seconds; the resolved config as text (tag config). Steps count optimiser steps from 1; an epoch's values
 sit at its last step ((epoch + 1) * steps per epoch).
 
-A step's values stay tensors on the device; every STEPS_PER_WRITE steps they are copied to the CPU together and
-written, so logging adds no device synchronisation per step; the writer's thread flushes the files every FLUSH_SECS
-seconds and at every epoch's end. A resumed fit (last.pt of epoch E) opens its writer with purge_step E * steps + 1:
-TensorBoard drops what the killed run wrote after that epoch, so the curves go on with each step once. A fit started
-again for another config moves the old curves aside (keep_old_curves: tb/<stage>.<old key>), as it does last.pt.
+A step's values stay tensors on the device; every STEPS_PER_WRITE steps they are copied to the CPU together (no
+device synchronisation per step) and a thread of the logger writes them; the files are flushed every FLUSH_SECS
+seconds and at every epoch's end, before last.pt is written. A resumed fit (last.pt of epoch E) opens its writer
+with purge_step E * steps + 1: TensorBoard drops what the killed run wrote after that epoch, so the curves go on
+with each step once. A fit started again for another config moves the old curves aside (keep_old_curves:
+tb/<stage>.<old key>), as it does last.pt.
 """
 
 from __future__ import annotations
@@ -96,9 +98,15 @@ def _tag(key: str) -> str:
 
 
 class TensorBoardLogger(NullLogger):
-    """Scalars of one fit in `folder` through torch.utils.tensorboard's SummaryWriter (see the module docstring)."""
+    """Scalars of one fit in `folder` through torch.utils.tensorboard's SummaryWriter (see the module docstring).
+    The training thread only keeps each step's values and, every STEPS_PER_WRITE steps, copies them to the CPU;
+    a thread of the logger turns them into events (SummaryWriter's protobufs cost ~70 us a scalar), so a step pays
+    microseconds. epoch() waits until everything before it is in the files."""
 
     def __init__(self, folder, steps_per_epoch: int, start_epoch: int = 0, config_text: str | None = None):
+        import queue
+        import threading
+
         from torch.utils.tensorboard import SummaryWriter
 
         self.folder, self.steps = Path(folder), int(steps_per_epoch)
@@ -107,42 +115,63 @@ class TensorBoardLogger(NullLogger):
         # run's steps after its last.pt); from the start (0) that is all of them, the config text too
         purge = start_epoch * self.steps + 1 if start_epoch else 0
         self.writer = SummaryWriter(str(self.folder), purge_step=purge, flush_secs=FLUSH_SECS)
-        self.pending: list = []  # (step, {tag: tensor or number}) not yet written
+        self.pending: list = []  # (step, {tag: tensor or number}) not yet copied to the CPU
+        self.queue: queue.Queue = queue.Queue()  # [(tag, value, step)] for the writing thread; None: its end
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._write_loop, name="tensorboard", daemon=True)
+        self.thread.start()
         if start_epoch == 0 and config_text:
             self.writer.add_text("config", config_text, 0)
 
+    def _write_loop(self):
+        while (cells := self.queue.get()) is not None:
+            try:
+                for tag, value, step in cells:
+                    self.writer.add_scalar(tag, value, step)
+            except BaseException as e:  # noqa: BLE001  (raised in the training thread at the next epoch)
+                self.error = e
+            finally:
+                self.queue.task_done()
+        self.queue.task_done()
+
     def step(self, global_step: int, values: dict, lr: float):
-        """Keep a step's values (0-d tensors stay on the device) and its learning rate; write every
-        STEPS_PER_WRITE steps."""
+        """Keep a step's values (0-d tensors stay on the device) and its learning rate; hand them to the writing
+        thread every STEPS_PER_WRITE steps."""
         self.pending.append((global_step, {**{f"train/{k}": v for k, v in values.items()}, "train/lr": lr}))
         if len(self.pending) >= STEPS_PER_WRITE:
             self.write_steps()
 
     def write_steps(self):
-        """The pending steps' values, their tensors copied to the CPU in one transfer."""
+        """The pending steps' values, their tensors copied to the CPU in one transfer, to the writing thread."""
         import torch
 
         cells = [(s, k, v) for s, vals in self.pending for k, v in vals.items()]
         self.pending = []
         tensors = [v for _, _, v in cells if torch.is_tensor(v)]
         host = iter(torch.stack([t.detach().float().reshape(()) for t in tensors]).cpu().tolist() if tensors else [])
-        for s, k, v in cells:
-            self.writer.add_scalar(k, next(host) if torch.is_tensor(v) else float(v), s)
+        self.queue.put([(k, next(host) if torch.is_tensor(v) else float(v), s) for s, k, v in cells])
 
     def epoch(self, epoch: int, row: dict, samples_per_second: float):
         """The epoch's metrics.csv row (every finite number but epoch and lr) and its speed, at its last step;
-        the files flushed."""
+        returns once they and every step before are in the files."""
         self.write_steps()
         at = (epoch + 1) * self.steps
-        for k, v in row.items():
-            if k not in ("epoch", "lr") and isinstance(v, (int, float)) and math.isfinite(v):
-                self.writer.add_scalar(_tag(k), float(v), at)
-        self.writer.add_scalar("speed/samples_per_second", float(samples_per_second), at)
+        cells = [(_tag(k), float(v), at) for k, v in row.items() if k not in ("epoch", "lr") and _finite(v)]
+        self.queue.put([*cells, ("speed/samples_per_second", float(samples_per_second), at)])
+        self.queue.join()
+        if self.error is not None:
+            raise self.error
         self.writer.flush()
 
     def close(self):
         self.write_steps()
+        self.queue.put(None)
+        self.thread.join()
         self.writer.close()
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def config_text(cfg) -> str:

@@ -144,7 +144,7 @@ def curves_section(hist: dict) -> str:
         return note("no metrics.csv found")
     import tempfile
 
-    from pipeline.engine import plot_curves  # the figure make train writes as curves.png
+    from pipeline.curves import plot_curves  # the figure make train writes as curves.png
 
     with tempfile.TemporaryDirectory() as tmp:
         plot_curves(hist, Path(tmp) / "curves.png")

@@ -53,7 +53,7 @@ def finished_folds(cfg, out: Path) -> list:
 
 def rebuild(cfg, ds=None, log=None) -> dict:
     """Rewrite oof.csv, summary.json and curves.png from every finished fold; returns {"dir", **summary}."""
-    from pipeline.engine import plot_curves
+    from pipeline.curves import plot_curves
 
     out = run_dir(cfg, "train")
     log = log or get_logger(folder=out)

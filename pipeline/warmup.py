@@ -16,8 +16,9 @@ from __future__ import annotations
 from pipeline import distributed
 from pipeline.cache import FeatureCache
 from pipeline.config import cli, save_config
+from pipeline.curves import plot_curves
 from pipeline.data import dataset
-from pipeline.engine import build_model, fit, make_clipset, plot_curves, train_key
+from pipeline.engine import build_model, fit, make_clipset, train_key
 from pipeline.utils import file_lock, get_logger, is_done, run_dir
 
 

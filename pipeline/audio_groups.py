@@ -70,7 +70,6 @@ def peaks(S: np.ndarray, frames_per_s: float) -> tuple[np.ndarray, np.ndarray, n
     S = np.asarray(S, np.float32)
     if S.shape[0] < 2:
         return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
-
     top = ndimage.maximum_filter(S, size=(PEAK_FRAMES, PEAK_BANDS), mode="constant", cval=-np.inf)
     t, f = np.nonzero((S == top) & (S > S.max() - DYNAMIC_DB))
     keep = max(1, int(round(PEAKS_PER_S * S.shape[0] / frames_per_s)))

@@ -5,10 +5,12 @@
 pipeline.engine.fit itself at bench/train_step.py's demo width (vgg8 width 0.25, 64 mels, 128-frame crops, batch
 32, 96 demo clips; the supervised mode, no validation), with train.tensorboard false and true in turn, in the order
 off on on off (repeated --repeats times) so that a drift of the machine falls on both alike. Each fit runs 2 epochs
-of --steps steps; its step time is its second epoch's seconds (the steps, and with TensorBoard every step's values
-kept, written every pipeline.loggers.STEPS_PER_WRITE steps, and the epoch's values written and flushed) over the
-steps. Prints every fit, then the median step time of each setting, their difference, how many cores other
-processes used meanwhile (the figures of a shared machine move with them), and the logger's own work per step
+of --steps steps (after one untimed fit of each); its wall step time is its second epoch's seconds (the steps, and
+with TensorBoard every step's values kept, written every pipeline.loggers.STEPS_PER_WRITE steps, and the epoch's
+values written and flushed) over the steps, its CPU step time the process's CPU seconds over the whole fit (the
+logger's thread included) over its steps. For each: the median of each setting and the difference paired by round
+(each round's fits ran side by side) with its 95% t-interval; how many cores other processes used meanwhile (the
+wall times of a shared machine move with them, the CPU times much less); and the logger's own work per step
 measured alone (logger_cost), which the noise of whole steps hides.
 """
 
@@ -29,8 +31,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 from train_step import SETTINGS, Others, clipset, config_for, make_data  # noqa: E402
 
 
-def one_fit(cfg, clips, classes, out: Path, tensorboard: bool, steps: int, threads: int) -> float:
-    """Seconds per step of the second epoch of a 2-epoch fit."""
+def one_fit(cfg, clips, classes, out: Path, tensorboard: bool, steps: int, threads: int) -> tuple[float, float]:
+    """(wall seconds per step of the second epoch, CPU seconds of this process per step over the whole fit) of a
+    2-epoch fit. The CPU time counts the logger's writing thread too, and moves much less than the wall time with
+    the load of other processes."""
+    import resource
+
     import torch
 
     from pipeline.config import to_cfg, to_plain
@@ -41,8 +47,11 @@ def one_fit(cfg, clips, classes, out: Path, tensorboard: bool, steps: int, threa
     torch.manual_seed(0)
     shutil.rmtree(out, ignore_errors=True)
     cfg2 = to_cfg(plain)
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     hist = fit(cfg2, out, build_model(cfg2, len(classes)), "supervised", classes, clips)["history"]
-    return float(hist.iloc[-1]["seconds"]) / steps
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+    return float(hist.iloc[-1]["seconds"]) / steps, cpu / (2 * steps)
 
 
 def logger_cost(folder: Path, steps: int = 2000, terms: int = 4) -> tuple[float, float]:
@@ -70,6 +79,31 @@ def logger_cost(folder: Path, steps: int = 2000, terms: int = 4) -> tuple[float,
     return in_step / steps, (time.perf_counter() - t0) / steps
 
 
+def t95(df: int) -> float:
+    """The two-sided 95% quantile of Student's t with df degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def summary(times: dict, repeats: int) -> str:
+    """The medians (min - max) of each setting and their difference paired by round, with its 95% t-interval."""
+    off, on = statistics.median(times[False]), statistics.median(times[True])
+    # paired by round: each round's mean on minus its mean off (its fits ran side by side, off on on off)
+    diffs = [(sum(times[True][2 * r : 2 * r + 2]) - sum(times[False][2 * r : 2 * r + 2])) / 2 for r in range(repeats)]
+    d = statistics.mean(diffs)
+    half = t95(len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    rows = "".join(
+        f"| {str(tb).lower()} | {1000 * statistics.median(v):.1f} | {1000 * min(v):.1f} - {1000 * max(v):.1f} |\n"
+        for tb, v in times.items()
+    )
+    return (
+        f"| train.tensorboard | ms / step (median) | min - max |\n|---|---|---|\n{rows}"
+        f"on - off, paired by round: {1000 * d:+.2f} ms [95% t-interval {1000 * (d - half):+.2f}, "
+        f"{1000 * (d + half):+.2f}] ({100 * d / off:+.2f}% of a step; medians {100 * (on / off - 1):+.2f}%)"
+    )
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=25, help="steps per epoch (default 25: one write of the steps)")
@@ -81,28 +115,29 @@ def main(argv=None):
         s = SETTINGS["demo"]
         cfg = config_for(make_data(tmp), tmp, s)
         clips, classes = clipset(cfg)
-        times: dict = {False: [], True: []}
+        for tb in (False, True):  # untimed: imports (tensorboard's among them) and first-touch allocations
+            one_fit(cfg, clips, classes, tmp / "warm", tb, a.steps, a.threads)
+        wall: dict = {False: [], True: []}
+        cpu: dict = {False: [], True: []}
         others = Others().start()
         for r in range(a.repeats):
             for tb in (False, True, True, False):
-                t = one_fit(cfg, clips, classes, tmp / f"fit-{r}-{int(tb)}", tb, a.steps, a.threads)
-                times[tb].append(t)
-                print(f"round {r + 1} tensorboard {'on ' if tb else 'off'}: {1000 * t:.1f} ms/step", flush=True)
+                w, c = one_fit(cfg, clips, classes, tmp / f"fit-{r}-{int(tb)}", tb, a.steps, a.threads)
+                wall[tb].append(w)
+                cpu[tb].append(c)
+                print(f"round {r + 1} tensorboard {'on ' if tb else 'off'}: {1000 * w:.1f} ms/step, CPU "
+                      f"{1000 * c:.1f} ms/step", flush=True)  # fmt: skip
         busy = others.stop()
         own = logger_cost(tmp / "logger")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    off, on = statistics.median(times[False]), statistics.median(times[True])
-    spread = {tb: (min(v), max(v)) for tb, v in times.items()}
     print(
         f"\nvgg8 width {s['width']}, batch {s['batch']}, {s['frames']} frames, {a.threads} thread(s), "
-        f"{a.steps} steps an epoch, {len(times[False])} fits each; other processes used {busy:.2f} cores\n"
-        f"| train.tensorboard | ms / step (median) | min - max |\n|---|---|---|\n"
-        f"| false | {1000 * off:.1f} | {1000 * spread[False][0]:.1f} - {1000 * spread[False][1]:.1f} |\n"
-        f"| true | {1000 * on:.1f} | {1000 * spread[True][0]:.1f} - {1000 * spread[True][1]:.1f} |\n"
-        f"difference: {1000 * (on - off):+.2f} ms a step ({100 * (on / off - 1):+.1f}%)\n"
+        f"{a.steps} steps an epoch, {len(wall[False])} fits each; other processes used {busy:.2f} cores\n"
+        f"wall time of a step (the second epoch's):\n{summary(wall, a.repeats)}\n"
+        f"CPU time of this process per step (the whole fit):\n{summary(cpu, a.repeats)}\n"
         f"the logger alone (logger_cost): {1e6 * own[0]:.0f} us a step in the training thread's step() calls, "
-        f"{1e6 * own[1]:.0f} us a step with its writing thread's work ({100 * own[1] / off:.2f}% of a step here)"
+        f"{1e6 * own[1]:.0f} us a step with its writing thread's work"
     )
 
 

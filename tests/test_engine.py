@@ -36,7 +36,7 @@ def small_fit(cfg, out):
 
 
 def test_resume_gives_same_weights_as_uninterrupted(prepared, tmp_path, monkeypatch):
-    import pipeline.engine as engine
+    from pipeline.engine import resume  # write_checkpoints writes last.pt through its save_checkpoint
 
     cfg = prepared("train.mode=supervised", "train.epochs=3", "model.dropout=0.2")
     small_fit(cfg, tmp_path / "a")
@@ -44,17 +44,17 @@ def test_resume_gives_same_weights_as_uninterrupted(prepared, tmp_path, monkeypa
     class Stop(Exception):
         pass
 
-    real_save = engine.save_checkpoint
+    real_save = resume.save_checkpoint
 
     def save_then_stop(path, *a, **k):  # dies right after epoch 1's last.pt, as a kill there would
         real_save(path, *a, **k)
         if Path(path).name == "last.pt" and k.get("epoch") == 1:
             raise Stop
 
-    monkeypatch.setattr(engine, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(resume, "save_checkpoint", save_then_stop)
     with pytest.raises(Stop):
         small_fit(cfg, tmp_path / "c")
-    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    monkeypatch.setattr(resume, "save_checkpoint", real_save)
     assert not (tmp_path / "c" / "done.json").exists()
     torch.manual_seed(12345)  # the process's RNG state differs from a fresh run's
     small_fit(cfg, tmp_path / "c")

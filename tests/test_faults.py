@@ -149,8 +149,8 @@ def test_a_kill_while_a_checkpoint_is_replaced_leaves_a_pair_that_checks(tmp_pat
 def test_resume_falls_back_to_the_previous_checkpoint(prepared, tmp_path, monkeypatch):
     """Stopped after epoch 2 of 3 and its last.pt damaged since: training resumes from previous.pt (epoch 1) and
     ends with the checkpoint an uninterrupted run writes, byte for byte."""
-    import pipeline.engine as engine
     from pipeline import train
+    from pipeline.engine import loop  # fit calls its train_epoch
 
     cfg = prepared("train.mode=supervised", "train.init_from=null", "train.steps_per_epoch=2", "train.folds=[0]",
                    "train.epochs=3")  # fmt: skip
@@ -159,14 +159,14 @@ def test_resume_falls_back_to_the_previous_checkpoint(prepared, tmp_path, monkey
     train.main(cfg)  # the uninterrupted run, in a folder of its own
     monkeypatch.chdir(tmp_path)
     want = Path("ref/runs/base/train/fold_0/last.pt").read_bytes()
-    real = engine.train_epoch
+    real = loop.train_epoch
 
     def stop_at_epoch_3(run, epoch, *a):
         if epoch == 2:
             raise KeyboardInterrupt
         return real(run, epoch, *a)
 
-    monkeypatch.setattr(engine, "train_epoch", stop_at_epoch_3)
+    monkeypatch.setattr(loop, "train_epoch", stop_at_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         train.main(cfg)
     monkeypatch.undo()

@@ -245,7 +245,7 @@ def test_every_planned_check_has_its_run_and_reads_log_lines_the_pipeline_writes
     distributed = (ROOT / "pipeline" / "distributed.py").read_text()
     assert "data-parallel: {dist.get_world_size()} processes ({dist.get_backend()})" in distributed
     assert "'synchronised (SyncBatchNorm)' if use_sync" in distributed
-    engine = (ROOT / "pipeline" / "engine.py").read_text()
+    engine = "".join(p.read_text() for p in sorted((ROOT / "pipeline" / "engine").glob("*.py")))
     assert 'f"resuming {run.out_dir} from epoch {run.start}/{run.cfg.train.epochs}"' in engine
     assert "device {device}, precision {dtype or 'float32'} (train.amp=" in engine
 

@@ -4,7 +4,7 @@ checkpoints (checked on the CPU with a CPU scaler standing in for the CUDA one).
 import pytest
 import torch
 
-from pipeline import engine
+import pipeline.engine.fit_run as fit_run  # set_up_fit makes the scaler
 from pipeline.config import load_config
 from pipeline.engine import build_model, fit, load_checkpoint
 from pipeline.utils import UserError, amp_dtype, make_scaler, save_torch
@@ -39,7 +39,7 @@ def test_scaler_state_saved_and_restored_on_resume(tmp_path, monkeypatch, fake_c
         made.append(torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=10_000))
         return made[-1]
 
-    monkeypatch.setattr(engine, "make_scaler", cpu_scaler)
+    monkeypatch.setattr(fit_run, "make_scaler", cpu_scaler)
     cfg = load_config(
         None,
         [

@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-import pipeline.engine as engine
+import pipeline.engine.loop as loop  # train_epoch calls its train_step
 from pipeline import loggers
 from pipeline.config import load_config
 from pipeline.engine import build_model, fit, make_clipset
@@ -99,7 +99,7 @@ def test_a_resumed_fit_shows_each_step_once_with_the_uninterrupted_values(fake_c
     class Killed(Exception):
         pass
 
-    real = engine.train_step
+    real = loop.train_step
 
     def dies_in_epoch_3(run, batch, epoch, s, sums):  # after epoch 2's last.pt and 2 steps of epoch 3
         if epoch == 2 and s == 2:
@@ -107,10 +107,10 @@ def test_a_resumed_fit_shows_each_step_once_with_the_uninterrupted_values(fake_c
         real(run, batch, epoch, s, sums)
 
     monkeypatch.setattr(loggers, "STEPS_PER_WRITE", 1)  # the killed run's steps 9, 10 reach the files
-    monkeypatch.setattr(engine, "train_step", dies_in_epoch_3)
+    monkeypatch.setattr(loop, "train_step", dies_in_epoch_3)
     with pytest.raises(Killed):
         fit_in(FOLD, fake_clips)
-    monkeypatch.setattr(engine, "train_step", real)
+    monkeypatch.setattr(loop, "train_step", real)
     assert raw_steps("runs/tb/tb/train/fold_0", "train/loss") == list(range(1, 11))
     fit_in(FOLD, fake_clips)  # resumes from epoch 2's last.pt
     assert raw_steps("runs/tb/tb/train/fold_0", "train/loss").count(9) == 2  # written twice, shown once:

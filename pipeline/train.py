@@ -136,7 +136,7 @@ def main(cfg) -> dict:
             (fdir / "oof.csv").unlink(missing_ok=True)
         labelled, unlabelled, calib = fold_clips(cfg, ds, mode_cls, curated_cache, noisy_cache, tr)
         if unlabelled is not None:
-            unlabelled = mode_cls.select_unlabelled(cfg, k, unlabelled, log)
+            unlabelled = mode_cls.select_unlabelled(cfg, k, unlabelled, log, load_model=load_model)
         seed_offset = 1000 * (1 + (k if k != "full" else 99))
         model = build_model(
             cfg,

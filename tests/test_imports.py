@@ -1,6 +1,6 @@
 """The import graph of pipeline/ and models/, read with ast (every import statement, module-level or inside a
-function): plumbing (pipeline/utils.py) stands on nothing of the project, no stage or model imports the dataset
-builders (pipeline/datasets/), and no module reaches itself again."""
+function): plumbing (pipeline/utils.py) stands on nothing of the project, the training modes never import the
+engine, no stage or model imports the dataset builders (pipeline/datasets/), and no module reaches itself again."""
 
 from __future__ import annotations
 
@@ -95,6 +95,21 @@ def test_utils_imports_no_project_module():
     path = ROOT / "pipeline" / "utils.py"
     project = sorted(n for n in imported_names(path, "pipeline.utils") if n.split(".")[0] in PACKAGES)
     assert project == [], f"pipeline/utils.py imports {project}: plumbing must stand on nothing of the project"
+
+
+def package(graph: dict, name: str) -> set[str]:
+    """The modules of package `name` (itself and every module under it)."""
+    return {m for m in graph if m == name or m.startswith(name + ".")}
+
+
+def test_modes_stand_below_the_engine():
+    """The training modes (pipeline/modes/) never import the engine (pipeline/engine/): what a mode needs of it is
+    handed to it (its TrainContext; select_unlabelled's load_model)."""
+    graph = import_graph()
+    modes, engine = package(graph, "pipeline.modes"), package(graph, "pipeline.engine")
+    assert len(modes) > 5 and engine
+    found = sorted(f"{m} -> {sorted(graph[m] & engine)}" for m in modes if graph[m] & engine)
+    assert found == [], "modes import the engine: " + "; ".join(found)
 
 
 def test_no_stage_imports_the_dataset_builders():

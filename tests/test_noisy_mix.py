@@ -11,7 +11,7 @@ from test_ssl_modes import C, make_batch
 
 from pipeline.augment import build_batch_augment
 from pipeline.config import load_config
-from pipeline.engine import ClipSet, build_model, fit, make_clipset
+from pipeline.engine import ClipSet, build_model, fit, load_model, make_clipset
 from pipeline.losses import build_loss
 from pipeline.modes import TrainContext, create_mode, mode_class
 from pipeline.modes import noisy_mix as nm
@@ -87,7 +87,7 @@ def clipset(y):
 def test_staged_selection_keeps_clips_whose_label_the_model_ranks_top(monkeypatch):
     y = [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]]
     p = np.array([[0.9, 0.1, 0, 0, 0], [0.9, 0.5, 0, 0, 0], [0, 0, 0.2, 0.6, 0.1], [0, 0, 0, 0.3, 0.2]], np.float32)
-    monkeypatch.setattr(nm, "selection_predictions", lambda cfg, run, fold, clips: p)
+    monkeypatch.setattr(nm, "selection_predictions", lambda cfg, run, fold, clips, load_model: p)
     cls = mode_class("noisy_mix")
     cfg = load_config(None, ["train.mode=noisy_mix", "ssl.noisy_mix={select_from: other}"])
     kept = cls.select_unlabelled(cfg, 0, clipset(y))
@@ -103,14 +103,14 @@ def test_staged_selection_refuses_a_run_without_the_fold_or_with_other_folds(tmp
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, ["run.name=mine", "train.mode=noisy_mix", "ssl.noisy_mix={select_from: other}"])
     with pytest.raises(FileNotFoundError, match="select_from=other"):
-        nm.selection_predictions(cfg, "other", 0, clipset([[1, 0, 0, 0, 0]]))
+        nm.selection_predictions(cfg, "other", 0, clipset([[1, 0, 0, 0, 0]]), load_model)
     for run, folds in (("mine", [0, 1]), ("other", [1, 0])):
         (tmp_path / "runs" / run / "folds").mkdir(parents=True)
         pd.DataFrame({"fname": ["a", "b"], "fold": folds}).to_csv(tmp_path / f"runs/{run}/folds/folds.csv")
     (tmp_path / "runs/other/train/fold_0").mkdir(parents=True)
     (tmp_path / "runs/other/train/fold_0/done.json").write_text("{}")
     with pytest.raises(ValueError, match="not this run's"):
-        nm.selection_predictions(cfg, "other", 0, clipset([[1, 0, 0, 0, 0]]))
+        nm.selection_predictions(cfg, "other", 0, clipset([[1, 0, 0, 0, 0]]), load_model)
 
 
 def test_staged_selection_predicts_with_the_fold_model_once_and_anew_after_retraining(prepared, monkeypatch):
@@ -137,17 +137,19 @@ def test_staged_selection_predicts_with_the_fold_model_once_and_anew_after_retra
         args = (clips.cache, clips.fnames, cfg.train.frames, cfg.infer.hop, ds.n_classes)
         return pred.predict_clips(model, *args)
 
-    p = nm.selection_predictions(cfg, "other", 0, clips)
+    p = nm.selection_predictions(cfg, "other", 0, clips, load_model)
     assert p.shape == (len(ds.noisy), ds.n_classes)
     np.testing.assert_allclose(p, direct(models[0]), atol=1e-6)  # the fold model's own predictions
     assert len(list(fdir.glob("noisy_pred-*.npy"))) == 1
     with monkeypatch.context() as m:  # kept: a second fit of the fold reads them instead of predicting
         m.setattr(pred, "predict_clips", lambda *a, **k: pytest.fail("predicted again"))
-        np.testing.assert_array_equal(nm.selection_predictions(cfg, "other", 0, clips), p)
+        np.testing.assert_array_equal(nm.selection_predictions(cfg, "other", 0, clips, load_model), p)
     save_checkpoint(fdir / "best.pt", models[1], cfg, ds.classes)  # the source fold retrained: predicted anew
     t = (fdir / "best.pt").stat().st_mtime_ns + 10**9
     os.utime(fdir / "best.pt", ns=(t, t))
-    np.testing.assert_allclose(nm.selection_predictions(cfg, "other", 0, clips), direct(models[1]), atol=1e-6)
+    np.testing.assert_allclose(
+        nm.selection_predictions(cfg, "other", 0, clips, load_model), direct(models[1]), atol=1e-6
+    )
 
 
 def test_fit_one_epoch(prepared, tmp_path):

@@ -18,7 +18,7 @@ from pipeline import bundle, infer, model_files, predict_dir, train
 from pipeline.cache import FeatureCache, feature_params
 from pipeline.config import save_config
 from pipeline.data import load_dataset
-from pipeline.engine import build_model, load_checkpoint, make_clipset, save_checkpoint, train_key
+from pipeline.engine import build_model, load_checkpoint, load_model, make_clipset, save_checkpoint, train_key
 from pipeline.modes import noisy_mix
 from pipeline.predict import predict_settings
 from pipeline.utils import CONVERT_COMMAND, NotPlainWeights, mark_done, sha256_file, user_errors
@@ -113,7 +113,7 @@ def test_select_from_refuses_it(prepared, marker, capsys):
     clips = make_clipset(FeatureCache.open(cfg, "noisy"), ds.noisy, ds.classes)
     evil = crafted(Path("runs/other/train/fold_0/best.pt"), marker)
     mark_done(evil.parent, "k")
-    refused(capsys, "train", lambda: noisy_mix.selection_predictions(cfg, "other", 0, clips), evil, marker)
+    refused(capsys, "train", lambda: noisy_mix.selection_predictions(cfg, "other", 0, clips, load_model), evil, marker)
 
 
 @pytest.mark.parametrize("name", ["fold_0.safetensors", "fold_0.pt"])

@@ -1,9 +1,10 @@
 """Training modes, registered by name: how a batch becomes a loss (supervised, teacher-student, semi-supervised).
 
 A mode gets a TrainContext (config, model, loss, batch augmentation, device, generator) and implements `step(batch,
-progress) -> (loss, logs)`. The engine (pipeline/engine.py) owns data, optimiser, schedule, checkpoints and
-validation. Each mode declares its hyperparameters beside its code in `defaults`; a config sets them under
-`ssl.<mode>.<key>` (teacher_student uses its own config section).
+progress) -> (loss, logs)`. The engine (pipeline/engine/) owns data, optimiser, schedule, checkpoints and
+validation; it stands above the modes, which never import it: what a mode needs of it is handed to it (the
+TrainContext; select_unlabelled's load_model). Each mode declares its hyperparameters beside its code in
+`defaults`; a config sets them under `ssl.<mode>.<key>` (teacher_student uses its own config section).
 
     @register_mode("supervised")
     class Supervised(Mode): ...
@@ -140,8 +141,9 @@ class Mode:
         return cls.hyperparameters(cfg).get("rule") == "class_threshold"
 
     @classmethod
-    def select_unlabelled(cls, cfg, fold, clips, log=None):
-        """The unlabelled (noisy) clips fold `fold` trains on, out of `clips` (a ClipSet): all of them."""
+    def select_unlabelled(cls, cfg, fold, clips, log=None, load_model=None):
+        """The unlabelled (noisy) clips fold `fold` trains on, out of `clips` (a ClipSet): all of them. load_model
+        (path -> (model, checkpoint), the engine's) is for a mode whose selection predicts with a saved model."""
         return clips
 
     def calibration_model(self):

@@ -85,12 +85,13 @@ class NoisyMix(Mode):
         return loss, {"loss_curated": loss_v.detach(), "loss_noisy": loss_w.detach()}
 
     @classmethod
-    def select_unlabelled(cls, cfg, fold, clips, log=None):
-        """The noisy clips staged selection keeps (all of them without select_from)."""
+    def select_unlabelled(cls, cfg, fold, clips, log=None, load_model=None):
+        """The noisy clips staged selection keeps (all of them without select_from); load_model reads
+        select_from's fold model (selection_predictions)."""
         hp = cls.hyperparameters(cfg)
         if not hp["select_from"] or fold == "full":
             return clips
-        p = selection_predictions(cfg, hp["select_from"], fold, clips)
+        p = selection_predictions(cfg, hp["select_from"], fold, clips, load_model)
         top = np.argsort(-p, axis=1)[:, : int(hp["select_topk"])]
         keep = np.take_along_axis(clips.y[:, : p.shape[1]], top, axis=1).max(1) >= 0.5
         if log is not None:
@@ -101,12 +102,13 @@ class NoisyMix(Mode):
         return clips.subset(np.flatnonzero(keep))
 
 
-def selection_predictions(cfg, run: str, fold, clips) -> np.ndarray:
-    """(N, C) predictions of runs/<run>/train/fold_<fold>/best.pt on the clips, computed once and kept beside it."""
+def selection_predictions(cfg, run: str, fold, clips, load_model) -> np.ndarray:
+    """(N, C) predictions of runs/<run>/train/fold_<fold>/best.pt on the clips, computed once and kept beside it.
+    load_model (path -> (model, checkpoint)) is the engine's (pipeline.engine.load_model), handed over by the train
+    stage: a mode stands below the engine and never imports it."""
     import pandas as pd
 
     from pipeline.distributed import get_device
-    from pipeline.engine import load_model
     from pipeline.predict import predict_clips
     from pipeline.utils import atomic_path, run_dir
 

@@ -126,7 +126,7 @@ def test_checkpoint_bytes_depend_on_the_state_alone(tmp_path):
 
 def test_a_kill_while_a_checkpoint_is_replaced_leaves_a_pair_that_checks(tmp_path, monkeypatch):
     """Killed after the new sidecar, before the rename: the old file still checks (the sidecar lists both)."""
-    import pipeline.utils as utils
+    from pipeline.utils import files  # atomic_path's rename
 
     path = tmp_path / "last.pt"
     save_torch({"epoch": 1}, path)
@@ -137,7 +137,7 @@ def test_a_kill_while_a_checkpoint_is_replaced_leaves_a_pair_that_checks(tmp_pat
             raise KeyboardInterrupt
         return real(src, dst)
 
-    monkeypatch.setattr(utils.os, "replace", killed_at_rename)
+    monkeypatch.setattr(files.os, "replace", killed_at_rename)
     with pytest.raises(KeyboardInterrupt):
         save_torch({"epoch": 2}, path)
     monkeypatch.undo()

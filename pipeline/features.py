@@ -6,7 +6,7 @@
 
 A rerun with the same parameters and clips does nothing but check each cache file's length (a damaged file's split
 is rebuilt); a changed or added clip is extracted alone. The log-mel computation is pipeline/extractor.py, the cache
-(layout, incremental and sharded builds, merge, damage checks, FeatureCache for the readers) pipeline/cache.py.
+pipeline/cache/ (layout, incremental and sharded builds, merge, damage checks, FeatureCache for the readers).
 """
 
 from __future__ import annotations

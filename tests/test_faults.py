@@ -22,8 +22,8 @@ import pytest
 import torch
 from conftest import TINY_TRAIN, make_dataset
 
-from pipeline import cache as cache_mod
 from pipeline.cache import FeatureCache, build_cache, cache_dir
+from pipeline.cache import extract as cache_extract  # extract_split calls its logmels
 from pipeline.utils import ROOT, DamagedFile, UserError, checksum_path, load_torch, save_torch
 
 SPLIT_FILES = (".f16", ".index.csv", ".json")
@@ -189,7 +189,7 @@ def test_full_disk_while_writing_is_one_line_and_leaves_nothing(dataset, cfg_for
 
     cfg = cfg_for(dataset)
     whole = cache_files(build_cache(cfg_for(dataset, "features.cache_dir=whole")))
-    real = cache_mod.logmels
+    real = cache_extract.logmels
 
     def disk_fills(paths, params, workers):
         for i, chunk in enumerate(real(paths, params, workers)):
@@ -197,7 +197,7 @@ def test_full_disk_while_writing_is_one_line_and_leaves_nothing(dataset, cfg_for
                 raise OSError(errno.ENOSPC, "No space left on device")
             yield chunk
 
-    monkeypatch.setattr(cache_mod, "logmels", disk_fills)
+    monkeypatch.setattr(cache_extract, "logmels", disk_fills)
     with pytest.raises(SystemExit) as e, user_errors("features"):
         build_cache(cfg)
     assert e.value.code == 2
@@ -258,7 +258,7 @@ def test_features_on_a_full_tmpfs(dataset, tmp_path, small_fs):
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert "need about" in run.stderr and "kB free" in run.stderr and not list(fs.rglob("*.f16"))
     hook = (
-        f"import pipeline.cache as c; c.estimate_bytes = lambda *a: 0; import runpy, sys; "
+        f"import pipeline.cache.build as c; c.estimate_bytes = lambda *a: 0; import runpy, sys; "
         f"sys.argv = {['features', *cmd[3:]]!r}; runpy.run_module('pipeline.features', run_name='__main__')"
     )
     run = subprocess.run([sys.executable, "-c", hook], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,

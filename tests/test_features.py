@@ -9,6 +9,9 @@ import soundfile as sf
 from pipeline import cache as features
 from pipeline import extractor
 from pipeline.cache import FeatureCache, build_cache, cache_dir, norm_stats
+from pipeline.cache import build as cache_build  # what build_split calls
+from pipeline.cache import merge as cache_merge  # the split's index write
+from pipeline.cache import shards as cache_shards
 from pipeline.data import DataError
 from pipeline.extractor import FeatureError
 
@@ -296,7 +299,7 @@ def test_kill_inside_a_merge_neither_wedges_nor_leaks(dataset, cfg_for, tmp_path
     extracts again and completes. Killed after the split's json, before the sweep: the next run sweeps the parts."""
     cfg = cfg_for(dataset, f"features.cache_dir={tmp_path / 'k'}")
     out = cache_dir(cfg)
-    real = features.atomic_to_csv
+    real = cache_merge.atomic_to_csv
 
     class Killed(Exception):
         pass
@@ -306,15 +309,15 @@ def test_kill_inside_a_merge_neither_wedges_nor_leaks(dataset, cfg_for, tmp_path
             raise Killed
         return real(df, path, **kw)
 
-    monkeypatch.setattr(features, "atomic_to_csv", die_at_split_index)
+    monkeypatch.setattr(cache_merge, "atomic_to_csv", die_at_split_index)
     with pytest.raises(Killed):
         build_cache(cfg)
     assert (out / "curated.f16").exists() and list(out.glob("curated.*.part0of1.json"))  # the wedge's state
-    monkeypatch.setattr(features, "atomic_to_csv", real)
+    monkeypatch.setattr(cache_merge, "atomic_to_csv", real)
     build_cache(cfg)
     whole = {p.name: p.read_bytes() for p in out.glob("curated.*") if "part" not in p.name}
     assert not list(out.glob("curated.*part*"))
-    monkeypatch.setattr(features, "_sweep", lambda *a, **k: None)  # killed before the sweep
+    monkeypatch.setattr(cache_build, "_sweep", lambda *a, **k: None)  # killed before the sweep
     (out / "curated.json").unlink()
     build_cache(cfg)
     monkeypatch.undo()
@@ -327,24 +330,25 @@ def test_a_build_merged_while_another_extracts_is_not_misread(dataset, cfg_for, 
     """Two plans reuse the same previous build; the one that merges second finds the files replaced under it and
     plans again on top of the new build, instead of reading the new .f16 at the old build's offsets."""
     from pipeline.cache import build_split, clip_table, feature_params
+    from pipeline.data import dataset as load_dataset
     from pipeline.utils import get_logger
 
     cfg = cfg_for(dataset, f"features.cache_dir={tmp_path / 'race'}")
     out = build_cache(cfg)
-    ds = features.dataset(cfg, check_audio=True)
+    ds = load_dataset(cfg, check_audio=True)
     clips, params, log = clip_table(ds, "curated"), feature_params(cfg), get_logger()
     wav = dataset / "train_curated" / clips["fname"].iloc[3]
     y, sr = sf.read(wav)
     sf.write(wav, y[: sr // 2], sr, subtype="PCM_16")  # this process's change: one clip re-extracted
-    ours = clip_table(features.dataset(cfg, check_audio=True), "curated")
-    real = features._extract_part
+    ours = clip_table(load_dataset(cfg, check_audio=True), "curated")
+    real = cache_build._extract_part
 
     def interloper_merges_first(*a, **k):
-        monkeypatch.setattr(features, "_extract_part", real)
+        monkeypatch.setattr(cache_build, "_extract_part", real)
         assert build_split(out, "curated", clips.iloc[1:], params, cfg, None, log)  # a build without the 1st clip
         real(*a, **k)
 
-    monkeypatch.setattr(features, "_extract_part", interloper_merges_first)
+    monkeypatch.setattr(cache_build, "_extract_part", interloper_merges_first)
     assert build_split(out, "curated", ours, params, cfg, None, log)
     fresh = build_cache(cfg_for(dataset, f"features.cache_dir={tmp_path / 'fresh'}"))
     assert {k: v for k, v in _files(out).items() if k.startswith("curated")} == {
@@ -435,7 +439,7 @@ def test_same_shard_started_twice_is_an_error(dataset, cfg_for):
 
     cfg = cfg_for(dataset)
     clips = features.clip_table(load_dataset(cfg), "noisy")
-    plan = features._plan(features.split_key(features.feature_params(cfg), clips), None, clips)
+    plan = cache_shards._plan(features.split_key(features.feature_params(cfg), clips), None, clips)
     lock = cache_dir(cfg) / f"noisy.{plan}.part0of2.lock"
     with file_lock(lock):  # shard 0/2 running in another process
         with pytest.raises(UserError, match=r"part0of2.lock: shard 0/2 of noisy is held by another process"):

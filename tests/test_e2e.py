@@ -74,7 +74,7 @@ def test_whole_chain_on_tiny_demo(tiny, tmp_path, capsys, browser_dom):
     assert re.search(r'<body data-sections="6" data-images="(\d+)" data-images-ok="\1"', page), page[:300]
     for sid in report.SECTIONS:
         assert re.search(rf'<section id="{sid}"><h2>[^<]+</h2>\s*(<img|<table|<p|<div)', page), sid
-    assert "test lwlrap</th><td>0." in page  # the submission scored against test_labels.csv
+    assert "test lwlrap [95% interval]</th><td>0." in page  # the submission scored against test_labels.csv
     # a rerun of every stage is a no-op
     before = {p: p.stat().st_mtime_ns for p in Path("runs/e2e").rglob("*.pt")}
     features.main(cfg("features"))

@@ -33,7 +33,7 @@ misses are mostly other cuts of one take, which share no audio, and excerpts who
 frames lose part of their landmarks. The result is cached under the feature cache by the splits' keys and the
 parameters (audio_groups-<key>.npz), so a rerun costs nothing.
 
-    found = find(folder, min_match, frames_per_s)    # Found: segments, their edges and levels, cross-split stretches
+    found = find(folder, min_match, frames_per_s)    # Found: segments, their edges, cross-split stretches
     groups, info = clip_groups(found, y, min_purity=0.6, max_class_share=0.5)   # each clip's recordings, statistics
 """
 
@@ -51,7 +51,7 @@ from scipy.sparse.csgraph import connected_components
 
 from pipeline.utils import atomic_path, progress
 
-VERSION = 1  # bump when the landmarks, matching or the cached layout change
+VERSION = 2  # bump when the landmarks, matching or the cached layout change
 PEAK_FRAMES, PEAK_BANDS = 9, 5  # local-maximum neighbourhood (frames x mel bands)
 DYNAMIC_DB = 40.0  # peaks within this of the clip's loudest bin
 PEAKS_PER_S = 24
@@ -249,38 +249,12 @@ def segment_levels(links: np.ndarray, query: Index, index: Index, n_segments: in
     return ((level[lo] + level[hi]) / 2).astype(np.float32)
 
 
-def segment_of_landmark(links: np.ndarray, n_landmarks: int) -> np.ndarray:
-    """(L,) a segment holding each index landmark (either side of a self-join's meetings), -1 where none does."""
-    out = np.full(n_landmarks, -1, np.int64)
-    for side in (1, 2):
-        out[links[side]] = links[0]
-    return out
-
-
-def cross_segments(query: Index, index: Index, seg_of: np.ndarray, min_match: int, width: int):
-    """((Q, 3) rows: query clip, curated clip, and the curated segment that most of their shared stretch's curated
-    landmarks belong to (-1: a stretch that no two curated clips share); (Q,) the stretch's level, segment_levels)."""
+def cross_segments(query: Index, index: Index, min_match: int, width: int):
+    """((Q, 2) rows: query clip, curated clip, of each stretch they share; (Q,) its level, segment_levels)."""
     pairs, links = match(query, index, min_match, width, same=False, show=False)
     if not len(pairs):
-        return np.zeros((0, 3), np.int64), np.zeros(0, np.float32)
-    seg = seg_of[links[2]]
-    votes = pd_mode(links[0][seg >= 0], seg[seg >= 0], len(pairs))
-    level = segment_levels(links, query, index, len(pairs))
-    return np.concatenate([pairs, votes[:, None]], 1).astype(np.int64), level
-
-
-def pd_mode(keys: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """(n,) the most frequent value per key 0..n-1 (-1 where a key has fewer than SHARED_LANDMARKS values)."""
-    out = np.full(n, -1, np.int64)
-    if not len(keys):
-        return out
-    kv, counts = np.unique(np.stack([keys, values], 1), axis=0, return_counts=True)
-    order = np.lexsort((-counts, kv[:, 0]))
-    kv, counts = kv[order], counts[order]
-    first = np.r_[True, kv[1:, 0] != kv[:-1, 0]]
-    ok = first & (counts >= SHARED_LANDMARKS)
-    out[kv[ok, 0]] = kv[ok, 1]
-    return out
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+    return pairs.astype(np.int64), segment_levels(links, query, index, len(pairs))
 
 
 # --------------------------------------------------------------------------- the split's recordings
@@ -288,17 +262,16 @@ def pd_mode(keys: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
 class Found:
     """What the audio says, before any label is read: `pairs` (S, 2) the curated clips each segment (a stretch of
     audio two clips share) joins; `edges` (E, 2) the segments that are stretches of one recording; per other split
-    `shared` (Q, 3): query clip, curated clip, curated segment or -1."""
+    `shared` (Q, 2): query clip, curated clip, and `shared_level` (Q,) how loud that stretch is."""
 
     pairs: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     edges: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
-    level: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (S,) segment_levels
     shared: dict = field(default_factory=dict)
     shared_level: dict = field(default_factory=dict)  # split -> (Q,) levels of its shared stretches
     stats: dict = field(default_factory=dict)
 
     def save(self, path):
-        arrays = {"pairs": self.pairs, "edges": self.edges, "level": self.level}
+        arrays = {"pairs": self.pairs, "edges": self.edges}
         arrays.update({f"shared_{k}": v for k, v in self.shared.items()})
         arrays.update({f"level_{k}": v for k, v in self.shared_level.items()})
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -309,15 +282,13 @@ class Found:
         with np.load(path, allow_pickle=False) as z:
             shared = {k[len("shared_") :]: z[k] for k in z.files if k.startswith("shared_")}
             levels = {k[len("level_") :]: z[k] for k in z.files if k.startswith("level_")}
-            return cls(z["pairs"], z["edges"], z["level"], shared, levels, json.loads(str(z["stats"])))
+            return cls(z["pairs"], z["edges"], shared, levels, json.loads(str(z["stats"])))
 
 
 def curated_segments(index: Index, min_match: int, width: int, show=True):
-    """(segment pairs, segment edges, segment levels, segment of each landmark) of the curated index's self-join."""
+    """(segment pairs, segment edges) of the curated index's self-join."""
     pairs, links = match(index, index, min_match, width, same=True, show=show)
-    n = len(index.hash)
-    edges, level = segment_edges(len(pairs), links, n), segment_levels(links, index, index, len(pairs))
-    return pairs, edges, level, segment_of_landmark(links, n)
+    return pairs, segment_edges(len(pairs), links, len(index.hash))
 
 
 # --------------------------------------------------------------------------- the pass over the cache, cached
@@ -361,7 +332,7 @@ def find(folder, min_match: int, frames_per_s: float, show=True, log=None, other
     n_bands = int(metas["curated"]["shape"][1])
     width = 2 * int(max(cur.frames.max(), 1)) + 3
     index = Index.build(_raw_clips(cur), n_bands, frames_per_s, show, "audio groups: curated").without_stop_words()
-    pairs, edges, level, seg_of = curated_segments(index, min_match, width, show)
+    pairs, edges = curated_segments(index, min_match, width, show)
     stats = dict(
         curated_s=round(time.perf_counter() - t0, 2),
         landmarks=int(len(index.hash)),
@@ -374,10 +345,10 @@ def find(folder, min_match: int, frames_per_s: float, show=True, log=None, other
         other = FeatureCache(folder, s)
         w = 2 * int(max(cur.frames.max(), other.frames.max(), 1)) + 3
         q = Index.build(_raw_clips(other), n_bands, frames_per_s, show, f"audio groups: {s}")
-        shared[s], shared_level[s] = cross_segments(q, index, seg_of, min_match, w)
+        shared[s], shared_level[s] = cross_segments(q, index, min_match, w)
         stats[f"{s}_s"] = round(time.perf_counter() - t1, 2)
         stats[f"{s}_hours"] = round(float(other.frames.sum()) / frames_per_s / 3600, 3)
-    found = Found(pairs, edges, level, shared, shared_level, stats)
+    found = Found(pairs, edges, shared, shared_level, stats)
     found.save(path)
     return found
 

@@ -20,22 +20,13 @@ import pandas as pd
 from pipeline.config import cli, config_hash
 from pipeline.data import dataset, labels_to_matrix
 from pipeline.exports import infer_folder
+from pipeline.folds import units_for
 from pipeline.intervals import ci_text, interval
 from pipeline.metrics import lwlrap
 from pipeline.score import check_submission
 from pipeline.utils import atomic_to_csv, atomic_write_json, get_logger, git_commit, remove_stale_outputs
 
 SUBMISSIONS = Path("submissions")
-
-
-def _units(cfg, fnames):
-    """Bootstrap units of the out-of-fold clips: this run's fold groups (clips where it has no folds.csv)."""
-    from pipeline.folds import folds_path, units
-
-    path = folds_path(cfg)
-    if not path.exists():
-        return None
-    return units(pd.read_csv(path, dtype={"fname": str, "groups": str}), fnames)
 
 
 def average(frames: list[pd.DataFrame], classes, mean="arithmetic", weights=None) -> pd.DataFrame:
@@ -106,7 +97,7 @@ def main(cfg) -> dict:
         oof = average(list(oofs.values()), ds.classes, cfg.ensemble.mean)
         truth = labels_to_matrix(ds.curated.set_index("fname").loc[oof["fname"], "labels"], ds.classes)
         overall, per = lwlrap(truth, oof[ds.classes].to_numpy())
-        ci = interval(truth, oof[ds.classes].to_numpy(), _units(cfg, oof["fname"]))
+        ci = interval(truth, oof[ds.classes].to_numpy(), units_for(cfg, oof["fname"]))
         meta.update(oof_lwlrap=overall, oof_lwlrap_ci=[ci["lo"], ci["hi"]], oof_ci_units=ci["units"])
         meta.update(oof_clips=len(oof), oof_per_class=per_class_dict(ds.classes, per))
         log.info(f"OOF lwlrap (with TTA, {len(oof)} clips; 95% interval over {ci['units']} groups): {ci_text(ci)}")

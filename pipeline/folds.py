@@ -137,7 +137,7 @@ def shared_audio(ds, found, foreground_db: float, fold: np.ndarray, log) -> pd.D
     rows = []
     for split, shared in sorted(found.shared.items()):
         hits: dict[int, list] = {}
-        for (q, c, _), level in zip(shared.tolist(), found.shared_level[split].tolist()):
+        for (q, c), level in zip(shared.tolist(), found.shared_level[split].tolist()):
             if level <= foreground_db:
                 hits.setdefault(q, []).append(c)
         for q in sorted(hits):
@@ -188,6 +188,14 @@ def units(folds_df: pd.DataFrame, fnames) -> np.ndarray:
     if "groups" not in folds_df.columns:
         return np.arange(len(fnames))
     return units_of(list(folds_df.set_index("fname").loc[list(fnames), "groups"]))
+
+
+def units_for(cfg, fnames):
+    """Bootstrap units of out-of-fold clips: this run's fold groups (units), None where it has no folds.csv."""
+    path = folds_path(cfg)
+    if not path.exists():
+        return None
+    return units(pd.read_csv(path, dtype={"fname": str, "groups": str}), fnames)
 
 
 def folds_path(cfg):

@@ -29,6 +29,7 @@ import pandas as pd
 
 from pipeline.config import cli, config_hash
 from pipeline.data import dataset, labels_to_matrix
+from pipeline.folds import units_for
 from pipeline.intervals import ci_text, interval
 from pipeline.metrics import lwlrap, per_class_precision, single_label_scores
 from pipeline.utils import UserError, atomic_write_text, get_logger, git_commit, run_dir
@@ -261,14 +262,6 @@ window.addEventListener("load", function () {{
 """
 
 
-def _units(cfg, fnames):
-    """Bootstrap units of the out-of-fold clips: the run's fold groups (pipeline.folds.units), else clips."""
-    from pipeline.folds import folds_path, units
-
-    path = folds_path(cfg)
-    return units(pd.read_csv(path, dtype={"fname": str, "groups": str}), fnames) if path.exists() else None
-
-
 def comparisons_html(folder: Path) -> str:
     """The run's comparisons (`make compare` with this run first: runs/<run>/compare/*.json) as tables."""
     out = []
@@ -316,7 +309,7 @@ def main(cfg) -> Path:
         s = single_label_scores(y, p)
         rows += [("OOF accuracy", f"{s['accuracy']:.4f}"), ("OOF weighted AUC", f"{s['weighted_auc']:.4f}")]
     else:
-        rows.append(("OOF lwlrap [95% interval]", ci_text(interval(y, p, _units(cfg, oof["fname"])))))
+        rows.append(("OOF lwlrap [95% interval]", ci_text(interval(y, p, units_for(cfg, oof["fname"])))))
         rows.append(("test lwlrap [95% interval]", ci_text(interval(*test[0])) if test[0] is not None else test[1]))
     rows += [
         ("folds", ", ".join(k for k in hist if k != "warm-up") or "-"),

@@ -53,8 +53,8 @@ def excerpt(rng, x, seconds):
 def groups_of(clips, y, **kw):
     index = ag.Index.build([logmel(c) for c in clips], 64, FPS, show=False).without_stop_words()
     width = 2 * max(len(c) for c in clips) // 250 + 9
-    pairs, edges, level, _ = ag.curated_segments(index, 8, width, show=False)
-    found = ag.Found(pairs, edges, level)
+    pairs, edges = ag.curated_segments(index, 8, width, show=False)
+    found = ag.Found(pairs, edges)
     kw = {"min_purity": 0.6, "max_class_share": 0.9, **kw}
     groups, info = ag.clip_groups(found, np.asarray(y), **kw)
     return groups, info, found
